@@ -1,0 +1,99 @@
+"""Existing ``llama`` / ``qwen2`` GGUF files, in any quantization."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..errors import SourceError
+from ..families import Family, ModelSpec, family_for
+from .base import ModelSource, SourceTensor, sampled_fingerprint
+
+
+class GgufFileSource(ModelSource):
+    """A GGUF file read through gguf-py's memory-mapped reader."""
+
+    kind = "gguf"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(path, "r")
+        except Exception as e:  # gguf-py raises bare ValueError/struct errors on junk
+            raise SourceError(f"{path} is not a readable GGUF file ({e})") from None
+        arch = self.field("general.architecture")
+        if arch not in ("llama", "qwen2"):
+            raise SourceError(
+                f"{path} is a {arch!r} GGUF; supported GGUF architectures: llama, qwen2"
+            )
+        self.arch: str = arch
+        self.spec = self._spec(family_for(arch))
+        self._fingerprint: str | None = None
+
+    def field(self, key: str, default: Any = None) -> Any:
+        """A metadata value, decoded (strings as str, arrays as lists)."""
+        f = self.reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    def _spec(self, family: Family) -> ModelSpec:
+        a = self.arch
+        names = {t.name for t in self.reader.tensors}
+        heads = self.field(f"{a}.attention.head_count")
+        hidden = self.field(f"{a}.embedding_length")
+        try:
+            return ModelSpec(
+                family=family,
+                n_layers=self.field(f"{a}.block_count"),
+                hidden_size=hidden,
+                intermediate_size=self.field(f"{a}.feed_forward_length"),
+                n_heads=heads,
+                n_kv_heads=self.field(f"{a}.attention.head_count_kv", heads),
+                head_dim=self.field(f"{a}.attention.key_length", hidden // heads),
+                vocab_size=len(self.field("tokenizer.ggml.tokens")),
+                rms_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
+                rope_theta=float(self.field(f"{a}.rope.freq_base", 10000.0)),
+                context_length=int(self.field(f"{a}.context_length", 2048)),
+                tie_embeddings="output.weight" not in names,
+                attention_bias="blk.0.attn_q.bias" in names,
+                mlp_bias="blk.0.ffn_down.bias" in names,
+            )
+        except TypeError:
+            raise SourceError(f"{self.path} lacks {a}.* hyper-parameters; is it a complete model GGUF?") from None
+
+    @property
+    def q_k_rope_neox(self) -> bool:
+        return self.spec.family.gguf_rope_neox
+
+    def tensors(self) -> Iterator[SourceTensor]:
+        for t in self.reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+
+            def f32(t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
+                return gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32, copy=False)
+
+            yield SourceTensor(t.name, shape, t.tensor_type, lambda t=t: t.data, f32)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            header = "".join(
+                f"{t.name}:{t.tensor_type.name}:{t.shape.tolist()};" for t in self.reader.tensors
+            ).encode()
+            ranges = [(self.path, t.data_offset, t.n_bytes) for t in self.reader.tensors]
+            self._fingerprint = sampled_fingerprint(header, ranges)
+        return self._fingerprint
+
+    def load_torch(self, dtype: Any, device_map: Any = None) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            self.path.parent, gguf_file=self.path.name, dtype=dtype, device_map=device_map
+        )
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)

@@ -1,0 +1,115 @@
+"""Hugging Face model folders (config.json + safetensors, single or sharded)."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..errors import SourceError
+from ..families import ModelSpec
+from .base import ModelSource, SourceTensor, sampled_fingerprint
+
+_DTYPES = {
+    "F32": gguf.GGMLQuantizationType.F32,
+    "F16": gguf.GGMLQuantizationType.F16,
+    "BF16": gguf.GGMLQuantizationType.BF16,
+}
+
+
+class HfFolderSource(ModelSource):
+    """A local Hugging Face model folder."""
+
+    kind = "hf"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise SourceError(f"{path} has no config.json; point at a Hugging Face model folder or a .gguf file")
+        self.config: dict[str, Any] = json.loads(cfg_path.read_text())
+        self.spec = ModelSpec.from_hf_config(self.config)
+        self.files = sorted(path.glob("*.safetensors"))
+        if not self.files:
+            raise SourceError(
+                f"{path} has no .safetensors weights; save the model with safe_serialization=True"
+            )
+        self._headers = {f: _read_header(f) for f in self.files}
+        self._name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, self.spec.n_layers)
+        self._fingerprint: str | None = None
+
+    def _entries(self) -> list[tuple[str, str, Path, dict[str, Any]]]:
+        """(gguf name, hf name, file, header entry), sorted so blocks come in order."""
+        out = []
+        for f, (header, _) in self._headers.items():
+            for hf_name, entry in header.items():
+                if hf_name == "__metadata__" or hf_name.endswith("rotary_emb.inv_freq"):
+                    continue
+                name = self._name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if name is None:
+                    raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")
+                out.append((name, hf_name, f, entry))
+        if self.spec.tie_embeddings:
+            out = [e for e in out if e[0] != "output.weight"]
+        return sorted(out, key=lambda e: _tensor_order(e[0]))
+
+    def tensors(self) -> Iterator[SourceTensor]:
+        from safetensors import safe_open
+
+        handles: dict[Path, Any] = {}
+        for name, hf_name, f, entry in self._entries():
+            if entry["dtype"] not in _DTYPES:
+                raise SourceError(f"{f.name}: tensor {hf_name} has dtype {entry['dtype']}; expected F32, F16 or BF16")
+
+            def load(hf_name: str = hf_name, f: Path = f) -> np.ndarray:
+                h = handles.get(f) or handles.setdefault(f, safe_open(str(f), framework="pt"))
+                return h.get_tensor(hf_name).float().numpy()
+
+            yield SourceTensor(name, tuple(entry["shape"]), _DTYPES[entry["dtype"]], load, load)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            ranges = []
+            header_bytes = b""
+            for f, (header, data_start) in self._headers.items():
+                header_bytes += json.dumps(header, sort_keys=True).encode()
+                for key in sorted(k for k in header if k != "__metadata__"):
+                    a, b = header[key]["data_offsets"]
+                    ranges.append((f, data_start + a, b - a))
+            self._fingerprint = sampled_fingerprint(header_bytes, ranges)
+        return self._fingerprint
+
+    def load_torch(self, dtype: Any, device_map: Any = None) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map)
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The safetensors JSON header and the offset where tensor data starts."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n)), 8 + n
+
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+_TOP_ORDER = {"token_embd.weight": 0, "rope_freqs.weight": 1, "output_norm.weight": 3, "output.weight": 4}
+
+
+def _tensor_order(name: str) -> tuple[int, int, str]:
+    """token_embd, rope_freqs, blocks in numeric order, output_norm, output."""
+    m = _BLOCK.match(name)
+    if m:
+        return (2, int(m.group(1)), name)
+    return (_TOP_ORDER.get(name, 5), 0, name)

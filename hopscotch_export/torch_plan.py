@@ -1,0 +1,108 @@
+"""Apply a plan to a transformers model exactly as the converter folds it.
+
+Each kept layer's attention output is multiplied by ``w_att[l]``, each MLP output by
+``w_mlp[l]``; a skipped attention block is not computed at all (it outputs zeros, as a
+``deci`` layer with head_count 0 does). The search trains these scales; the converter's
+tests use the same function for the torch reference, so both sides agree by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .plan import Plan
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama / Qwen2 causal LM."""
+    return model.model.layers  # type: ignore[union-attr,return-value]
+
+
+class SkippedAttention(nn.Module):
+    """Stands in for a removed attention block: contributes nothing, computes nothing."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return torch.zeros_like(hidden_states), None
+
+
+class BranchScales(nn.Module):
+    """Trainable branch scales: shape (n_layers,) for layer, (n_layers, hidden) for channel."""
+
+    def __init__(self, n_layers: int, hidden: int | None = None) -> None:
+        super().__init__()
+        shape = (n_layers,) if hidden is None else (n_layers, hidden)
+        self.attn = nn.Parameter(torch.ones(shape))
+        self.mlp = nn.Parameter(torch.ones(shape))
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> BranchScales:
+        n, hidden = plan.model.n_layers, plan.model.hidden_size
+        scales = cls(n, hidden if plan.granularity == "channel" else None)
+        with torch.no_grad():
+            for i in range(n):
+                scales.attn[i] = torch.as_tensor(plan.attn[i], dtype=torch.float32)
+                scales.mlp[i] = torch.as_tensor(plan.mlp[i], dtype=torch.float32)
+        return scales
+
+    @property
+    def granularity(self) -> str:
+        return "channel" if self.attn.dim() == 2 else "layer"
+
+    def as_lists(self) -> tuple[list[Any], list[Any]]:
+        """Per-layer entries for the plan file (float, or list of floats)."""
+        return self.attn.detach().cpu().tolist(), self.mlp.detach().cpu().tolist()
+
+
+@contextlib.contextmanager
+def scaled_model(model: nn.Module, scales: BranchScales, skip: Iterable[int]) -> Iterator[nn.Module]:
+    """Within the block, ``model`` runs with ``skip`` removed and ``scales`` applied.
+
+    Gradients flow into ``scales``; the model's weights are untouched and restored on exit.
+    """
+    layers = decoder_layers(model)
+    skip = set(skip)
+    originals = {i: layers[i].self_attn for i in skip}
+    handles = []
+    try:
+        for i in skip:
+            layers[i].self_attn = SkippedAttention()
+        for i, layer in enumerate(layers):
+            if i not in skip:
+                handles.append(layer.self_attn.register_forward_hook(_scale_attn(scales, i)))
+            handles.append(layer.mlp.register_forward_hook(_scale_mlp(scales, i)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for i, attn in originals.items():
+            layers[i].self_attn = attn
+
+
+def apply_plan(model: nn.Module, plan: Plan) -> contextlib.AbstractContextManager[nn.Module]:
+    """``with apply_plan(model, plan):`` runs the model as the converted GGUF would."""
+    scales = BranchScales.from_plan(plan)
+    param = next(model.parameters())
+    scales.to(device=param.device)
+    scales.requires_grad_(False)
+    return scaled_model(model, scales, plan.skip)
+
+
+def _scale_attn(scales: BranchScales, i: int) -> Any:
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        out = output[0] if isinstance(output, tuple) else output
+        scaled = out * scales.attn[i].to(out.dtype)
+        return (scaled, *output[1:]) if isinstance(output, tuple) else scaled
+
+    return hook
+
+
+def _scale_mlp(scales: BranchScales, i: int) -> Any:
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return output * scales.mlp[i].to(output.dtype)
+
+    return hook
