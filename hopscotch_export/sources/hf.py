@@ -67,11 +67,17 @@ class HfFolderSource(ModelSource):
             if entry["dtype"] not in _DTYPES:
                 raise SourceError(f"{f.name}: tensor {hf_name} has dtype {entry['dtype']}; expected F32, F16 or BF16")
 
-            def load(hf_name: str = hf_name, f: Path = f) -> np.ndarray:
+            def get(hf_name: str = hf_name, f: Path = f) -> Any:
                 h = handles.get(f) or handles.setdefault(f, safe_open(str(f), framework="pt"))
-                return h.get_tensor(hf_name).float().numpy()
+                return h.get_tensor(hf_name)
 
-            yield SourceTensor(name, tuple(entry["shape"]), _DTYPES[entry["dtype"]], load, load)
+            yield SourceTensor(
+                name,
+                tuple(entry["shape"]),
+                _DTYPES[entry["dtype"]],
+                lambda get=get: _stored(get()),
+                lambda get=get: get().float().numpy(),
+            )
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -94,6 +100,15 @@ class HfFolderSource(ModelSource):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.path)
+
+
+def _stored(t: Any) -> np.ndarray:
+    """A tensor in its stored form as GGUF readers expose it (BF16 as uint8 row bytes)."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint8)
+    return t.numpy()
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:

@@ -1,0 +1,150 @@
+"""Source + plan -> a ``deci`` GGUF that llama.cpp and Ollama load.
+
+Streaming: tensor infos are computed from shapes alone, the header is written, then each
+tensor is loaded, transformed, encoded and written before the next one is touched. The
+file is written beside the output under a temporary name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from ..files import atomic_output, check_writable
+from ..plan import Plan
+from ..sources import GgufFileSource, ModelSource
+from .metadata import ARCH, copy_gguf_metadata, rope_freqs, write_general, write_hparams, write_provenance
+from .outtypes import OutputChoice, file_type, resolve_outtype
+from .quantize import llama_quantize
+from .tensors import OutTensor, iter_produced, plan_tensors
+from .vocab import add_hf_tokenizer
+
+
+@dataclass
+class ConvertSummary:
+    """What a conversion did, for the closing table and for callers."""
+
+    out: Path
+    outtype: str
+    tensors_written: int
+    tensors_dropped: int
+    bytes_written: int
+    seconds: float
+    skipped_layers: list[int] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("output", str(self.out)),
+            ("type", self.outtype),
+            ("attention blocks skipped", ", ".join(map(str, self.skipped_layers)) or "none"),
+            ("tensors written", str(self.tensors_written)),
+            ("tensors dropped", str(self.tensors_dropped)),
+            ("size", f"{self.bytes_written / 2**20:.1f} MiB"),
+            ("time", f"{self.seconds:.1f} s"),
+        ]
+
+
+def convert(
+    source: ModelSource,
+    plan: Plan | None,
+    out: Path,
+    *,
+    outtype: str = "auto",
+    force: bool = False,
+    force_plan: bool = False,
+    name: str | None = None,
+    console: Console | None = None,
+) -> ConvertSummary:
+    """Write ``source`` with ``plan`` folded in as a ``deci`` GGUF at ``out``.
+
+    ``force`` allows replacing ``out``; ``force_plan`` accepts a plan whose fingerprint
+    does not match the source. Nothing is left under ``out`` if anything fails.
+    """
+    console = console or Console(stderr=True)
+    out = Path(out)
+    check_writable(out, force)
+    if plan is not None:
+        plan.check_model(source.model_ref(), force=force_plan)
+    first = next(source.tensors())
+    choice = resolve_outtype(outtype, source.kind, first.qtype)
+    start = time.perf_counter()
+    with atomic_output(out, force) as tmp:
+        if choice.quantizer is None:
+            written, dropped = _write(source, plan, choice, tmp, name, console)
+        else:
+            fd, mid_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".f16.tmp", dir=out.parent)
+            mid = Path(mid_name)
+            try:
+                written, dropped = _write(source, plan, choice, mid, name, console)
+                with console.status(f"llama.cpp quantizing to {choice.name}"):
+                    llama_quantize(mid, tmp, choice.quantizer)
+            finally:
+                os.close(fd)
+                mid.unlink(missing_ok=True)
+        size = tmp.stat().st_size
+    return ConvertSummary(
+        out, choice.name, written, dropped, size, time.perf_counter() - start,
+        list(plan.skip) if plan else [],
+    )
+
+
+def _write(
+    source: ModelSource, plan: Plan | None, choice: OutputChoice, path: Path, name: str | None, console: Console
+) -> tuple[int, int]:
+    """Stream every tensor into ``path``; returns (written, dropped) counts."""
+    extra: dict[str, np.ndarray] = {}
+    freqs = rope_freqs(source.spec)
+    if freqs is not None:
+        extra["rope_freqs.weight"] = freqs
+    tensors, dropped = plan_tensors(source, plan, choice, extra)
+
+    writer = GGUFWriter(path, ARCH)
+    write_general(writer, source, name)
+    write_hparams(writer, source.spec, plan.skip if plan else ())
+    write_provenance(writer, plan, source)
+    if isinstance(source, GgufFileSource):
+        copy_gguf_metadata(writer, source)
+    else:
+        add_hf_tokenizer(writer, source.path, source.spec.vocab_size)
+    writer.add_file_type(file_type(choice, [t.qtype for t in tensors]))
+    for t in tensors:
+        _add_info(writer, t)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total = sum(t.nbytes for t in tensors)
+    with _progress(console) as progress:
+        task = progress.add_task("converting", total=total)
+        for t, data in iter_produced(tensors):
+            progress.update(task, description=t.name)
+            writer.write_tensor_data(data)
+            progress.advance(task, t.nbytes)
+            del data
+    writer.close()
+    return len(tensors), len(dropped)
+
+
+def _add_info(writer: GGUFWriter, t: OutTensor) -> None:
+    # A non-uint8 dtype makes gguf-py take ``shape`` as element shape, not byte shape.
+    writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )

@@ -1,0 +1,115 @@
+"""GGUF metadata for the ``deci`` architecture (DESIGN.md section 2).
+
+``deci`` reads per-layer head counts, so a layer with head_count 0 has no attention
+tensors. Key length, value length and rope dimension are written explicitly (llama.cpp
+and Ollama need them), and layer 0 always keeps its attention.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGUFValueType, GGUFWriter
+
+from ..errors import SourceError
+from ..families import ModelSpec
+from ..plan import Plan
+from ..sources import GgufFileSource, ModelSource
+
+ARCH = "deci"
+
+#: Keys the writer or this module sets itself; never copied from a GGUF source.
+_NOT_COPIED_PREFIXES = ("GGUF.", "general.architecture", "general.file_type", "split.")
+
+
+def write_hparams(writer: GGUFWriter, spec: ModelSpec, skip: tuple[int, ...]) -> None:
+    """Hyper-parameters; skipped layers get head_count 0 and head_count_kv 0."""
+    heads = [0 if i in skip else spec.n_heads for i in range(spec.n_layers)]
+    kv_heads = [0 if i in skip else spec.n_kv_heads for i in range(spec.n_layers)]
+    writer.add_block_count(spec.n_layers)
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.hidden_size)
+    writer.add_feed_forward_length(spec.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(spec.head_dim)
+    writer.add_value_length(spec.head_dim)
+    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_freq_base(spec.rope_theta)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    writer.add_vocab_size(spec.vocab_size)
+    _add_rope_scaling(writer, spec)
+
+
+def write_provenance(writer: GGUFWriter, plan: Plan | None, source: ModelSource) -> None:
+    """``hopscotch.*`` keys so ``inspect`` can say what was done; llama.cpp ignores them."""
+    writer.add_string("hopscotch.source_fingerprint", source.fingerprint())
+    if plan is not None:
+        writer.add_array("hopscotch.skip", [int(i) for i in plan.skip])
+        writer.add_string("hopscotch.granularity", plan.granularity)
+
+
+def copy_gguf_metadata(writer: GGUFWriter, source: GgufFileSource) -> None:
+    """Copy every key of a GGUF source (tokenizer verbatim), renaming ``llama.``/``qwen2.``
+    keys to ``deci.``; hyper-parameters written by :func:`write_hparams` win."""
+    prefix = source.arch + "."
+    for key, field in source.reader.fields.items():
+        if key.startswith(_NOT_COPIED_PREFIXES) or not field.types:
+            continue
+        if key.startswith(prefix):
+            key = ARCH + "." + key[len(prefix):]
+        if any(key in kv for kv in writer.kv_data):
+            continue
+        main = field.types[0]
+        sub = field.types[-1] if main == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), main, sub_type=sub)
+
+
+def write_general(writer: GGUFWriter, source: ModelSource, name: str | None) -> None:
+    """``general.name`` for Hugging Face sources (GGUF sources keep theirs)."""
+    if isinstance(source, GgufFileSource):
+        return
+    writer.add_name(name or Path(source.path).name)
+
+
+def rope_freqs(spec: ModelSpec) -> np.ndarray | None:
+    """Llama 3 rope scaling as a ``rope_freqs`` tensor, with llama.cpp's converter formula."""
+    rs = spec.rope_scaling
+    if not rs or str(rs.get("rope_type", rs.get("type", ""))).lower() != "llama3":
+        return None
+    dim = spec.head_dim
+    freqs = 1.0 / (spec.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = float(rs.get("factor", 8.0))
+    low = float(rs.get("low_freq_factor", 1.0))
+    high = float(rs.get("high_freq_factor", 4.0))
+    old_ctx = float(rs.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _add_rope_scaling(writer: GGUFWriter, spec: ModelSpec) -> None:
+    rs: dict[str, Any] | None = spec.rope_scaling
+    if not rs:
+        return
+    kind = str(rs.get("rope_type", rs.get("type", ""))).lower()
+    if kind == "llama3":
+        return  # carried by the rope_freqs tensor
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rs["factor"]))
+        return
+    raise SourceError(f"rope scaling {kind!r} is not supported yet; supported: llama3, linear")
