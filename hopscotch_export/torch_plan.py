@@ -95,7 +95,7 @@ def apply_plan(model: nn.Module, plan: Plan) -> contextlib.AbstractContextManage
 def _scale_attn(scales: BranchScales, i: int) -> Any:
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
         out = output[0] if isinstance(output, tuple) else output
-        scaled = out * scales.attn[i].to(out.dtype)
+        scaled = out * scales.attn[i].to(out.device, out.dtype)  # layers may sit on other GPUs
         return (scaled, *output[1:]) if isinstance(output, tuple) else scaled
 
     return hook
@@ -103,6 +103,6 @@ def _scale_attn(scales: BranchScales, i: int) -> Any:
 
 def _scale_mlp(scales: BranchScales, i: int) -> Any:
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output * scales.mlp[i].to(output.dtype)
+        return output * scales.mlp[i].to(output.device, output.dtype)
 
     return hook

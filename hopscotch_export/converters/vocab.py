@@ -15,6 +15,16 @@ llama.cpp's own converter (``convert_hf_to_gguf.py``: ``get_vocab_base``,
 - A SentencePiece-style ``tokenizer.json`` without ``tokenizer.model`` gets scores from
   its merge ranks (gguf-py's ``LlamaHfVocab`` writes -1000 for every token, which makes
   llama.cpp's SPM tokenizer merge left to right instead of by rank).
+
+Differences that no GGUF key can remove (llama.cpp behaviour, checked with llama-cpp-python
+0.3.36 and transformers 5.24):
+
+- llama.cpp does not NFC-normalize (Qwen2's tokenizer does): NFC-normalize text first.
+- SentencePiece: llama.cpp adds the dummy prefix '▁' to every text fragment after a special
+  token, like sentencepiece per turn and transformers with ``legacy=True``; with
+  ``legacy=False`` transformers does not. transformers 5 also skips the prefix when the
+  text already starts with a space, and, converting a tokenizer.model, ranks the merge
+  '▁ ▁' first; llama.cpp follows sentencepiece itself in both.
 """
 
 from __future__ import annotations
@@ -294,11 +304,8 @@ def _write_special_vocab(
                 if special_vocab.special_token_ids.get(typ) not in (None, tid):
                     logger.info("tokenizer adds token %d as %s; using it as the %s id", tid, typ, typ)
                 special_vocab.special_token_ids[typ] = tid
-    else:
-        # Without a loadable tokenizer, llama.cpp's per-tokenizer defaults would decide;
-        # write explicit flags anyway (the converter's reading of the files).
-        special_vocab.add_special_token.setdefault("bos", False)
-        special_vocab.add_special_token.setdefault("eos", False)
+    # else: no loadable tokenizer (a bare tokenizer.model): SpecialVocab's reading of
+    # tokenizer_config.json, or llama.cpp's SentencePiece defaults (BOS yes, EOS no).
     special_vocab.add_to_gguf(writer, quiet=True)
 
 
@@ -393,35 +400,33 @@ def _choose_pre(tok: Any, tokenizer_json: dict[str, Any] | None, model_dir: Path
 
 def _emulate_pre_candidates(backend: Any, ignore_merges: bool) -> list[str]:
     """Names of llama.cpp pre-tokenizers that, emulated on this BPE, give the model's ids."""
-    from tokenizers import Tokenizer
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+    from tokenizers.models import BPE
 
-    base = json.loads(backend.to_str())
-    if (base.get("model") or {}).get("type") != "BPE":
+    spec = json.loads(backend.to_str())
+    if (spec.get("model") or {}).get("type") != "BPE":
         return []
     expected = [backend.encode(t, add_special_tokens=False).ids for t in _PROBE_TEXTS]
+    spec["normalizer"] = None  # llama.cpp's BPE path does not normalize
+    spec["post_processor"] = None
+    try:
+        emulated = Tokenizer.from_str(json.dumps(spec))
+    except Exception as e:  # pragma: no cover - defensive
+        logger.debug("cannot rebuild the tokenizer for emulation: %s", e)
+        return []
+    if not isinstance(emulated.model, BPE):  # pragma: no cover - checked above
+        return []
     out: list[str] = []
-    for name, (regexes, cand_ignore) in _PRE_CANDIDATES.items():
-        spec = dict(base)
-        spec["normalizer"] = None  # llama.cpp's BPE path does not normalize
-        spec["pre_tokenizer"] = {
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in regexes
-            ]
-            + [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}],
-        }
-        spec["post_processor"] = None
-        spec["model"] = dict(base["model"], ignore_merges=cand_ignore)
-        try:
-            emulated = Tokenizer.from_str(json.dumps(spec))
-        except Exception as e:  # pragma: no cover - defensive
-            logger.debug("cannot emulate %s: %s", name, e)
-            continue
+    # candidates with the model's own ignore_merges first
+    for name, (regexes, cand_ignore) in sorted(_PRE_CANDIDATES.items(), key=lambda kv: kv[1][1] != ignore_merges):
+        emulated.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        emulated.model.ignore_merges = cand_ignore
         got = [emulated.encode(t, add_special_tokens=False).ids for t in _PROBE_TEXTS]
         if got == expected:
             out.append(name)
-    # a candidate with the model's own ignore_merges first
-    out.sort(key=lambda n: _PRE_CANDIDATES[n][1] != ignore_merges)
     return out
 
 
@@ -492,7 +497,10 @@ def _add_spm(
     writer.add_token_types(toktypes)
     if add_space_prefix is not None:
         writer.add_add_space_prefix(add_space_prefix)
-    tok = _load_hf_tokenizer(model_dir, required=False)
+    # transformers reads a bare tokenizer.model as a generic tokenizer without BOS; only
+    # a folder that says what the tokenizer is gets its flags measured.
+    described = any((model_dir / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json", "config.json"))
+    tok = _load_hf_tokenizer(model_dir, required=False) if described else None
     _write_special_vocab(writer, model_dir, vocab_size, load_merges=False, tok=tok, spm_ids=spm_ids)
 
 

@@ -1,0 +1,125 @@
+"""Command line: ``hopscotch-export MODEL --skips N -o model.gguf`` and the stage subcommands.
+
+The CLI only parses and calls; every stage is a Python function with the same arguments.
+User mistakes (:class:`HopscotchError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import HopscotchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Skip the attention blocks a task does not need and ship the model as a GGUF for llama.cpp "
+    "and Ollama.\n\nMain job: hopscotch-export MODEL --skips 4 -o model.gguf (search, convert, verify).",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"hopscotch-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Stages: search -> plan.json -> convert -> model.gguf -> verify."""
+
+
+@app.command("convert")
+def convert_command(
+    model: str = typer.Argument(..., help="Hugging Face folder, hub id, or llama/qwen2 GGUF file."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `search`; none = no skips."),
+    output: Path = typer.Option(..., "-o", "--output", help="The GGUF to write."),
+    outtype: str = typer.Option(
+        "auto", "--outtype",
+        help="auto|source|f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q2_k|q3_k_m|q4_k_s|q4_k_m|q5_k_s|q5_k_m|q6_k. "
+        "auto keeps a GGUF's types and picks f16/bf16 for Hugging Face weights.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output; accept a plan made for other weights."),
+    name: Optional[str] = typer.Option(None, "--name", help="general.name written into the GGUF."),
+) -> None:
+    """Fold a plan into the weights and write a `deci` GGUF that llama.cpp and Ollama run."""
+    from .converters import convert
+    from .plan import load_plan
+    from .sources import open_source
+
+    source = open_source(model)
+    loaded = load_plan(plan) if plan else None
+    summary = convert(source, loaded, output, outtype=outtype, force=force, force_plan=force, name=name, console=console)
+    print_rows("converted", summary.rows())
+
+
+@app.command("inspect")
+def inspect_command(
+    file: Path = typer.Argument(..., help="A plan (.json) or a GGUF file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show what a plan or a GGUF holds: attention layers, scales, types, size, KV bytes/token."""
+    from .inspect import summarize
+
+    info = summarize(file)
+    if as_json:
+        out_console.print_json(json.dumps(info))
+        return
+    rows = []
+    for key, value in info.items():
+        if isinstance(value, list) and len(value) > 12 and all(isinstance(v, float) for v in value):
+            value = " ".join(f"{v:.3g}" for v in value)
+        elif key.endswith("bytes") or key.endswith("bytes_per_token"):
+            value = f"{value:,} B" if value < 2**20 else f"{value / 2**20:,.2f} MiB"
+        rows.append((key.replace("_", " "), str(value)))
+    print_rows(str(file), rows)
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table on stdout."""
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    out_console.print(table)
+
+
+def _register_stage_commands() -> None:
+    from .search.command import search_command
+    from .verify.command import verify_command
+
+    app.command("search")(search_command)
+    app.command("verify")(verify_command)
+
+
+def main() -> None:
+    """Entry point: subcommands, or the one command when the first word is a model."""
+    try:
+        _register_stage_commands()
+        args = sys.argv[1:]
+        if args and args[0] not in {*(c.name for c in app.registered_commands), "--help", "-h", "--version"}:
+            from .pipeline import export_app
+
+            export_app(args=args, prog_name="hopscotch-export")
+        else:
+            app(prog_name="hopscotch-export")
+    except HopscotchError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,101 @@
+"""``inspect``: what a plan or a GGUF holds, for people deciding whether to ship it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .errors import HopscotchError
+from .plan import load_plan
+
+#: llama.cpp's default KV cache type is f16.
+KV_BYTES_PER_VALUE = 2
+
+
+def gguf_tensor_types(path: Path | str) -> dict[str, str]:
+    """Tensor name -> GGML type name."""
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path, "r").tensors}
+
+
+def _per_layer(value: Any, n: int) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)] * n
+
+
+def gguf_summary(path: Path | str) -> dict[str, Any]:
+    """Architecture, attention layers, tensor types, size and KV cache bytes per token."""
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as e:  # gguf-py raises assorted errors on non-GGUF input
+        raise HopscotchError(f"{path} is not a readable GGUF file ({e})") from None
+
+    def get(key: str, default: Any = None) -> Any:
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = get("general.architecture")
+    n = int(get(f"{arch}.block_count", 0))
+    heads = _per_layer(get(f"{arch}.attention.head_count", 0), n)
+    kv_heads = _per_layer(get(f"{arch}.attention.head_count_kv", heads), n)
+    hidden = int(get(f"{arch}.embedding_length", 0))
+    first = next((h for h in heads if h), 1)
+    k_len = int(get(f"{arch}.attention.key_length", hidden // first))
+    v_len = int(get(f"{arch}.attention.value_length", k_len))
+    kv_per_token = sum(kv * (k_len + v_len) * KV_BYTES_PER_VALUE for kv in kv_heads)
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return {
+        "file": str(path),
+        "architecture": arch,
+        "name": get("general.name"),
+        "layers": n,
+        "attention_layers": [i for i, h in enumerate(heads) if h],
+        "skipped_attention": [i for i, h in enumerate(heads) if not h],
+        "tensor_types": dict(types.most_common()),
+        "tensors": len(reader.tensors),
+        "size_bytes": path.stat().st_size,
+        "kv_cache_bytes_per_token": kv_per_token,
+        "source_fingerprint": get("hopscotch.source_fingerprint"),
+    }
+
+
+def plan_summary(path: Path | str) -> dict[str, Any]:
+    """What a plan skips and how far its scales are from 1."""
+    plan = load_plan(path)
+
+    def spread(scales: tuple[Any, ...], layers: list[int]) -> list[float]:
+        flat = [v for i in layers for v in (scales[i] if isinstance(scales[i], list) else [scales[i]])]
+        return [min(flat), max(flat)] if flat else []
+
+    return {
+        "file": str(path),
+        "architecture": plan.model.architecture,
+        "layers": plan.model.n_layers,
+        "fingerprint": plan.model.fingerprint,
+        "complete": plan.complete,
+        "skipped_attention": list(plan.skip),
+        "granularity": plan.granularity,
+        "attn_scale_range": spread(plan.attn, plan.kept_attention),
+        "mlp_scale_range": spread(plan.mlp, list(range(plan.model.n_layers))),
+        "attn_scales": list(plan.attn) if plan.granularity == "layer" else "per channel",
+        "mlp_scales": list(plan.mlp) if plan.granularity == "layer" else "per channel",
+    }
+
+
+def summarize(path: Path | str) -> dict[str, Any]:
+    """Dispatch on the file's content: GGUF magic, else a JSON plan."""
+    path = Path(path)
+    if not path.is_file():
+        raise HopscotchError(f"{path} not found; pass a plan .json or a .gguf file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return gguf_summary(path)
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HopscotchError(f"{path} is neither a GGUF file nor a JSON plan") from None
+    return plan_summary(path)

@@ -1,0 +1,10 @@
+"""The search stage: which attention blocks to skip, and the branch scales that repair them.
+
+``run_search(source, SearchOptions(skips=4), Path("plan.json"))`` writes a plan the
+converter folds into a GGUF; ``search_command`` (in ``command.py``) is its CLI.
+"""
+
+from .options import SearchOptions
+from .run import SearchInterrupted, run_search
+
+__all__ = ["SearchOptions", "SearchInterrupted", "run_search"]

@@ -1,0 +1,74 @@
+"""``hopscotch-export search``: parse options, call :func:`run_search`. Nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import HopscotchError
+from ..sources import open_source
+from .options import SearchOptions
+from .run import run_search
+
+#: defaults come from SearchOptions, the one place that holds them
+D = SearchOptions(skips=1)
+
+
+def search_command(
+    model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name) or .gguf file"),
+    skips: int = typer.Option(..., "--skips", help="attention blocks to skip"),
+    output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
+    granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),
+    objective: str = typer.Option(D.objective, help="kl: match the original model; ce: cross-entropy on the data"),
+    shortlist: str = typer.Option(
+        str(D.shortlist), help="candidates trained per step after training-free scoring; 'all' = the paper's procedure"
+    ),
+    protect: str = typer.Option("", help="comma-separated layers whose attention is kept (layer 0 always is)"),
+    data: Optional[str] = typer.Option(
+        None, help="HF dataset name or .txt/.jsonl/.json/.parquet file; default: the model answers built-in prompts"
+    ),
+    data_config: Optional[str] = typer.Option(None, help="HF dataset configuration"),
+    data_split: str = typer.Option(D.data_split, help="HF dataset split"),
+    data_field: Optional[str] = typer.Option(None, help="column with text or chat messages (default: auto)"),
+    samples: int = typer.Option(D.samples, help="training sequences"),
+    heldout: int = typer.Option(D.heldout, help="held-out sequences, scored at the end"),
+    seq_len: int = typer.Option(D.seq_len, help="tokens per sequence"),
+    score_samples: int = typer.Option(D.score_samples, help="sequences used to score and compare candidates"),
+    batch_size: int = typer.Option(D.batch_size, help="sequences per optimizer step / forward batch"),
+    lr: float = typer.Option(D.lr, help="learning rate of the brief per-candidate training"),
+    epochs: int = typer.Option(D.epochs, help="epochs of the brief per-candidate training"),
+    final_lr: float = typer.Option(D.final_lr, help="learning rate of the final training"),
+    final_epochs: int = typer.Option(D.final_epochs, help="epochs of the final training"),
+    seed: int = typer.Option(D.seed, help="seed for data generation and training order"),
+    device: str = typer.Option(D.device, help="auto, cuda, mps or cpu"),
+    max_new_tokens: int = typer.Option(D.max_new_tokens, help="answer length when the model writes its calibration data"),
+    resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
+) -> None:
+    """Choose attention blocks to skip and train the branch scales that repair the drift."""
+    options = SearchOptions(
+        skips=skips, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
+        protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
+        data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
+        batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
+        device=device, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    run_search(open_source(model), options, output, resume=resume, force=force)
+
+
+def parse_shortlist(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise HopscotchError(f"--shortlist must be a number or 'all', got {text!r}") from None
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(p) for p in text.split(",") if p.strip()}))
+    except ValueError:
+        raise HopscotchError(f"--protect takes comma-separated layer numbers like 1,2,29; got {text!r}") from None

@@ -1,0 +1,93 @@
+"""Calibration records from a Hugging Face dataset or a local file.
+
+A record is plain text (``str``) or a chat (a list of ``{"role", "content"}`` messages).
+Files other than ``.txt`` go through the ``datasets`` library, like hub datasets, so the
+JSON and parquet variants it accepts (JSON lines, a JSON array, ...) all work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union
+
+from ..errors import HopscotchError
+
+Message = dict[str, str]
+Record = Union[str, list[Message]]
+
+FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+#: columns tried, in order, when ``--data-field`` is not given
+AUTO_FIELDS = ("messages", "conversations", "text", "content")
+#: ShareGPT-style speaker names
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def is_local(spec: str) -> bool:
+    """A spec names a local file when it exists or ends like one (so typos say "not found")."""
+    return Path(spec).expanduser().is_file() or Path(spec).suffix.lower() in FILE_KINDS
+
+
+def read_records(spec: str, config: str | None, split: str, field: str | None) -> Iterator[Record]:
+    """Records of ``spec`` in their stored order (loaded lazily: the caller stops early)."""
+    if is_local(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise HopscotchError(f"--data file {path} not found")
+        kind = FILE_KINDS.get(path.suffix.lower())
+        if kind is None:
+            raise HopscotchError(f"--data {path}: unsupported file type; use {', '.join(FILE_KINDS)}")
+        if kind == "text":
+            return _paragraphs(path)
+        return _rows(_load(kind, data_files=str(path), split="train"), field, str(path))
+    return _rows(_load(spec, name=config, split=split), field, spec)
+
+
+def _paragraphs(path: Path) -> Iterator[Record]:
+    """A text file as documents separated by blank lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HopscotchError(f"--data {path} is not UTF-8 text") from None
+    return (p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
+
+
+def _load(path: str, **kwargs: Any) -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(path, **kwargs)
+    except Exception as e:  # datasets raises many types (hub, parsing, split); all are user-fixable
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HopscotchError(f"--data {path}: cannot load it ({what})") from None
+
+
+def _rows(dataset: Any, field: str | None, name: str) -> Iterator[Record]:
+    columns = list(dataset.column_names)
+    if field is None:
+        field = next((f for f in AUTO_FIELDS if f in columns), None)
+        if field is None:
+            raise HopscotchError(f"--data {name} has columns {columns}; choose the text or chat one with --data-field")
+    elif field not in columns:
+        raise HopscotchError(f"--data-field {field!r} is not a column of {name}; columns: {columns}")
+    return (_record(row[field], field, name) for row in dataset)
+
+
+def _record(value: Any, field: str, name: str) -> Record:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        return [_message(m, field, name) for m in value]
+    raise HopscotchError(f"{name}: column {field!r} holds {type(value).__name__}, expected text or chat messages")
+
+
+def _message(m: dict[str, Any], field: str, name: str) -> Message:
+    role = m.get("role", m.get("from"))
+    content = m.get("content", m.get("value"))
+    if role not in _ROLES or not isinstance(content, str):
+        raise HopscotchError(
+            f"{name}: column {field!r} has a message {m!r}; expected role user/assistant/system and text content"
+        )
+    return {"role": _ROLES[role], "content": content}

@@ -1,0 +1,176 @@
+"""Greedy, iterative block selection (paper section 3), with a training-free shortlist.
+
+At each step the paper skips every remaining candidate in turn, trains all scales briefly
+and keeps the candidate with the lowest loss: ``L - k`` training runs per step. We first
+score every candidate without training, which costs one partial forward each: candidate
+``c`` only changes layers ``c`` onwards, so its forward starts from the cached input of
+layer ``c`` under the current plan. Only the ``shortlist`` best-scoring candidates get the
+paper's brief training, and the best trained loss wins. ``shortlist=None`` trains every
+candidate: the paper's exhaustive procedure, for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import HopscotchError
+from ..torch_plan import BranchScales, scaled_model
+from .calibration import Calibration
+from .objective import Teacher, batches, loss_sum
+from .options import SearchOptions
+from .stack import Stack
+from .train import check_finite, mean_loss, train_scales
+
+
+class Progress(Protocol):
+    """Where a step reports its work (a rich progress bar, or nothing)."""
+
+    def begin(self, label: str, total: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+
+@dataclass
+class Step:
+    """One greedy step: what was tried, what it scored, what was kept."""
+
+    chosen: int
+    #: objective on the scoring rows before this step and after it (chosen block's trained scales)
+    before: float
+    loss: float
+    seconds: float
+    #: training-free score of every remaining candidate (empty for the exhaustive procedure)
+    scores: dict[int, float] = field(default_factory=dict)
+    #: loss after brief training, for the candidates that were trained
+    trained: dict[int, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        layers = sorted(set(self.scores) | set(self.trained))
+        return {
+            "chosen": self.chosen,
+            "before": self.before,
+            "loss": self.loss,
+            "seconds": round(self.seconds, 3),
+            "candidates": [
+                {"layer": i, "score": self.scores.get(i), "trained": self.trained.get(i)} for i in layers
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Step:
+        cands = data["candidates"]
+        return cls(
+            int(data["chosen"]), float(data["before"]), float(data["loss"]), float(data["seconds"]),
+            {int(c["layer"]): float(c["score"]) for c in cands if c["score"] is not None},
+            {int(c["layer"]): float(c["trained"]) for c in cands if c["trained"] is not None},
+        )  # fmt: skip
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to continue: the steps so far and the current scales."""
+
+    scales: BranchScales
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def order(self) -> list[int]:
+        return [s.chosen for s in self.steps]
+
+
+class Selector:
+    """Runs greedy steps on one model, calibration set and teacher."""
+
+    def __init__(
+        self, stack: Stack, calib: Calibration, teacher: Teacher, options: SearchOptions,
+        candidates: list[int], progress: Progress,
+    ) -> None:  # fmt: skip
+        self.stack, self.calib, self.teacher, self.o = stack, calib, teacher, options
+        self.candidates = candidates
+        self.progress = progress
+        self.n_score = min(options.score_samples, options.samples)
+
+    def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
+        """Add steps to ``state`` until it skips ``options.skips`` blocks."""
+        while len(state.steps) < self.o.skips:
+            state.steps.append(self.step(state))
+            on_step(state)
+
+    def step(self, state: SearchState) -> Step:
+        t0 = time.perf_counter()
+        o, skip = self.o, state.order
+        k = len(skip) + 1
+        remaining = [c for c in self.candidates if c not in skip]
+        exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
+        n_train = o.epochs * len(batches(o.samples, o.batch_size)) + len(batches(self.n_score, o.batch_size))
+        n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
+        n_scoring = 0 if exhaustive else len(remaining) * len(batches(self.n_score, o.batch_size))
+        self.progress.begin(f"step {k}/{o.skips}", n_scoring + n_short * n_train)
+        if exhaustive:
+            scores: dict[int, float] = {}
+            shortlist = remaining
+            before = self._loss(state.scales, skip, f"at step {k}")
+        else:
+            before, scores = self._score(state.scales, skip, remaining, k)
+            shortlist = sorted(remaining, key=lambda c: (scores[c], c))[:n_short]
+        trained: dict[int, float] = {}
+        best: tuple[float, int, BranchScales] | None = None
+        for c in shortlist:
+            trial = copy.deepcopy(state.scales)
+            where = f"at step {k} training the scales for skipping layer {c}"
+            train_scales(
+                self.stack, trial, skip + [c], self.calib, self.teacher, o.objective,
+                lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
+                where=where, on_batch=self.progress.advance,
+            )  # fmt: skip
+            trained[c] = self._loss(trial, skip + [c], where)
+            if best is None or trained[c] < best[0]:
+                best = (trained[c], c, trial)
+        assert best is not None
+        loss, chosen, state.scales = best
+        with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
+            state.scales.attn[chosen] = 1.0
+        return Step(chosen, before, loss, time.perf_counter() - t0, scores, trained)
+
+    def _loss(self, scales: BranchScales, skip: list[int], where: str) -> float:
+        value = mean_loss(
+            self.stack, scales, skip, self.calib, self.teacher, self.o.objective,
+            n_rows=self.n_score, batch_size=self.o.batch_size, where=where,
+        )  # fmt: skip
+        for _ in batches(self.n_score, self.o.batch_size):
+            self.progress.advance()
+        return value
+
+    @torch.no_grad()
+    def _score(self, scales: BranchScales, skip: list[int], remaining: list[int], k: int) -> tuple[float, dict[int, float]]:
+        """The objective of the current plan and of each candidate added to it, untrained."""
+        st, calib, objective = self.stack, self.calib, self.o.objective
+        sums = dict.fromkeys(remaining, 0.0)
+        base, count = 0.0, 0
+        for rows in batches(self.n_score, self.o.batch_size):
+            ids, targets = calib.train_ids[rows], calib.train_targets[rows]
+            with scaled_model(st.model, scales, skip):
+                inputs, out, at = st.layer_inputs(ids)
+                s, n = loss_sum(objective, st.logits(st.final_hidden(out)), ids, targets, self.teacher, rows)
+            base += float(s)
+            count += n
+            for c in remaining:
+                with scaled_model(st.model, scales, skip + [c]):
+                    h = st.run(inputs[c], at, c)
+                    s, _ = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, rows)
+                sums[c] += float(s)
+                self.progress.advance()
+        if count == 0:
+            raise HopscotchError(
+                f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
+            )
+        scores = {c: v / count for c, v in sums.items()}
+        for c, v in scores.items():
+            check_finite(v, f"at step {k} scoring layer {c}")
+        return base / count, scores

@@ -1,0 +1,113 @@
+"""Every search option in one dataclass, validated before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import HopscotchError
+
+OBJECTIVES = ("kl", "ce")
+GRANULARITIES = ("layer", "channel")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+#: Options that change which blocks the greedy selection picks: a run can only be resumed
+#: with the same values (``skips`` and the final-training options may change).
+SELECTION_OPTIONS = (
+    "granularity", "objective", "shortlist", "protect", "data", "data_config", "data_split",
+    "data_field", "samples", "heldout", "seq_len", "score_samples", "batch_size", "lr",
+    "epochs", "seed", "max_new_tokens",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What ``hopscotch-export search`` does; defaults suit a GPU, scale them down on CPU."""
+
+    #: attention blocks to skip
+    skips: int
+    #: one scale per branch (``layer``) or one per hidden unit of each branch (``channel``)
+    granularity: str = "layer"
+    #: ``kl``: divergence from the unmodified model; ``ce``: cross-entropy on the data
+    objective: str = "kl"
+    #: candidates trained per step after the training-free scoring; None trains every
+    #: candidate, which is the paper's exhaustive procedure
+    shortlist: int | None = 3
+    #: layers that keep their attention (layer 0 always does)
+    protect: tuple[int, ...] = ()
+    #: Hugging Face dataset name or local .txt/.jsonl/.json/.parquet; None: self-generated
+    data: str | None = None
+    data_config: str | None = None
+    data_split: str = "train"
+    #: column holding text or chat messages; None picks messages/conversations/text
+    data_field: str | None = None
+    #: calibration sequences used for training / held out for the final report
+    samples: int = 64
+    heldout: int = 16
+    seq_len: int = 256
+    #: training sequences (at most ``samples``) that score candidates without training and
+    #: compare the trained shortlist
+    score_samples: int = 16
+    #: sequences per optimizer step (and per forward batch)
+    batch_size: int = 4
+    #: brief training of each shortlisted candidate (paper: 1 epoch at 1e-2)
+    lr: float = 1e-2
+    epochs: int = 1
+    #: the longer training of the final set (paper: 10 epochs at 3e-3)
+    final_lr: float = 3e-3
+    final_epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    #: answer length when the model writes its own calibration data
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise HopscotchError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.granularity not in GRANULARITIES:
+            raise HopscotchError(
+                f"--granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            )
+        if self.device not in DEVICES:
+            raise HopscotchError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        positive = ("skips", "samples", "heldout", "seq_len", "score_samples", "batch_size",
+                    "epochs", "final_epochs", "max_new_tokens")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise HopscotchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.shortlist is not None and self.shortlist < 1:
+            raise HopscotchError(f"--shortlist must be at least 1 or 'all', got {self.shortlist}")
+        for name in ("lr", "final_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise HopscotchError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    def candidates(self, n_layers: int) -> list[int]:
+        """Layers whose attention may be skipped; raise if ``skips`` cannot be met."""
+        bad = [i for i in self.protect if not 0 <= i < n_layers]
+        if bad:
+            raise HopscotchError(f"--protect {bad} out of range: the model has layers 0..{n_layers - 1}")
+        found = [i for i in range(1, n_layers) if i not in self.protect]
+        if self.skips >= len(found):
+            raise HopscotchError(
+                f"--skips {self.skips} needs more candidates than the {len(found)} this model offers "
+                f"({n_layers} layers, layer 0 and {len(set(self.protect) - {0})} protected kept); "
+                "lower --skips or protect fewer layers"
+            )
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["protect"] = list(self.protect)
+        return data
+
+    def selection_mismatch(self, recorded: dict[str, Any]) -> list[str]:
+        """Options that differ from a recorded run's in ways that change the selection."""
+        mine = self.to_json()
+        return [
+            f"{k.replace('_', '-')} {recorded.get(k)!r} -> {mine[k]!r}"
+            for k in SELECTION_OPTIONS
+            if recorded.get(k) != mine[k]
+        ]

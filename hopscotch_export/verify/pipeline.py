@@ -1,0 +1,195 @@
+"""``run_verify``: the whole verification of one GGUF against its reference, in one call."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import HopscotchError
+from .data import load_text
+from .heldout import compare_windows
+from .parity import torch_parity
+from .perplexity import first_scored, make_windows
+from .reference import reference_gguf
+from .report import LimitCheck, Side, TextInfo, VerifyReport
+from .runner import LlamaSession, default_threads, gpu_offload_available
+from .speed import measure_speed
+from .tasks import DEFAULT_TEMPLATE, load_task, score_task
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Everything ``verify`` can be told; the defaults follow ``llama-perplexity``'s."""
+
+    #: tokens per perplexity window (``llama-perplexity -c``) and context for every test
+    ctx: int = 512
+    #: at most this many windows (``--chunks``); None scores all of the text
+    chunks: int | None = None
+    #: held-out text: a text file or a dataset id with a ``text`` column; None = built-in
+    data: str | None = None
+    data_config: str | None = None
+    data_split: str = "test"
+    #: multiple-choice task: a JSONL file (question / choices / answer) or a dataset id
+    task: str | None = None
+    task_config: str | None = None
+    task_split: str = "test"
+    task_limit: int | None = None
+    task_template: str = DEFAULT_TEMPLATE
+    #: parity check: the plan the GGUF was made with, and its source (default: the reference)
+    plan: Path | None = None
+    source: str | None = None
+    parity_windows: int = 2
+    #: speed test: prompt length, generated tokens, interleaved rounds
+    speed: bool = True
+    speed_prompt: int = 512
+    speed_gen: int = 64
+    speed_rounds: int = 3
+    #: llama.cpp placement: layers offloaded to a GPU (-1 = all) and CPU threads
+    gpu_layers: int = 0
+    threads: int | None = None
+    #: output type for a reference that must be converted (default: the model's own)
+    reference_outtype: str | None = None
+    #: gates: mean KL from the reference, perplexity increase in percent
+    max_kl: float | None = None
+    max_ppl_increase: float | None = None
+
+
+def run_verify(
+    model_gguf: Path, reference: str | Path, options: VerifyOptions | None = None, console: Console | None = None
+) -> VerifyReport:
+    """Measure ``model_gguf`` against ``reference`` in llama.cpp and return the report.
+
+    User mistakes (missing files, too little text, bad task file) raise
+    :class:`HopscotchError`; the limits are reported in ``report.limits``, not raised.
+    """
+    opts = options or VerifyOptions()
+    console = console or Console(stderr=True)
+    model_gguf = Path(model_gguf)
+    _check_inputs(model_gguf, opts)
+    text = load_text(opts.data, opts.data_config, opts.data_split)
+    task = (
+        load_task(opts.task, config=opts.task_config, split=opts.task_split, limit=opts.task_limit,
+                  template=opts.task_template)
+        if opts.task
+        else None
+    )
+    threads = opts.threads or default_threads()
+    with contextlib.ExitStack() as stack:
+        ref = stack.enter_context(reference_gguf(str(reference), model_gguf, opts.reference_outtype, console))
+        sessions = [
+            stack.enter_context(LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=opts.gpu_layers))
+            for p in (ref.path, model_gguf)
+        ]
+        ref_s, model_s = sessions
+        tokens = model_s.tokenize(text.text)
+        if ref_s.n_vocab != model_s.n_vocab or ref_s.tokenize(text.text) != tokens:
+            raise HopscotchError(
+                f"{model_gguf} and the reference {reference} tokenize differently: not the same base model"
+            )
+        windows = make_windows(tokens, opts.ctx, model_s.bos if model_s.add_bos else None, opts.chunks)
+
+        with _progress(console) as progress:
+            bar = progress.add_task("perplexity and KL", total=len(windows))
+            heldout = compare_windows(ref_s, model_s, windows, lambda: progress.advance(bar))
+
+            task_scores = [None, None]
+            if task is not None:
+                for i, (name, s) in enumerate((("reference", ref_s), ("model", model_s))):
+                    bar = progress.add_task(f"task ({name})", total=len(task.questions))
+                    task_scores[i] = score_task(s, task, lambda b=bar: progress.advance(b))
+
+            parity = None
+            if opts.plan is not None:
+                bar = progress.add_task("parity with torch", total=min(opts.parity_windows, len(windows)))
+                parity = torch_parity(
+                    model_s, opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
+                    lambda: progress.advance(bar),
+                )
+
+            speeds = [None, None]
+            if opts.speed:
+                prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
+                bar = progress.add_task("speed (interleaved)", total=2 * opts.speed_rounds)
+                speeds = measure_speed(
+                    sessions, tokens, prompt_tokens=prompt, gen_tokens=opts.speed_gen,
+                    rounds=opts.speed_rounds, advance=lambda: progress.advance(bar),
+                )
+
+        sides = [
+            Side(str(s.path), s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i])
+            for i, (s, ppl) in enumerate(((ref_s, heldout.reference), (model_s, heldout.model)))
+        ]
+        report = VerifyReport(
+            model=sides[1],
+            reference=sides[0],
+            reference_spec=str(reference),
+            reference_converted_to=ref.converted_to,
+            text=TextInfo(text.source, text.builtin, len(tokens), opts.ctx, len(windows),
+                          len(windows) * (opts.ctx - 1 - first_scored(opts.ctx))),
+            divergence=heldout.divergence,
+            task_source=task.source if task else None,
+            task_questions=len(task.questions) if task else 0,
+            parity=parity,
+            settings=_settings(opts, threads),
+        )
+    report.limits.extend(_limits(report, opts))
+    return report
+
+
+def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
+    """Fail on user mistakes before any model is loaded."""
+    if not model_gguf.is_file():
+        raise HopscotchError(f"{model_gguf} not found; pass the GGUF written by `hopscotch-export convert`")
+    if model_gguf.suffix.lower() != ".gguf":
+        raise HopscotchError(f"{model_gguf} is not a .gguf file")
+    if opts.ctx < 8 or opts.ctx % 2:
+        raise HopscotchError(f"--ctx {opts.ctx}: use an even number of at least 8 tokens")
+    if opts.chunks is not None and opts.chunks < 1:
+        raise HopscotchError("--chunks must be at least 1")
+    if opts.plan is not None and not Path(opts.plan).is_file():
+        raise HopscotchError(f"--plan {opts.plan} not found")
+    if opts.source is not None and opts.plan is None:
+        raise HopscotchError("--source is only used for the parity check; pass --plan with it")
+    if opts.parity_windows < 1:
+        raise HopscotchError("--parity-windows must be at least 1")
+    if opts.speed and opts.speed_gen + 1 > opts.ctx:
+        raise HopscotchError(f"--speed-gen {opts.speed_gen} does not fit in --ctx {opts.ctx}")
+    if opts.task_limit is not None and opts.task_limit < 1:
+        raise HopscotchError("--task-limit must be at least 1")
+
+
+def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:
+    if opts.max_kl is not None:
+        yield LimitCheck("mean KL (--max-kl)", report.divergence.mean_kl, opts.max_kl)
+    if opts.max_ppl_increase is not None:
+        yield LimitCheck("perplexity increase % (--max-ppl-increase)", report.ppl_increase_pct, opts.max_ppl_increase)
+
+
+def _settings(opts: VerifyOptions, threads: int) -> dict[str, object]:
+    import llama_cpp
+
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "gpu_offload_available": gpu_offload_available(),
+        "gpu_layers": opts.gpu_layers,
+        "threads": threads,
+        "flash_attention": True,
+        "ctx": opts.ctx,
+    }
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )

@@ -1,0 +1,83 @@
+"""The reference model as a GGUF, so that both sides run in the same engine.
+
+A GGUF reference is used as is. A Hugging Face folder or hub id is converted once,
+without a plan, to a temporary GGUF of the model's own output type: comparing an f16
+reference with a Q4 model would charge quantization error to the skipped blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import LlamaFileType
+from rich.console import Console
+
+from ..errors import HopscotchError
+from .runner import gguf_metadata
+
+#: ``general.file_type`` -> the converter's ``outtype`` that writes it.
+_OUTTYPE_OF_FILE_TYPE = {
+    LlamaFileType.ALL_F32: "f32",
+    LlamaFileType.MOSTLY_F16: "f16",
+    LlamaFileType.MOSTLY_BF16: "bf16",
+    LlamaFileType.MOSTLY_Q8_0: "q8_0",
+    LlamaFileType.MOSTLY_Q4_0: "q4_0",
+    LlamaFileType.MOSTLY_Q4_1: "q4_1",
+    LlamaFileType.MOSTLY_Q5_0: "q5_0",
+    LlamaFileType.MOSTLY_Q5_1: "q5_1",
+    LlamaFileType.MOSTLY_Q2_K: "q2_k",
+    LlamaFileType.MOSTLY_Q3_K_M: "q3_k_m",
+    LlamaFileType.MOSTLY_Q4_K_S: "q4_k_s",
+    LlamaFileType.MOSTLY_Q4_K_M: "q4_k_m",
+    LlamaFileType.MOSTLY_Q5_K_S: "q5_k_s",
+    LlamaFileType.MOSTLY_Q5_K_M: "q5_k_m",
+    LlamaFileType.MOSTLY_Q6_K: "q6_k",
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The GGUF to run as the reference, and how it was obtained."""
+
+    path: Path
+    spec: str
+    #: the output type it was converted to, or None when ``spec`` was a GGUF already
+    converted_to: str | None
+
+
+def outtype_of(gguf_path: Path) -> str:
+    """The converter output type that reproduces ``gguf_path``'s ``general.file_type``."""
+    value = gguf_metadata(gguf_path).get("general.file_type")
+    try:
+        return _OUTTYPE_OF_FILE_TYPE[LlamaFileType(value)]
+    except (ValueError, KeyError):
+        raise HopscotchError(
+            f"cannot tell which output type {gguf_path.name} has (general.file_type={value}); "
+            "pass --reference-outtype (f16, q8_0, q4_k_m, ...)"
+        ) from None
+
+
+@contextlib.contextmanager
+def reference_gguf(
+    spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None
+) -> Iterator[Reference]:
+    """Yield the reference as a GGUF, converting (and afterwards deleting) it if needed."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        yield Reference(path, spec, None)
+        return
+    from ..converters.convert import convert
+    from ..sources import open_source
+
+    source = open_source(spec)
+    chosen = outtype or outtype_of(model_gguf)
+    with tempfile.TemporaryDirectory(prefix="hopscotch-verify-") as tmp:
+        out = Path(tmp) / "reference.gguf"
+        if console is not None:
+            console.print(f"converting the reference {spec} to {chosen} (no skips) ...")
+        convert(source, None, out, outtype=chosen, console=console)
+        yield Reference(out, spec, chosen)

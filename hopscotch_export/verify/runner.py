@@ -1,0 +1,360 @@
+"""One GGUF in llama.cpp (through llama-cpp-python's C API): tokenize, decode, logits.
+
+The low-level API is used rather than ``llama_cpp.Llama`` because verification needs
+logits for chosen positions only (as ``llama-perplexity`` asks for them), two contexts
+advanced batch by batch side by side, and the KV cache size llama.cpp reports when it
+creates a context. Flash attention is always on: without it llama.cpp pads the V cache of
+every layer and skipped blocks would save no KV memory (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..errors import HopscotchError
+
+#: Tokens per ``llama_decode`` call: one llama.cpp micro-batch, so that the logits held
+#: in memory at once stay small (rows x vocabulary x 4 bytes).
+DEFAULT_BATCH = 512
+
+#: ggml.h log levels (llama-cpp-python's _logger.py has an older numbering).
+_GGML_LOG_DEBUG, _GGML_LOG_CONT = 1, 5
+_KV_LINE = re.compile(
+    r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \((\w+)\): +[\d.]+ MiB, V \((\w+)\)"
+)
+
+
+@dataclass(frozen=True)
+class KvCacheInfo:
+    """The KV cache of one context, as llama.cpp reports it when creating the context.
+
+    ``bytes`` is exact: the cells and layers llama.cpp reports times each layer's K/V
+    width from the file; it is checked against llama.cpp's own (rounded) MiB figure.
+    """
+
+    bytes: int
+    cells: int
+    layers: int
+    type_k: str
+    type_v: str
+    llama_mib: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bytes": self.bytes,
+            "cells": self.cells,
+            "layers": self.layers,
+            "type_k": self.type_k,
+            "type_v": self.type_v,
+            "llama_cpp_mib": self.llama_mib,
+        }
+
+
+class _LlamaLog:
+    """Captures llama.cpp's log (instead of printing it) so we can read facts from it."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.lines: deque[str] = deque(maxlen=400)
+        self._partial = ""
+        self._level = 0
+        self.count = 0
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if level != _GGML_LOG_CONT:
+                self._level = level
+            if self._level == _GGML_LOG_DEBUG:  # thousands of graph lines per context
+                return
+            self._partial += text.decode("utf-8", errors="replace")
+            *done, self._partial = self._partial.split("\n")
+            self.lines.extend(done)
+            self.count += len(done)
+
+        self._callback = callback  # keep a reference: llama.cpp holds a raw pointer
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def since(self, mark: int) -> list[str]:
+        """Lines logged after ``mark`` (a previous ``count``), as far as the buffer reaches."""
+        n = min(self.count - mark, len(self.lines))
+        return list(self.lines)[len(self.lines) - n :] if n > 0 else []
+
+
+_log: _LlamaLog | None = None
+
+
+def _llama() -> tuple[Any, _LlamaLog]:
+    """Import llama_cpp once, initialise its backend and take over its log."""
+    global _log
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise HopscotchError(
+            f"llama-cpp-python is not usable ({e}); install it: pip install llama-cpp-python"
+        ) from None
+    if _log is None:
+        llama_cpp.llama_backend_init()
+        _log = _LlamaLog()
+    return llama_cpp, _log
+
+
+def gpu_offload_available() -> bool:
+    """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
+    llama_cpp, _ = _llama()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def default_threads() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+class LlamaSession:
+    """A GGUF loaded in llama.cpp with one context of ``n_ctx`` tokens (one sequence)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int | None = None,
+        gpu_layers: int = 0,
+        n_batch: int = DEFAULT_BATCH,
+    ) -> None:
+        llama_cpp, log = _llama()
+        self._lib = llama_cpp
+        self.path = Path(path)
+        if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+            raise HopscotchError(
+                "--gpu-layers needs a llama-cpp-python built with CUDA or Metal; this one is CPU only "
+                '(reinstall with CMAKE_ARGS="-DGGML_CUDA=on") or drop --gpu-layers'
+            )
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
+        mark = log.count
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise HopscotchError(f"llama.cpp could not load {self.path}: {_last_error(log.since(mark))}")
+        self._ctx = None
+        self._batch = None
+        try:
+            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+            self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+            self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
+            threads = n_threads or default_threads()
+            self.n_batch = min(n_batch, n_ctx)
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = n_ctx
+            cparams.n_batch = self.n_batch
+            cparams.n_ubatch = self.n_batch
+            cparams.n_seq_max = 1
+            cparams.n_threads = threads
+            cparams.n_threads_batch = threads
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            mark = log.count
+            self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+            if not self._ctx:
+                raise HopscotchError(
+                    f"llama.cpp could not create a {n_ctx}-token context for {self.path}: "
+                    f"{_last_error(log.since(mark))}"
+                )
+            self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
+            self.kv_cache = _kv_cache_info(self.path, log.since(mark))
+            self._memory = llama_cpp.llama_get_memory(self._ctx)
+            self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> LlamaSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the batch, context and model (in that order); safe to call twice."""
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    @property
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """llama.cpp's tokenization; ``add_special`` adds BOS when the vocabulary asks for it.
+
+        Special-token text in ``text`` is not parsed (as ``llama-perplexity`` does).
+        """
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._lib.llama_token * cap)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, False)
+        if n < 0:
+            raise RuntimeError(f"llama_tokenize needs {-n} tokens, more than the {cap} allotted")
+        return list(buf[:n])
+
+    def clear(self) -> None:
+        """Forget every cached token: the next decode starts a new sequence."""
+        self._lib.llama_memory_clear(self._memory, True)
+
+    def truncate(self, n_pos: int) -> None:
+        """Drop cached positions ``n_pos`` and later, keeping the prefix before them."""
+        self._lib.llama_memory_seq_rm(self._memory, 0, n_pos, -1)
+
+    def decode(self, tokens: Sequence[int], start: int, outputs: Sequence[bool] | None = None) -> np.ndarray:
+        """Append ``tokens`` at positions ``start``.. and return logits where ``outputs`` is true.
+
+        Returns float32 ``(n_outputs, n_vocab)``, in token order. At most ``n_batch``
+        tokens per call, so that one call is one llama.cpp micro-batch.
+        """
+        n = len(tokens)
+        if not 0 < n <= self.n_batch:
+            raise ValueError(f"decode takes 1..{self.n_batch} tokens, got {n}")
+        if start + n > self.n_ctx:
+            raise ValueError(f"positions {start}..{start + n - 1} exceed the context of {self.n_ctx}")
+        flags = [False] * n if outputs is None else list(outputs)
+        b = self._batch
+        b.n_tokens = n
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = flags[i]
+        rc = self._lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} on {self.path}")
+        n_out = sum(flags)
+        if n_out == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        ptr = self._lib.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()
+
+    def timed_decode(self, tokens: Sequence[int], start: int) -> float:
+        """Seconds llama.cpp takes to process ``tokens`` (logits for the last one only).
+
+        Longer inputs go in ``n_batch`` pieces, as llama.cpp's own tools process prompts.
+        """
+        elapsed = 0.0
+        for i in range(0, len(tokens), self.n_batch):
+            piece = tokens[i : i + self.n_batch]
+            last = i + len(piece) == len(tokens)
+            outputs = [False] * (len(piece) - 1) + [last]
+            t0 = time.perf_counter()
+            self.decode(piece, start + i, outputs)
+            self._lib.llama_synchronize(self._ctx)
+            elapsed += time.perf_counter() - t0
+        return elapsed
+
+
+def _last_error(lines: list[str]) -> str:
+    """The most telling line llama.cpp logged, for a one-line error."""
+    for key in ("error", "failed", "unknown"):
+        for line in reversed(lines):
+            if key in line.lower():
+                return line.strip()
+    return "see llama.cpp's log (no error line captured); is it a complete GGUF?"
+
+
+def _kv_cache_info(path: Path, lines: list[str]) -> KvCacheInfo:
+    """Read the KV cache line llama.cpp logged and compute its exact size in bytes."""
+    for line in lines:
+        m = _KV_LINE.search(line)
+        if m:
+            mib, cells, layers, type_k, type_v = float(m[1]), int(m[2]), int(m[3]), m[4], m[5]
+            per_cell = _kv_bytes_per_cell(path, type_k, type_v)
+            exact = cells * per_cell
+            if abs(exact / 2**20 - mib) > 0.006:  # llama.cpp prints two decimals
+                exact = round(mib * 2**20)
+            return KvCacheInfo(exact, cells, layers, type_k, type_v, mib)
+    raise RuntimeError(f"llama.cpp did not report a KV cache for {path}")
+
+
+def _kv_bytes_per_cell(path: Path, type_k: str, type_v: str) -> int:
+    """Bytes of K and V per token position, summed over the layers that have attention."""
+    meta = gguf_metadata(path)
+    arch = meta["general.architecture"]
+    n_layers = int(meta[f"{arch}.block_count"])
+    heads = meta[f"{arch}.attention.head_count"]
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+    per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * n_layers
+    n_head0 = heads[0] if isinstance(heads, list) else heads
+    head_k = meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head0
+    head_v = meta.get(f"{arch}.attention.value_length") or head_k
+    return int(sum(n * (head_k * _type_bytes(type_k) + head_v * _type_bytes(type_v)) for n in per_layer))
+
+
+def _type_bytes(name: str) -> float:
+    qtype = gguf.GGMLQuantizationType[name.upper()]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return size / block
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """A GGUF file's metadata, read from its header alone.
+
+    String arrays (the vocabulary) are skipped and reported as their length: gguf-py's
+    reader decodes every token, which takes seconds for a large vocabulary.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise HopscotchError(f"{path} is not a GGUF file")
+        _version, _n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
+
+        def string() -> str:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(n).decode("utf-8", errors="replace")
+
+        def scalar(vtype: int) -> Any:
+            if vtype == _STRING:
+                return string()
+            fmt = _SCALARS[vtype]
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack("<I", f.read(4))
+            if vtype != _ARRAY:
+                meta[key] = scalar(vtype)
+                continue
+            etype, count = struct.unpack("<IQ", f.read(12))
+            if etype == _STRING:
+                for _ in range(count):
+                    (n,) = struct.unpack("<Q", f.read(8))
+                    f.seek(n, 1)
+                meta[key] = count
+            else:
+                fmt = _SCALARS[etype]
+                meta[key] = list(struct.unpack(f"<{count}{fmt[1]}", f.read(count * struct.calcsize(fmt))))
+        return meta

@@ -1,0 +1,202 @@
+"""verify end to end: converted tiny models and SmolLM2 in llama.cpp, checked independently.
+
+Perplexity is recomputed here with llama-cpp-python's high-level ``Llama`` (all logits,
+numpy log-softmax); task log-likelihoods with torch on the Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from hopscotch_export.converters.convert import convert
+from hopscotch_export.plan import Plan
+from hopscotch_export.sources import open_source
+from hopscotch_export.verify import VerifyOptions, run_verify
+from hopscotch_export.verify.command import verify_command
+from hopscotch_export.verify.data import load_text
+from hopscotch_export.verify.parity import torch_parity
+from hopscotch_export.verify.perplexity import make_windows
+from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
+from models import smollm2_tokenizer
+
+#: One thread: on a shared 2-core machine OpenMP threads that wait for each other are slower.
+THREADS = 1
+
+QUESTIONS = [
+    {"question": "What colour is the sky on a clear day?", "choices": ["blue", "green", "a loud trumpet"], "answer": 0},
+    {"question": "Which number is even?", "choices": ["7", "12", "nine hundred and one", "3"], "answer": 1},
+    {"question": "def add(a, b): return", "choices": ["a + b", "a - b"], "answer": 0},
+]
+
+
+def options(**changes) -> VerifyOptions:
+    base = dict(ctx=64, chunks=4, speed=False, threads=THREADS)
+    return VerifyOptions(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """f32 conversions of the tiny Llama with an empty plan and with a 2-skip scaled plan."""
+    d = tmp_path_factory.mktemp("verify_tiny")
+    src = open_source(tiny_llama)
+    ref = src.model_ref()
+    n = ref.n_layers
+    empty = Plan.identity(ref)
+    skip = Plan(ref, (2, 4), tuple(np.linspace(0.7, 1.3, n).tolist()), tuple(np.linspace(1.2, 0.8, n).tolist()))
+    out = {"hf": tiny_llama}
+    for name, plan in (("empty", empty), ("skip", skip)):
+        convert(src, plan, d / f"{name}.gguf", outtype="f32")
+        plan.save(d / f"{name}.plan.json")
+        out[name] = d / f"{name}.gguf"
+        out[f"{name}_plan"] = d / f"{name}.plan.json"
+    tasks = d / "task.jsonl"
+    tasks.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    out["task"] = tasks
+    return out
+
+
+def independent_ppl(path: Path, text: str, ctx: int, max_windows: int) -> float:
+    """llama-perplexity's recipe, written out again over the high-level API's logits."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=ctx, logits_all=True, n_threads=THREADS, verbose=False, flash_attn=True)
+    try:
+        tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
+        add_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model))
+        nll = []
+        for i in range(min(len(tokens) // ctx, max_windows)):
+            window = tokens[i * ctx : (i + 1) * ctx]
+            if add_bos:
+                window[0] = llm.token_bos()
+            llm.reset()
+            llm.eval(window)
+            x = np.array(llm.scores[:ctx], dtype=np.float64)
+            lp = x - x.max(1, keepdims=True)
+            lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+            nll += [-lp[j, window[j + 1]] for j in range(ctx // 2, ctx - 1)]
+        return math.exp(float(np.mean(nll)))
+    finally:
+        llm.close()
+
+
+def test_empty_plan_matches_hf_reference(tiny):
+    """Reference given as a Hugging Face folder: converted to f32 like the model, then identical."""
+    r = run_verify(tiny["empty"], str(tiny["hf"]), options())
+    assert r.reference_converted_to == "f32"
+    assert r.divergence.max_kl < 1e-9 and r.divergence.same_top == 1.0
+    assert r.model.perplexity.ppl == pytest.approx(r.reference.perplexity.ppl, rel=1e-9)
+    assert r.model.kv_cache == r.reference.kv_cache
+    assert r.text.builtin and r.text.windows == 4 and r.text.scored_tokens == 4 * 31
+    assert r.model.perplexity.ppl == pytest.approx(independent_ppl(tiny["empty"], load_text(None).text, 64, 4), rel=1e-4)
+
+
+def test_skip_plan_diverges_and_passes_parity(tiny):
+    r = run_verify(
+        tiny["skip"],
+        str(tiny["hf"]),
+        options(
+            plan=tiny["skip_plan"], task=str(tiny["task"]),
+            speed=True, speed_prompt=32, speed_gen=4, speed_rounds=2,
+        ),
+    )
+    d = r.divergence
+    assert d.mean_kl > 1e-3 and d.max_kl >= d.p99_kl >= 0 and d.same_top < 1.0  # flat random logits: small KL
+    assert r.model.perplexity.ppl != pytest.approx(r.reference.perplexity.ppl, rel=1e-3)
+    assert r.model.kv_cache.bytes * 6 == r.reference.kv_cache.bytes * 4  # 2 of 6 layers hold no K/V
+    assert r.parity is not None and r.parity.mean_kl < 1e-3 and r.parity.same_top > 0.98
+    assert r.task_questions == 3 and r.model.task is not None and r.reference.task is not None
+    speed = r.comparison()
+    assert r.model.speed.prompt_tps > 0 and r.reference.speed.gen_tps > 0
+    assert len(r.model.speed.prompt_runs) == 2
+    assert speed["prompt_speed_ratio"] == pytest.approx(r.model.speed.prompt_tps / r.reference.speed.prompt_tps)
+    data = r.to_json()
+    assert data["passed"] and data["parity"]["mean_kl"] == r.parity.mean_kl
+    assert data["comparison"]["divergence"]["mean_kl"] == d.mean_kl
+
+
+def test_parity_catches_a_file_that_does_not_match_the_plan(tiny):
+    """The same GGUF against torch with the wrong plan (nothing skipped): KL far above the floor."""
+    with LlamaSession(tiny["skip"], n_ctx=64, n_threads=THREADS) as s:
+        windows = make_windows(s.tokenize(load_text(None).text), 64, None, 2)
+        good = torch_parity(s, tiny["hf"], tiny["skip_plan"], windows)
+        wrong = torch_parity(s, tiny["hf"], tiny["empty_plan"], windows)
+    assert good.mean_kl < 1e-3
+    assert wrong.mean_kl > 100 * good.mean_kl
+
+
+def test_choice_logliks_equal_hand_computed_torch(tiny):
+    """Harness-style split and sum of log-probs, against torch on the Hugging Face model."""
+    tok = smollm2_tokenizer()
+    model = open_source(tiny["hf"]).load_torch(torch.float32)
+    task = Task("t", [Question(f"Question: {q['question']}\nAnswer:", tuple(q["choices"]), q["answer"]) for q in QUESTIONS])
+    expected = []
+    for q in task.questions:
+        ctx = tok.encode(q.context, add_special_tokens=False)
+        row = []
+        for choice in q.choices:
+            cont = tok.encode(q.context + " " + choice, add_special_tokens=False)[len(ctx) :]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].double(), -1)
+            row.append(sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
+        expected.append(row)
+    with LlamaSession(tiny["empty"], n_ctx=64, n_threads=THREADS) as s:
+        assert not s.add_bos  # SmolLM2's tokenizer adds no BOS, so torch gets none either
+        got = [choice_logliks(s, q.context, q.choices) for q in task.questions]
+        score = score_task(s, task)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=2e-2)
+    picks = [int(np.argmax(e)) for e in expected]
+    norm_picks = [int(np.argmax(np.array(e) / [len(c) for c in q.choices])) for e, q in zip(expected, task.questions)]
+    assert list(score.picks) == picks
+    assert score.acc == pytest.approx(np.mean([p == q.answer for p, q in zip(picks, task.questions)]))
+    assert score.acc_norm == pytest.approx(np.mean([p == q.answer for p, q in zip(norm_picks, task.questions)]))
+
+
+def test_smollm2_against_itself_and_independent_perplexity(smollm2):
+    r = run_verify(smollm2, smollm2, options(ctx=128, chunks=2))
+    assert r.reference_converted_to is None
+    assert r.divergence.max_kl == 0.0 and r.divergence.same_top == 1.0
+    want = independent_ppl(smollm2, load_text(None).text, 128, 2)
+    assert r.reference.perplexity.ppl == pytest.approx(want, rel=1e-4)
+    assert 1 < r.reference.perplexity.ppl < 1000
+
+
+def test_smollm2_with_skips_diverges(smollm2, tmp_path):
+    src = open_source(smollm2)
+    out = tmp_path / "smol-skip3.gguf"
+    convert(src, Plan.identity(src.model_ref(), skip=(3, 9, 15)), out, outtype="source")
+    r = run_verify(out, smollm2, options(ctx=128, chunks=2))
+    assert r.divergence.mean_kl > 1e-2 and r.divergence.same_top < 1.0
+    assert r.model.kv_cache.bytes * 30 == r.reference.kv_cache.bytes * 27
+
+
+def test_cli_limits_become_exit_codes(tiny, tmp_path):
+    app = typer.Typer()
+    app.command()(verify_command)
+    runner = CliRunner()
+    base = [str(tiny["skip"]), "--reference", str(tiny["hf"]), "--ctx", "64", "--chunks", "2", "--no-speed",
+            "--threads", str(THREADS)]
+    report = tmp_path / "report.json"
+
+    ok = runner.invoke(app, [*base, "--max-kl", "100", "--json", str(report)])
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["limits"][0]["passed"]
+    kl, increase = data["comparison"]["divergence"]["mean_kl"], data["comparison"]["ppl_increase_pct"]
+
+    assert runner.invoke(app, [*base, "--max-kl", str(kl / 2)]).exit_code == 1
+    assert runner.invoke(app, [*base, "--max-ppl-increase", str(increase - 1)]).exit_code == 1
+
+    again = runner.invoke(app, [*base, "--json", str(report)])  # refuses before any work
+    assert again.exit_code == 2 and "already exists" in again.output
+    missing = runner.invoke(app, [str(tmp_path / "nope.gguf"), "--reference", str(tiny["hf"])])
+    assert missing.exit_code == 2 and "not found" in missing.output

@@ -1,0 +1,133 @@
+"""Pieces of verify that need no model: windows, statistics, task rows, GGUF metadata."""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+
+from hopscotch_export.errors import HopscotchError
+from hopscotch_export.verify.data import BUILTIN_NAME, load_text
+from hopscotch_export.verify.divergence import Divergence, log_softmax, token_kl
+from hopscotch_export.verify.heldout import window_outputs
+from hopscotch_export.verify.perplexity import Perplexity, make_windows
+from hopscotch_export.verify.runner import gguf_metadata
+from hopscotch_export.verify.tasks import load_task, parse_row
+
+
+def test_windows_replace_first_token_with_bos_and_drop_the_tail():
+    tokens = list(range(100, 125))  # 25 tokens, ctx 8 -> 3 windows, 1 token dropped
+    windows = make_windows(tokens, 8, bos=1)
+    assert windows == [[1, *range(101, 108)], [1, *range(109, 116)], [1, *range(117, 124)]]
+    assert make_windows(tokens, 8, bos=None, max_windows=2) == [list(range(100, 108)), list(range(108, 116))]
+
+
+def test_windows_need_twice_the_context_like_llama_perplexity():
+    with pytest.raises(HopscotchError, match="needs at least 16"):
+        make_windows(list(range(15)), 8, bos=None)
+
+
+def test_scored_positions_are_the_second_half_but_the_last():
+    flags = window_outputs(8)
+    assert [i for i, f in enumerate(flags) if f] == [4, 5, 6]  # n_ctx - 1 - n_ctx/2 tokens
+
+
+def test_perplexity_and_uncertainty_match_llama_cpp_formulas():
+    nll = np.array([1.0, 2.0, 3.0, 2.5])
+    p = Perplexity.from_nll(nll)
+    assert p.ppl == pytest.approx(np.exp(2.125))
+    var = (nll**2).mean() - 2.125**2
+    assert p.uncertainty == pytest.approx(np.exp(2.125) * np.sqrt(var / 3))
+
+
+def test_kl_and_percentiles():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 11)), rng.normal(size=(50, 11))
+    kl = token_kl(log_softmax(a), log_softmax(b))
+    pa, pb = np.exp(log_softmax(a)), np.exp(log_softmax(b))
+    np.testing.assert_allclose(kl, (pa * np.log(pa / pb)).sum(1), rtol=1e-12)
+    assert token_kl(log_softmax(a), log_softmax(a + 3.0)).max() < 1e-12  # shift-invariant
+    d = Divergence.from_values(kl, a.argmax(1) == b.argmax(1))
+    assert d.max_kl == kl.max() and d.p99_kl <= d.max_kl and d.p99_kl == pytest.approx(np.percentile(kl, 99))
+
+
+@pytest.mark.parametrize(
+    "row,expected",
+    [
+        (  # ARC: labelled choices, answerKey names a label
+            {"question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]}, "answerKey": "3"},
+            ("Q?", ("a", "b", "c"), 2),
+        ),
+        ({"question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}, ("Q?", ("a", "b"), 1)),
+        ({"ctx": "C", "endings": ["x", "y", "z"], "label": "2"}, ("C", ("x", "y", "z"), 2)),  # HellaSwag
+        ({"goal": "G", "sol1": "p", "sol2": "q", "label": 1}, ("G", ("p", "q"), 1)),  # PIQA
+        ({"question": "Q", "choices": ["x", "y"], "answer": "y"}, ("Q", ("x", "y"), 1)),  # answer as text
+        ({"question": "Q", "choices": ["x", "y"], "answer": "A"}, ("Q", ("x", "y"), 0)),  # letter
+    ],
+)
+def test_parse_row_layouts(row, expected):
+    assert parse_row(row, "t") == expected
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"choices": ["a", "b"], "answer": 0}, "no question"),
+        ({"question": "Q", "choices": ["a"], "answer": 0}, "at least two"),
+        ({"question": "Q", "choices": ["a", "b"], "answer": 2}, "does not name"),
+        ({"question": "Q", "choices": ["a", "b"]}, "no answer"),
+    ],
+)
+def test_parse_row_errors_are_one_line(row, message):
+    with pytest.raises(HopscotchError, match=message) as e:
+        parse_row(row, "item 1")
+    assert "\n" not in str(e.value)
+
+
+def test_jsonl_task_and_its_errors(tmp_path):
+    good = tmp_path / "t.jsonl"
+    good.write_text(
+        "\n".join(json.dumps({"question": f"q{i}", "choices": ["a", "b"], "answer": i % 2}) for i in range(5)) + "\n"
+    )
+    task = load_task(str(good), limit=3, template="Q: {question}\nA:")
+    assert [q.context for q in task.questions] == ["Q: q0\nA:", "Q: q1\nA:", "Q: q2\nA:"]
+    assert [q.answer for q in task.questions] == [0, 1, 0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{oops\n')
+    with pytest.raises(HopscotchError, match=r"bad.jsonl:2: not valid JSON"):
+        load_task(str(bad))
+    with pytest.raises(HopscotchError, match="file not found"):
+        load_task(str(tmp_path / "missing.jsonl"))
+
+
+def test_builtin_text_is_used_and_named_when_no_data():
+    text = load_text(None)
+    assert text.builtin and text.source == BUILTIN_NAME and len(text.text) > 10_000
+
+
+def test_gguf_metadata_reads_every_value_type(tmp_path):
+    path = tmp_path / "meta.gguf"
+    w = gguf.GGUFWriter(path, "deci")
+    w.add_block_count(3)
+    w.add_head_count([4, 0, 4])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_bool("test.flag", True)
+    w.add_string("test.name", "naïve")
+    w.add_token_list(["a", "bb", "ccc", "dddd"])
+    w.add_array("test.floats", [0.5, 1.5])
+    w.add_uint64("test.big", 2**40)
+    w.add_tensor("x", np.zeros(4, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    meta = gguf_metadata(path)
+    assert meta["general.architecture"] == "deci"
+    assert meta["deci.block_count"] == 3
+    assert meta["deci.attention.head_count"] == [4, 0, 4]
+    assert meta["deci.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+    assert meta["test.flag"] is True and meta["test.name"] == "naïve" and meta["test.big"] == 2**40
+    assert meta["tokenizer.ggml.tokens"] == 4  # string arrays: only their length
+    assert meta["test.floats"] == [0.5, 1.5]
