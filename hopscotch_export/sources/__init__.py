@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from .base import ModelSource, SourceTensor
+from .bundled import PREFIX, bundled_path
 from .gguf_file import GgufFileSource
 from .hf import HfFolderSource
 
@@ -20,6 +21,8 @@ _HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
 
 def open_source(spec: str | Path) -> ModelSource:
     """Open a model by path or hub id; raise :class:`SourceError` with the fix otherwise."""
+    if str(spec).startswith(PREFIX):
+        return GgufFileSource(bundled_path(str(spec)[len(PREFIX):]))
     path = Path(spec).expanduser()
     if path.is_dir():
         return HfFolderSource(path)
@@ -30,7 +33,9 @@ def open_source(spec: str | Path) -> ModelSource:
     text = str(spec)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         return HfFolderSource(_hub_snapshot(text))
-    raise SourceError(f"{spec} not found; pass a Hugging Face folder, a hub id like org/name, or a .gguf file")
+    raise SourceError(
+        f"{spec} not found; pass a Hugging Face folder, a hub id like org/name, a .gguf file, or bundled:smollm2"
+    )
 
 
 def _hub_snapshot(repo_id: str) -> Path:

@@ -72,10 +72,15 @@ class GgufFileSource(ModelSource):
         for t in self.reader.tensors:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
 
-            def f32(t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
-                return gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32, copy=False)
+            def raw(t: Any = t) -> np.ndarray:
+                # A plain read, not the reader's memory map, whose touched pages stay resident.
+                data = np.fromfile(self.path, dtype=t.data.dtype, count=t.data.size, offset=t.data_offset)
+                return data.reshape(t.data.shape)
 
-            yield SourceTensor(t.name, shape, t.tensor_type, lambda t=t: t.data, f32)
+            def f32(raw: Any = raw, t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
+                return gguf.quants.dequantize(raw(), t.tensor_type).reshape(shape).astype(np.float32, copy=False)
+
+            yield SourceTensor(t.name, shape, t.tensor_type, raw, f32)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

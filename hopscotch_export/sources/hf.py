@@ -60,23 +60,18 @@ class HfFolderSource(ModelSource):
         return sorted(out, key=lambda e: _tensor_order(e[0]))
 
     def tensors(self) -> Iterator[SourceTensor]:
-        from safetensors import safe_open
-
-        handles: dict[Path, Any] = {}
         for name, hf_name, f, entry in self._entries():
             if entry["dtype"] not in _DTYPES:
                 raise SourceError(f"{f.name}: tensor {hf_name} has dtype {entry['dtype']}; expected F32, F16 or BF16")
-
-            def get(hf_name: str = hf_name, f: Path = f) -> Any:
-                h = handles.get(f) or handles.setdefault(f, safe_open(str(f), framework="pt"))
-                return h.get_tensor(hf_name)
-
+            start = self._headers[f][1] + entry["data_offsets"][0]
+            shape = tuple(entry["shape"])
+            qtype = _DTYPES[entry["dtype"]]
             yield SourceTensor(
                 name,
-                tuple(entry["shape"]),
-                _DTYPES[entry["dtype"]],
-                lambda get=get: _stored(get()),
-                lambda get=get: get().float().numpy(),
+                shape,
+                qtype,
+                lambda f=f, start=start, shape=shape, qtype=qtype: _read(f, start, shape, qtype),
+                lambda f=f, start=start, shape=shape, qtype=qtype: _to_f32(_read(f, start, shape, qtype), qtype),
             )
 
     def fingerprint(self) -> str:
@@ -102,13 +97,25 @@ class HfFolderSource(ModelSource):
         return AutoTokenizer.from_pretrained(self.path)
 
 
-def _stored(t: Any) -> np.ndarray:
-    """A tensor in its stored form as GGUF readers expose it (BF16 as uint8 row bytes)."""
-    import torch
+def _read(path: Path, start: int, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """One tensor in its stored form (BF16 as uint8 row bytes, as GGUF readers expose it).
 
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint8)
-    return t.numpy()
+    A plain read, not a memory map: mapped pages stay resident once touched, so a
+    streaming conversion would end up holding the whole model.
+    """
+    n = int(np.prod(shape)) if shape else 1
+    if qtype == gguf.GGMLQuantizationType.BF16:
+        data = np.fromfile(path, dtype=np.uint8, count=2 * n, offset=start)
+        return data.reshape(*shape[:-1], 2 * shape[-1]) if shape else data
+    dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
+    return np.fromfile(path, dtype=dtype, count=n, offset=start).reshape(shape)
+
+
+def _to_f32(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.BF16:
+        words = data.view(np.uint16).astype(np.uint32) << 16
+        return words.view(np.float32)
+    return data.astype(np.float32, copy=False)
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:

@@ -2,7 +2,8 @@
 
 On a shared or thermally throttled machine the background load drifts over minutes; a
 model measured entirely before another would absorb that drift as a fake speed-up. So
-every round runs each model once, the order rotating from round to round, and the
+every round runs each model once, in forward order on even rounds and reverse order on
+odd ones (A B C, C B A, ...: a linear drift then hits every model equally), and the
 median round is reported. Generation feeds the held-out text's next token one position
 at a time (logits on), the same work as greedy decoding without sampling noise in what
 is decoded.
@@ -72,9 +73,8 @@ def measure_speed(
     prompt_runs: list[list[float]] = [[] for _ in sessions]
     gen_runs: list[list[float]] = [[] for _ in sessions]
     for r in range(rounds):
-        order = list(range(len(sessions)))
-        shift = r % len(sessions)
-        for i in order[shift:] + order[:shift]:
+        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
+        for i in order:
             p, g = _one_run(sessions[i], feed, prompt_tokens, gen_tokens)
             prompt_runs[i].append(p)
             gen_runs[i].append(g)

