@@ -17,6 +17,8 @@ from rich.table import Table
 
 from . import __version__
 from .errors import HopscotchError
+from .search.command import search_command
+from .verify.command import verify_command
 
 app = typer.Typer(
     add_completion=False,
@@ -98,18 +100,13 @@ def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
     out_console.print(table)
 
 
-def _register_stage_commands() -> None:
-    from .search.command import search_command
-    from .verify.command import verify_command
-
-    app.command("search")(search_command)
-    app.command("verify")(verify_command)
+app.command("search")(search_command)
+app.command("verify")(verify_command)
 
 
 def main() -> None:
     """Entry point: subcommands, or the one command when the first word is a model."""
     try:
-        _register_stage_commands()
         args = sys.argv[1:]
         if args and args[0] not in {*(c.name for c in app.registered_commands), "--help", "-h", "--version"}:
             from .pipeline import export_app

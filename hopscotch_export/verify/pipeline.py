@@ -18,8 +18,8 @@ from .perplexity import first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
 from .runner import LlamaSession, default_threads, gpu_offload_available
-from .speed import measure_speed
-from .tasks import DEFAULT_TEMPLATE, load_task, score_task
+from .speed import Speed, measure_speed
+from .tasks import DEFAULT_TEMPLATE, TaskScore, load_task, score_task
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def run_verify(
             bar = progress.add_task("perplexity and KL", total=len(windows))
             heldout = compare_windows(ref_s, model_s, windows, lambda: progress.advance(bar))
 
-            task_scores = [None, None]
+            task_scores: list[TaskScore | None] = [None, None]
             if task is not None:
                 for i, (name, s) in enumerate((("reference", ref_s), ("model", model_s))):
                     bar = progress.add_task(f"task ({name})", total=len(task.questions))
@@ -111,7 +111,7 @@ def run_verify(
                     lambda: progress.advance(bar),
                 )
 
-            speeds = [None, None]
+            speeds: list[Speed | None] = [None, None]
             if opts.speed:
                 prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
                 bar = progress.add_task("speed (interleaved)", total=2 * opts.speed_rounds)
@@ -120,9 +120,13 @@ def run_verify(
                     rounds=opts.speed_rounds, advance=lambda: progress.advance(bar),
                 )
 
+        # a converted reference lives in a temporary folder: name it by what the user passed
+        ref_label = str(ref_s.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
         sides = [
-            Side(str(s.path), s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i])
-            for i, (s, ppl) in enumerate(((ref_s, heldout.reference), (model_s, heldout.model)))
+            Side(label, s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i])
+            for i, (label, s, ppl) in enumerate(
+                ((ref_label, ref_s, heldout.reference), (str(model_s.path), model_s, heldout.model))
+            )
         ]
         report = VerifyReport(
             model=sides[1],

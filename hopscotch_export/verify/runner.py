@@ -32,7 +32,7 @@ DEFAULT_BATCH = 512
 #: ggml.h log levels (llama-cpp-python's _logger.py has an older numbering).
 _GGML_LOG_DEBUG, _GGML_LOG_CONT = 1, 5
 _KV_LINE = re.compile(
-    r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \((\w+)\): +[\d.]+ MiB, V \((\w+)\)"
+    r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +\d+ layers.*K \((\w+)\): +[\d.]+ MiB, V \((\w+)\)"
 )
 
 
@@ -46,6 +46,7 @@ class KvCacheInfo:
 
     bytes: int
     cells: int
+    #: layers that hold K/V (llama.cpp counts skipped ones too, with zero width)
     layers: int
     type_k: str
     type_v: str
@@ -287,17 +288,17 @@ def _kv_cache_info(path: Path, lines: list[str]) -> KvCacheInfo:
     for line in lines:
         m = _KV_LINE.search(line)
         if m:
-            mib, cells, layers, type_k, type_v = float(m[1]), int(m[2]), int(m[3]), m[4], m[5]
-            per_cell = _kv_bytes_per_cell(path, type_k, type_v)
+            mib, cells, type_k, type_v = float(m[1]), int(m[2]), m[3], m[4]
+            per_cell, layers = _kv_bytes_per_cell(path, type_k, type_v)
             exact = cells * per_cell
             if abs(exact / 2**20 - mib) > 0.006:  # llama.cpp prints two decimals
-                exact = round(mib * 2**20)
+                exact = round(mib * 2**20)  # trust llama.cpp over our reading of the file
             return KvCacheInfo(exact, cells, layers, type_k, type_v, mib)
     raise RuntimeError(f"llama.cpp did not report a KV cache for {path}")
 
 
-def _kv_bytes_per_cell(path: Path, type_k: str, type_v: str) -> int:
-    """Bytes of K and V per token position, summed over the layers that have attention."""
+def _kv_bytes_per_cell(path: Path, type_k: str, type_v: str) -> tuple[int, int]:
+    """Bytes of K and V per token position over the layers that have attention, and their count."""
     meta = gguf_metadata(path)
     arch = meta["general.architecture"]
     n_layers = int(meta[f"{arch}.block_count"])
@@ -307,7 +308,8 @@ def _kv_bytes_per_cell(path: Path, type_k: str, type_v: str) -> int:
     n_head0 = heads[0] if isinstance(heads, list) else heads
     head_k = meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head0
     head_v = meta.get(f"{arch}.attention.value_length") or head_k
-    return int(sum(n * (head_k * _type_bytes(type_k) + head_v * _type_bytes(type_v)) for n in per_layer))
+    per_cell = sum(n * (head_k * _type_bytes(type_k) + head_v * _type_bytes(type_v)) for n in per_layer)
+    return int(per_cell), sum(1 for n in per_layer if n)
 
 
 def _type_bytes(name: str) -> float:

@@ -1,0 +1,50 @@
+"""An Ollama Modelfile for a converted GGUF.
+
+Ollama templates are Go templates, not Jinja; for the chat formats it knows we write the
+equivalent TEMPLATE and stop tokens, otherwise we leave TEMPLATE out and Ollama falls back
+to the GGUF's own ``tokenizer.chat_template``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+LLAMA3 = """{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- end }}<|start_header_id|>assistant<|end_header_id|>
+
+"""
+
+#: (marker found in the Jinja template, Go template, stop tokens)
+KNOWN_FORMATS = [
+    ("<|im_start|>", CHATML, ["<|im_start|>", "<|im_end|>"]),
+    ("<|start_header_id|>", LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+]
+
+
+def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None) -> str:
+    """Modelfile text for ``FROM ./gguf_name`` with the model's chat format and stop tokens."""
+    lines = [f"FROM ./{gguf_name}", ""]
+    stops: list[str] = []
+    for marker, template, format_stops in KNOWN_FORMATS:
+        if chat_template and marker in chat_template:
+            lines += [f'TEMPLATE """{template}"""', ""]
+            stops = list(format_stops)
+            break
+    else:
+        if chat_template:
+            lines += ["# TEMPLATE: Ollama uses the chat template stored in the GGUF", ""]
+    if eos_token and eos_token not in stops:
+        stops.append(eos_token)
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def ollama_create_command(modelfile_path: Path, name: str) -> str:
+    return f"cd {modelfile_path.parent} && ollama create {name} -f {modelfile_path.name}"

@@ -1,0 +1,246 @@
+"""The one command: ``hopscotch-export MODEL --skips 4 -o model.gguf``.
+
+Runs search, convert and verify in turn and writes beside ``model.gguf``: the plan
+(``model.plan.json``), the verification report (``model.verify.json``) and an Ollama
+Modelfile (``model.Modelfile``). Every option of the search and verify stages is
+available; its signature is assembled from theirs, so each option is declared once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HopscotchError
+from .files import check_writable, write_text_atomic
+from .plan import Plan, load_plan
+from .search.command import parse_layers, parse_shortlist, search_command
+from .search.options import SearchOptions
+from .sources import ModelSource, open_source
+from .verify.command import EXIT_LIMIT, verify_command
+from .verify.pipeline import VerifyOptions
+
+console = Console(stderr=True)
+
+#: Parameters of the stage commands that the pipeline sets itself.
+_SEARCH_OWN = {"model", "output", "resume", "force"}
+_VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Where the one command writes, all beside the GGUF."""
+
+    gguf: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.gguf.with_suffix(".plan.json")
+
+    @property
+    def report(self) -> Path:
+        return self.gguf.with_suffix(".verify.json")
+
+    @property
+    def modelfile(self) -> Path:
+        return self.gguf.with_suffix(".Modelfile")
+
+
+def export(
+    model: str,
+    output: Path,
+    search: SearchOptions,
+    verify: VerifyOptions | None,
+    *,
+    outtype: str = "auto",
+    name: str | None = None,
+    force: bool = False,
+) -> int:
+    """Search, convert, verify; returns the exit code (1 when a verify limit is exceeded)."""
+    from .converters import convert
+    from .search.run import run_search
+    from .verify.pipeline import run_verify
+
+    out = Outputs(Path(output))
+    if out.gguf.suffix.lower() != ".gguf":
+        raise HopscotchError(f"-o {output} should end in .gguf (the plan, report and Modelfile go beside it)")
+    for path in (out.gguf, out.modelfile, *((out.report,) if verify else ())):
+        check_writable(path, force)
+    source = open_source(model)
+
+    plan = _reusable_plan(out.plan, source, search, force)
+    if plan is None:
+        console.rule("[bold]1/3 search")
+        resume = out.plan if out.plan.exists() and not force else None
+        plan = run_search(source, search, out.plan, resume=resume, force=force, console=console)
+    else:
+        console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
+
+    console.rule("[bold]2/3 convert")
+    summary = convert(source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console)
+    write_text_atomic(out.modelfile, _modelfile_text(out.gguf), force=force)
+
+    report = None
+    if verify is not None:
+        console.rule("[bold]3/3 verify")
+        report = run_verify(out.gguf, model, dataclasses.replace(verify, plan=out.plan, source=model), console)
+        report.render(console)
+        report.save(out.report, force=force)
+
+    _summary(out, plan, summary.bytes_written, report, source)
+    return EXIT_LIMIT if report is not None and not report.passed else 0
+
+
+def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force: bool) -> Plan | None:
+    """A complete plan from an earlier run with the same skip count, so a rerun is cheap."""
+    if force or not path.exists():
+        return None
+    plan = load_plan(path)
+    if plan.complete and len(plan.skip) == search.skips:
+        plan.check_model(source.model_ref())
+        return plan
+    if plan.complete:
+        raise HopscotchError(
+            f"{path} holds a plan with {len(plan.skip)} skips, not {search.skips}; pass --force to search again"
+        )
+    return None
+
+
+def _modelfile_text(gguf_path: Path) -> str:
+    """Modelfile with the chat format and stop tokens read from the written GGUF."""
+    import llama_cpp
+
+    from .ollama import modelfile
+
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        eos_id = llm.token_eos()
+        eos = llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id >= 0 else None
+        return modelfile(gguf_path.name, llm.metadata.get("tokenizer.chat_template"), eos)
+    finally:
+        llm.close()
+
+
+def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource) -> None:
+    from .ollama import ollama_create_command
+
+    table = Table(title="hopscotch-export", show_header=True)
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("exported", justify="right")
+    n = plan.model.n_layers
+    table.add_row("attention blocks", str(n), f"{n - len(plan.skip)} (skipped {', '.join(map(str, plan.skip))})")
+    if report is not None:
+        ref, mod = report.reference, report.model
+        table.add_row("file size", _mib(ref.file_bytes), _mib(mod.file_bytes))
+        table.add_row(f"KV cache at {report.text.ctx} tokens", _mib(ref.kv_cache.bytes), _mib(mod.kv_cache.bytes))
+        if ref.speed and mod.speed:
+            table.add_row(
+                "prompt / generation tok/s",
+                f"{ref.speed.prompt_tps:.0f} / {ref.speed.gen_tps:.0f}",
+                f"{mod.speed.prompt_tps:.0f} / {mod.speed.gen_tps:.0f} "
+                f"(x{mod.speed.prompt_tps / ref.speed.prompt_tps:.2f} / x{mod.speed.gen_tps / ref.speed.gen_tps:.2f})",
+            )
+        table.add_row(
+            "perplexity", f"{ref.perplexity.ppl:.3f}",
+            f"{mod.perplexity.ppl:.3f} ({report.ppl_increase_pct:+.1f}%)",
+        )  # fmt: skip
+        table.add_row("mean KL to original", "", f"{report.divergence.mean_kl:.4f}")
+    else:
+        table.add_row("file size", _mib(source.path.stat().st_size) if source.kind == "gguf" else "", _mib(size))
+    Console().print(table)
+    lines = [
+        f"GGUF:      {out.gguf}",
+        f"plan:      {out.plan}",
+        *([f"report:    {out.report}"] if report is not None else []),
+        f"Modelfile: {out.modelfile}",
+        "",
+        f"llama.cpp: llama-cli -m {out.gguf} -fa on -cnv",
+        f"Ollama:    {ollama_create_command(out.modelfile, out.gguf.stem.lower())} && ollama run {out.gguf.stem.lower()}",
+    ]
+    Console().print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+# --- the typer command, its signature assembled from the stage commands ---------------
+
+
+def _stage_params(func: Any, own: set[str], prefix: str = "", taken: set[str] = frozenset()) -> list[inspect.Parameter]:
+    """A stage command's parameters, minus those the pipeline sets; clashes get ``prefix``."""
+    hints = typing.get_type_hints(func)
+    params = []
+    for p in inspect.signature(func).parameters.values():
+        if p.name in own:
+            continue
+        default = p.default
+        name = p.name
+        if name in taken:
+            name = prefix + name
+            default = copy.copy(default)
+            default.param_decls = ("--" + name.replace("_", "-"),)
+        params.append(p.replace(name=name, default=default, annotation=hints[p.name]))
+    return params
+
+
+def export_command(**kwargs: Any) -> None:
+    """Search, convert and verify in one go: MODEL --skips N -o model.gguf."""
+    search_fields = {f.name for f in dataclasses.fields(SearchOptions)}
+    search_kw = {k: v for k, v in kwargs.items() if k in search_fields}
+    search_kw["shortlist"] = parse_shortlist(search_kw["shortlist"])
+    search_kw["protect"] = parse_layers(search_kw["protect"])
+    verify_fields = {f.name for f in dataclasses.fields(VerifyOptions)}
+    verify_kw = {k.removeprefix("verify_"): v for k, v in kwargs.items() if k.startswith("verify_")}
+    verify_kw |= {k: v for k, v in kwargs.items() if k in verify_fields and k not in search_fields}
+    code = export(
+        kwargs["model"],
+        kwargs["output"],
+        SearchOptions(**search_kw),
+        None if kwargs["no_verify"] else VerifyOptions(**verify_kw),
+        outtype=kwargs["outtype"],
+        name=kwargs["name"],
+        force=kwargs["force"],
+    )
+    raise typer.Exit(code)
+
+
+def _export_signature() -> inspect.Signature:
+    P = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    own = [
+        inspect.Parameter("model", P, annotation=str, default=typer.Argument(
+            ..., help="Hugging Face folder, hub id, llama/qwen2 GGUF, or bundled:smollm2.")),
+        inspect.Parameter("output", P, annotation=Path, default=typer.Option(
+            ..., "-o", "--output", help="GGUF to write; plan, report and Modelfile go beside it.")),
+        inspect.Parameter("outtype", P, annotation=str, default=typer.Option(
+            "auto", "--outtype", help="GGUF output type (see `convert --help`).")),
+        inspect.Parameter("name", P, annotation=Optional[str], default=typer.Option(
+            None, "--name", help="general.name written into the GGUF.")),
+        inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(
+            False, "--no-verify", help="Skip the llama.cpp verification.")),
+        inspect.Parameter("force", P, annotation=bool, default=typer.Option(
+            False, "--force", help="Overwrite outputs and search again even if a plan exists.")),
+    ]  # fmt: skip
+    search = _stage_params(search_command, _SEARCH_OWN)
+    taken = {p.name for p in own + search}
+    verify = _stage_params(verify_command, _VERIFY_OWN, prefix="verify_", taken=taken)
+    return inspect.Signature(own + search + verify)
+
+
+export_command.__signature__ = _export_signature()  # type: ignore[attr-defined]
+export_command.__annotations__ = {p.name: p.annotation for p in export_command.__signature__.parameters.values()}
+
+export_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+export_app.command(
+    help="Search, convert and verify in one go. Subcommands: search, convert, verify, inspect "
+    "(see hopscotch-export --help)."
+)(export_command)
