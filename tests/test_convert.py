@@ -83,19 +83,13 @@ def write_qwen2_gguf(hf_dir: Path, out: Path) -> None:
     """A plain ``qwen2`` GGUF of a Hugging Face folder (NEOX q/k order, as llama.cpp writes)."""
     import gguf
 
+    from hopscotch_export.converters.metadata import write_hparams
     from hopscotch_export.converters.vocab import add_hf_tokenizer
 
     src = open_source(hf_dir)
     s = src.spec
     w = gguf.GGUFWriter(out, "qwen2")
-    w.add_block_count(s.n_layers)
-    w.add_context_length(s.context_length)
-    w.add_embedding_length(s.hidden_size)
-    w.add_feed_forward_length(s.intermediate_size)
-    w.add_head_count(s.n_heads)
-    w.add_head_count_kv(s.n_kv_heads)
-    w.add_rope_freq_base(s.rope_theta)
-    w.add_layer_norm_rms_eps(s.rms_eps)
+    write_hparams(w, s, ())  # per-layer head counts are read by every architecture
     add_hf_tokenizer(w, hf_dir, s.vocab_size)
     for t in src.tensors():
         w.add_tensor(t.name, t.float32())

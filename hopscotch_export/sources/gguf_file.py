@@ -39,19 +39,28 @@ class GgufFileSource(ModelSource):
         f = self.reader.fields.get(key)
         return default if f is None else f.contents()
 
+    def per_model(self, key: str, default: Any = None) -> Any:
+        """A hyper-parameter that llama.cpp also accepts per layer; must be uniform here."""
+        value = self.field(key, default)
+        if isinstance(value, list):
+            if len(set(value)) != 1:
+                raise SourceError(f"{self.path}: {key} differs between layers; this is not a plain {self.arch} model")
+            return value[0]
+        return value
+
     def _spec(self, family: Family) -> ModelSpec:
         a = self.arch
         names = {t.name for t in self.reader.tensors}
-        heads = self.field(f"{a}.attention.head_count")
+        heads = self.per_model(f"{a}.attention.head_count")
         hidden = self.field(f"{a}.embedding_length")
         try:
             return ModelSpec(
                 family=family,
                 n_layers=self.field(f"{a}.block_count"),
                 hidden_size=hidden,
-                intermediate_size=self.field(f"{a}.feed_forward_length"),
+                intermediate_size=self.per_model(f"{a}.feed_forward_length"),
                 n_heads=heads,
-                n_kv_heads=self.field(f"{a}.attention.head_count_kv", heads),
+                n_kv_heads=self.per_model(f"{a}.attention.head_count_kv", heads),
                 head_dim=self.field(f"{a}.attention.key_length", hidden // heads),
                 vocab_size=len(self.field("tokenizer.ggml.tokens")),
                 rms_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
