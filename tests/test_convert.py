@@ -159,3 +159,15 @@ def test_smollm2_plan_matches_torch_reference(smollm2, tmp_path):
     kl = mean_kl(planned, got)
     assert kl < 2 * floor + 1e-3
     assert mean_kl(torch_logits(smollm2, None, toks), got) > 10 * kl  # the check bites
+
+
+@pytest.mark.slow
+def test_smollm2_kv_cache_shrinks_by_skipped_share(smollm2, tmp_path):
+    """With flash attention, llama.cpp allocates K/V only for the 26 of 30 layers kept."""
+    from hopscotch_export.verify.runner import LlamaSession
+
+    src = open_source(smollm2)
+    out = tmp_path / "smol4.gguf"
+    convert(src, Plan.identity(src.model_ref(), skip=(5, 11, 19, 26)), out, outtype="source")
+    with LlamaSession(smollm2, n_ctx=1024) as full, LlamaSession(out, n_ctx=1024) as cut:
+        assert cut.kv_cache.bytes == full.kv_cache.bytes * 26 // 30

@@ -40,8 +40,8 @@ def read_records(spec: str, config: str | None, split: str, field: str | None) -
             raise HopscotchError(f"--data {path}: unsupported file type; use {', '.join(FILE_KINDS)}")
         if kind == "text":
             return _paragraphs(path)
-        return _rows(_load(kind, data_files=str(path), split="train"), field, str(path))
-    return _rows(_load(spec, name=config, split=split), field, spec)
+        return _rows(_load(str(path), kind, data_files=str(path), split="train"), field, str(path))
+    return _rows(_load(spec, spec, name=config, split=split), field, spec)
 
 
 def _paragraphs(path: Path) -> Iterator[Record]:
@@ -53,15 +53,18 @@ def _paragraphs(path: Path) -> Iterator[Record]:
     return (p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
 
 
-def _load(path: str, **kwargs: Any) -> Any:
+def _load(name: str, path: str, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(path, **kwargs)``; its errors name ``name`` and the root cause."""
     import datasets
 
     datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(path, **kwargs)
     except Exception as e:  # datasets raises many types (hub, parsing, split); all are user-fixable
+        while e.__cause__ is not None:  # "error while generating the dataset" hides the reason
+            e = e.__cause__  # type: ignore[assignment]
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HopscotchError(f"--data {path}: cannot load it ({what})") from None
+        raise HopscotchError(f"--data {name}: cannot load it ({what})") from None
 
 
 def _rows(dataset: Any, field: str | None, name: str) -> Iterator[Record]:
