@@ -53,6 +53,8 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", type=Path, help="calibration chats (JSON lines): read if it exists, else generated and saved")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--markdown", type=Path, help="also write the table here as markdown")
     a = p.parse_args()
     skips = sorted(int(s) for s in a.skips.split(","))
@@ -68,8 +70,11 @@ def main() -> None:
 
         a.model = str(smollm2_gguf())
     source = open_source(a.model)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        ws = prepare(source, options, console, data_file=Path(tmp) / "calib.jsonl", save_data=True, force=True)
+        data_file = a.calibration or Path(tmp) / "calibration.jsonl"
+        ws = prepare(source, options, console, data_file=data_file, save_data=not data_file.exists(), force=False)
     candidates = options.candidates(source.spec.n_layers)
     console.print(f"data: {ws.data}\nseconds: {ws.seconds}\ndevice: {ws.device}")
     rows: list[dict[str, Any]] = []
