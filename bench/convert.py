@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 CHILD_PRELUDE = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import numpy, torch, gguf, transformers
@@ -39,8 +39,10 @@ def rss_mb():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'):
             return int(line.split()[1]) / 1024
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb():  # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) / 1024
 base = rss_mb()
 t0 = time.perf_counter()
 """
@@ -135,7 +137,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=7)
     ap.add_argument("--hidden", type=int, default=2048)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         model = tmpd / "random-llama"
         size, largest_f32 = make_random_llama(model, args.layers, args.hidden)

@@ -112,11 +112,12 @@ def test_skip_plan_diverges_and_passes_parity(tiny):
     assert d.mean_kl > 1e-3 and d.max_kl >= d.p99_kl >= 0 and d.same_top < 1.0  # flat random logits: small KL
     assert r.model.perplexity.ppl != pytest.approx(r.reference.perplexity.ppl, rel=1e-3)
     assert r.model.kv_cache.bytes * 6 == r.reference.kv_cache.bytes * 4  # 2 of 6 layers hold no K/V
+    assert (r.model.kv_cache.layers, r.reference.kv_cache.layers) == (4, 6)
     assert r.parity is not None and r.parity.mean_kl < 1e-3 and r.parity.same_top > 0.98
     assert r.task_questions == 3 and r.model.task is not None and r.reference.task is not None
     speed = r.comparison()
     assert r.model.speed.prompt_tps > 0 and r.reference.speed.gen_tps > 0
-    assert len(r.model.speed.prompt_runs) == 2
+    assert len(r.model.speed.runs) == 2 and r.model.speed.gen_cpu_tps > 0
     assert speed["prompt_speed_ratio"] == pytest.approx(r.model.speed.prompt_tps / r.reference.speed.prompt_tps)
     data = r.to_json()
     assert data["passed"] and data["parity"]["mean_kl"] == r.parity.mean_kl

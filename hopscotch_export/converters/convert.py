@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..files import atomic_output, check_writable
 from ..plan import Plan
+from ..progress import progress_bars
 from ..sources import GgufFileSource, ModelSource
 from .metadata import ARCH, copy_gguf_metadata, rope_freqs, write_general, write_hparams, write_provenance
 from .outtypes import OutputChoice, file_type, resolve_outtype
@@ -122,7 +122,7 @@ def _write(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = sum(t.nbytes for t in tensors)
-    with _progress(console) as progress:
+    with progress_bars(console, in_bytes=True, width=28) as progress:
         task = progress.add_task("converting", total=total)
         for t, data in iter_produced(tensors):
             progress.update(task, description=t.name)
@@ -136,15 +136,3 @@ def _write(
 def _add_info(writer: GGUFWriter, t: OutTensor) -> None:
     # A non-uint8 dtype makes gguf-py take ``shape`` as element shape, not byte shape.
     writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )

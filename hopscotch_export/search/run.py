@@ -23,7 +23,8 @@ from .generate import generated_chats
 from .greedy import Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, run_teacher
 from .options import SearchOptions
-from .report import RichSteps, progress_bars, summary_tables
+from ..progress import progress_bars
+from .report import RichSteps, summary_tables
 from .stack import Stack
 from .train import train_scales
 

@@ -35,7 +35,12 @@ def verify_command(
     task_config: Optional[str] = typer.Option(None, "--task-config", help="Task dataset config (e.g. ARC-Challenge)."),
     task_split: str = typer.Option("test", "--task-split", help="Task dataset split."),
     task_limit: Optional[int] = typer.Option(None, "--task-limit", help="Score only the first N questions."),
-    task_template: str = typer.Option(DEFAULT_TEMPLATE, "--task-template", help="Prompt; {question} is replaced."),
+    task_template: str = typer.Option(
+        DEFAULT_TEMPLATE,
+        "--task-template",
+        help="Prompt; {question} is replaced, \\n is a newline.",
+        show_default=DEFAULT_TEMPLATE.replace("\n", "\\n"),
+    ),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan the GGUF was made with: adds the parity check vs torch."),
     source: Optional[str] = typer.Option(
         None, "--source", help="Model the plan was made for, for the parity check (default: --reference)."
@@ -46,7 +51,9 @@ def verify_command(
     speed_gen: int = typer.Option(64, "--speed-gen", help="Generated tokens per speed run."),
     speed_rounds: int = typer.Option(3, "--speed-rounds", help="Interleaved rounds; the median is reported."),
     gpu_layers: int = typer.Option(0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available cores)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads (default: all cores; on a busy shared machine 1 can be faster)."
+    ),
     reference_outtype: Optional[str] = typer.Option(
         None, "--reference-outtype", help="Output type for converting the reference (default: the model's)."
     ),
@@ -69,7 +76,7 @@ def verify_command(
         task_config=task_config,
         task_split=task_split,
         task_limit=task_limit,
-        task_template=task_template,
+        task_template=task_template.replace("\\n", "\n"),
         plan=plan,
         source=source,
         parity_windows=parity_windows,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import HopscotchError
+from ..progress import progress_bars
 from .data import load_text
 from .heldout import compare_windows
 from .parity import torch_parity
@@ -93,7 +94,7 @@ def run_verify(
             )
         windows = make_windows(tokens, opts.ctx, model_s.bos if model_s.add_bos else None, opts.chunks)
 
-        with _progress(console) as progress:
+        with progress_bars(console) as progress:
             bar = progress.add_task("perplexity and KL", total=len(windows))
             heldout = compare_windows(ref_s, model_s, windows, lambda: progress.advance(bar))
 
@@ -115,7 +116,7 @@ def run_verify(
             if opts.speed:
                 prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
                 bar = progress.add_task("speed (interleaved)", total=2 * opts.speed_rounds)
-                speeds = measure_speed(
+                speeds[:] = measure_speed(
                     sessions, tokens, prompt_tokens=prompt, gen_tokens=opts.speed_gen,
                     rounds=opts.speed_rounds, advance=lambda: progress.advance(bar),
                 )
@@ -141,8 +142,7 @@ def run_verify(
             parity=parity,
             settings=_settings(opts, threads),
         )
-    report.limits.extend(_limits(report, opts))
-    return report
+    return dataclasses.replace(report, limits=list(_limits(report, opts)))
 
 
 def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
@@ -185,15 +185,3 @@ def _settings(opts: VerifyOptions, threads: int) -> dict[str, object]:
         "flash_attention": True,
         "ctx": opts.ctx,
     }
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import HopscotchError
 from .runner import LlamaSession
@@ -23,25 +23,40 @@ from .runner import LlamaSession
 _WARMUP = 16
 
 
-@dataclass(frozen=True)
-class Speed:
-    """Median tokens per second over the rounds, and every round's figures."""
+class Run(NamedTuple):
+    """Tokens per second of one run: prompt and generation, by wall clock and by CPU time."""
 
     prompt_tps: float
     gen_tps: float
+    prompt_cpu_tps: float
+    gen_cpu_tps: float
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Median tokens per second over the rounds (wall clock and per CPU-second), and every run.
+
+    The ``*_cpu_tps`` figures divide by the CPU time this process used: steadier than the
+    wall clock when other programs share the cores; meaningless when a GPU does the work.
+    """
+
+    prompt_tps: float
+    gen_tps: float
+    prompt_cpu_tps: float
+    gen_cpu_tps: float
     prompt_tokens: int
     gen_tokens: int
-    prompt_runs: tuple[float, ...]
-    gen_runs: tuple[float, ...]
+    runs: tuple[Run, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "prompt_tokens_per_s": self.prompt_tps,
             "gen_tokens_per_s": self.gen_tps,
+            "prompt_tokens_per_cpu_s": self.prompt_cpu_tps,
+            "gen_tokens_per_cpu_s": self.gen_cpu_tps,
             "prompt_tokens": self.prompt_tokens,
             "gen_tokens": self.gen_tokens,
-            "prompt_runs": list(self.prompt_runs),
-            "gen_runs": list(self.gen_runs),
+            "runs": [r._asdict() for r in self.runs],
         }
 
 
@@ -63,38 +78,38 @@ def measure_speed(
             f"speed test needs {prompt_tokens} prompt + {gen_tokens} generated tokens, "
             f"more than the context of {n_ctx}; lower --speed-prompt/--speed-gen or raise --ctx"
         )
-    need = prompt_tokens + gen_tokens
     if not tokens:
         raise HopscotchError("no tokens to measure speed with")
-    feed = [tokens[i % len(tokens)] for i in range(need)]
+    feed = [tokens[i % len(tokens)] for i in range(prompt_tokens + gen_tokens)]
     for s in sessions:
         s.clear()
         s.timed_decode(feed[:_WARMUP], 0)
-    prompt_runs: list[list[float]] = [[] for _ in sessions]
-    gen_runs: list[list[float]] = [[] for _ in sessions]
+    runs: list[list[Run]] = [[] for _ in sessions]
     for r in range(rounds):
         order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
         for i in order:
-            p, g = _one_run(sessions[i], feed, prompt_tokens, gen_tokens)
-            prompt_runs[i].append(p)
-            gen_runs[i].append(g)
+            runs[i].append(_one_run(sessions[i], feed, prompt_tokens, gen_tokens))
             advance()
     return [
         Speed(
-            statistics.median(prompt_runs[i]),
-            statistics.median(gen_runs[i]),
+            *(statistics.median(getattr(run, f) for run in rs) for f in Run._fields),
             prompt_tokens,
             gen_tokens,
-            tuple(prompt_runs[i]),
-            tuple(gen_runs[i]),
+            tuple(rs),
         )
-        for i in range(len(sessions))
+        for rs in runs
     ]
 
 
-def _one_run(session: LlamaSession, feed: Sequence[int], n_prompt: int, n_gen: int) -> tuple[float, float]:
-    """(prompt tokens/s, generated tokens/s) for one fresh sequence."""
+def _one_run(session: LlamaSession, feed: Sequence[int], n_prompt: int, n_gen: int) -> Run:
+    """One fresh sequence: ``n_prompt`` tokens at once, then ``n_gen`` one at a time."""
     session.clear()
-    prompt_s = session.timed_decode(feed[:n_prompt], 0)
-    gen_s = sum(session.timed_decode([feed[n_prompt + i]], n_prompt + i) for i in range(n_gen))
-    return n_prompt / prompt_s, n_gen / gen_s
+    prompt = session.timed_decode(feed[:n_prompt], 0)
+    gen = [session.timed_decode([feed[n_prompt + i]], n_prompt + i) for i in range(n_gen)]
+    gen_wall, gen_cpu = sum(t.wall for t in gen), sum(t.cpu for t in gen)
+    return Run(n_prompt / prompt.wall, n_gen / gen_wall, n_prompt / _nonzero(prompt.cpu), n_gen / _nonzero(gen_cpu))
+
+
+def _nonzero(seconds: float) -> float:
+    """CPU clocks tick coarsely on some systems; never divide by zero."""
+    return max(seconds, 1e-9)
