@@ -11,7 +11,7 @@ read per token for generation; skipped blocks remove their q/k/v/o weights, thei
 attention over the context and their K/V). The file's blocks are all the same size, so
 which blocks are skipped does not matter for speed; they are spread evenly.
 
-    python bench/inference.py                 # about 12 minutes on one busy core
+    python bench/inference.py                 # about 14 minutes on one busy core
     python bench/inference.py --contexts 512 --skips 0 4 --rounds 2   # a quick look
 """
 

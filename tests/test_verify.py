@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
+from hopscotch_export.cli import app
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
-from hopscotch_export.verify.command import verify_command
 from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.parity import torch_parity
 from hopscotch_export.verify.perplexity import make_windows
@@ -181,11 +180,10 @@ def test_smollm2_with_skips_diverges(smollm2, tmp_path):
 
 
 def test_cli_limits_become_exit_codes(tiny, tmp_path):
-    app = typer.Typer()
-    app.command()(verify_command)
+    """``hopscotch-export verify`` as registered in cli.py."""
     runner = CliRunner()
-    base = [str(tiny["skip"]), "--reference", str(tiny["hf"]), "--ctx", "64", "--chunks", "2", "--no-speed",
-            "--threads", str(THREADS)]
+    base = ["verify", str(tiny["skip"]), "--reference", str(tiny["hf"]), "--ctx", "64", "--chunks", "2",
+            "--no-speed", "--threads", str(THREADS)]
     report = tmp_path / "report.json"
 
     ok = runner.invoke(app, [*base, "--max-kl", "100", "--json", str(report)])
@@ -199,5 +197,5 @@ def test_cli_limits_become_exit_codes(tiny, tmp_path):
 
     again = runner.invoke(app, [*base, "--json", str(report)])  # refuses before any work
     assert again.exit_code == 2 and "already exists" in again.output
-    missing = runner.invoke(app, [str(tmp_path / "nope.gguf"), "--reference", str(tiny["hf"])])
+    missing = runner.invoke(app, ["verify", str(tmp_path / "nope.gguf"), "--reference", str(tiny["hf"])])
     assert missing.exit_code == 2 and "not found" in missing.output
