@@ -188,6 +188,7 @@ def test_cli_limits_become_exit_codes(tiny, tmp_path):
 
     ok = runner.invoke(app, [*base, "--max-kl", "100", "--json", str(report)])
     assert ok.exit_code == 0, ok.output
+    assert "perplexity" in ok.output and "same top token" in ok.output
     data = json.loads(report.read_text())
     assert data["passed"] and data["limits"][0]["passed"]
     kl, increase = data["comparison"]["divergence"]["mean_kl"], data["comparison"]["ppl_increase_pct"]

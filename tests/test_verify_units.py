@@ -102,6 +102,15 @@ def test_jsonl_task_and_its_errors(tmp_path):
         load_task(str(tmp_path / "missing.jsonl"))
 
 
+def test_data_file_and_missing_data(tmp_path):
+    f = tmp_path / "held.txt"
+    f.write_text("some text\n", encoding="utf-8")
+    text = load_text(str(f))
+    assert text.text == "some text\n" and text.source == str(f) and not text.builtin
+    with pytest.raises(HopscotchError, match="file not found"):
+        load_text(str(tmp_path / "missing.txt"))
+
+
 def test_builtin_text_is_used_and_named_when_no_data():
     text = load_text(None)
     assert text.builtin and text.source == BUILTIN_NAME and len(text.text) > 10_000
