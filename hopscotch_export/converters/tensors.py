@@ -129,7 +129,9 @@ def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     if qtype == GGMLQuantizationType.F32:
         return x
     if qtype == GGMLQuantizationType.F16:
-        return x.astype(np.float16)
+        import torch  # vectorised conversion; numpy's float16 cast is about 10x slower
+
+        return torch.from_numpy(x).half().numpy()
     return gguf.quants.quantize(x, qtype)
 
 

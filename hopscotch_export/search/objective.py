@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import HopscotchError
 from .calibration import Calibration
 from .stack import Stack
 
@@ -50,6 +51,11 @@ def run_teacher(stack: Stack, calib: Calibration, batch_size: int, with_topk: bo
     for rows in batches(calib.held_ids.shape[0], batch_size):
         h, at = stack.embed(calib.held_ids[rows])
         hidden.append(stack.final_hidden(stack.run(h, at, 0)))
+    if not all(bool(torch.isfinite(t).all()) for t in logps + hidden):
+        raise HopscotchError(
+            "the original model gives non-finite outputs on the calibration data; "
+            "if it ran in bf16, try --device cpu (float32)"
+        )
     return Teacher(
         torch.cat(ids) if with_topk else None,
         torch.cat(logps) if with_topk else None,

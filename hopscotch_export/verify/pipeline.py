@@ -151,8 +151,8 @@ def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
         raise HopscotchError(f"{model_gguf} not found; pass the GGUF written by `hopscotch-export convert`")
     if model_gguf.suffix.lower() != ".gguf":
         raise HopscotchError(f"{model_gguf} is not a .gguf file")
-    if opts.ctx < 8 or opts.ctx % 2:
-        raise HopscotchError(f"--ctx {opts.ctx}: use an even number of at least 8 tokens")
+    if opts.ctx < 8:
+        raise HopscotchError(f"--ctx {opts.ctx}: use at least 8 tokens")
     if opts.chunks is not None and opts.chunks < 1:
         raise HopscotchError("--chunks must be at least 1")
     if opts.plan is not None and not Path(opts.plan).is_file():

@@ -44,7 +44,6 @@ class Reference:
     """The GGUF to run as the reference, and how it was obtained."""
 
     path: Path
-    spec: str
     #: the output type it was converted to, or None when ``spec`` was a GGUF already
     converted_to: str | None
 
@@ -68,7 +67,7 @@ def reference_gguf(
     """Yield the reference as a GGUF, converting (and afterwards deleting) it if needed."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
-        yield Reference(path, spec, None)
+        yield Reference(path, None)
         return
     from ..converters.convert import convert
     from ..sources import open_source
@@ -80,4 +79,4 @@ def reference_gguf(
         if console is not None:
             console.print(f"converting the reference {spec} to {chosen} (no skips) ...")
         convert(source, None, out, outtype=chosen, console=console)
-        yield Reference(out, spec, chosen)
+        yield Reference(out, chosen)
