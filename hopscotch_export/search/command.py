@@ -35,7 +35,9 @@ def search_command(
     samples: int = typer.Option(D.samples, help="training sequences"),
     heldout: int = typer.Option(D.heldout, help="held-out sequences, scored at the end"),
     seq_len: int = typer.Option(D.seq_len, help="tokens per sequence"),
-    score_samples: int = typer.Option(D.score_samples, help="sequences used to score and compare candidates"),
+    score_samples: Optional[int] = typer.Option(
+        None, help="training sequences that score candidates untrained (default: a quarter of --samples)"
+    ),
     batch_size: int = typer.Option(D.batch_size, help="sequences per optimizer step / forward batch"),
     lr: float = typer.Option(D.lr, help="learning rate of the brief per-candidate training"),
     epochs: int = typer.Option(D.epochs, help="epochs of the brief per-candidate training"),

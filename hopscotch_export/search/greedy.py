@@ -41,8 +41,7 @@ class Step:
     """One greedy step: what was tried, what it scored, what was kept."""
 
     chosen: int
-    #: objective on the scoring rows before this step and after it (chosen block's trained scales)
-    before: float
+    #: objective on all training sequences with the chosen block skipped, after brief training
     loss: float
     seconds: float
     #: training-free score of every remaining candidate (empty for the exhaustive procedure)
@@ -54,7 +53,6 @@ class Step:
         layers = sorted(set(self.scores) | set(self.trained))
         return {
             "chosen": self.chosen,
-            "before": self.before,
             "loss": self.loss,
             "seconds": round(self.seconds, 3),
             "candidates": [
@@ -66,7 +64,7 @@ class Step:
     def from_json(cls, data: dict[str, Any]) -> Step:
         cands = data["candidates"]
         return cls(
-            int(data["chosen"]), float(data["before"]), float(data["loss"]), float(data["seconds"]),
+            int(data["chosen"]), float(data["loss"]), float(data["seconds"]),
             {int(c["layer"]): float(c["score"]) for c in cands if c["score"] is not None},
             {int(c["layer"]): float(c["trained"]) for c in cands if c["trained"] is not None},
         )  # fmt: skip
@@ -94,7 +92,7 @@ class Selector:
         self.stack, self.calib, self.teacher, self.o = stack, calib, teacher, options
         self.candidates = candidates
         self.progress = progress
-        self.n_score = min(options.score_samples, options.samples)
+        self.n_score = options.scoring_samples
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
         """Add steps to ``state`` until it skips ``options.skips`` blocks."""
@@ -108,16 +106,15 @@ class Selector:
         k = len(skip) + 1
         remaining = [c for c in self.candidates if c not in skip]
         exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
-        n_train = o.epochs * len(batches(o.samples, o.batch_size)) + len(batches(self.n_score, o.batch_size))
+        n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
         n_scoring = 0 if exhaustive else len(remaining) * len(batches(self.n_score, o.batch_size))
         self.progress.begin(f"step {k}/{o.skips}", n_scoring + n_short * n_train)
         if exhaustive:
             scores: dict[int, float] = {}
             shortlist = remaining
-            before = self._loss(state.scales, skip, f"at step {k}")
         else:
-            before, scores = self._score(state.scales, skip, remaining, k)
+            scores = self._score(state.scales, skip, remaining, k)
             shortlist = sorted(remaining, key=lambda c: (scores[c], c))[:n_short]
         trained: dict[int, float] = {}
         best: tuple[float, int, BranchScales] | None = None
@@ -136,36 +133,36 @@ class Selector:
         loss, chosen, state.scales = best
         with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
             state.scales.attn[chosen] = 1.0
-        return Step(chosen, before, loss, time.perf_counter() - t0, scores, trained)
+        return Step(chosen, loss, time.perf_counter() - t0, scores, trained)
 
     def _loss(self, scales: BranchScales, skip: list[int], where: str) -> float:
+        """The objective on all training sequences: what the trained shortlist is compared on."""
         value = mean_loss(
             self.stack, scales, skip, self.calib, self.teacher, self.o.objective,
-            n_rows=self.n_score, batch_size=self.o.batch_size, where=where,
+            n_rows=self.o.samples, batch_size=self.o.batch_size, where=where,
         )  # fmt: skip
-        for _ in batches(self.n_score, self.o.batch_size):
+        for _ in batches(self.o.samples, self.o.batch_size):
             self.progress.advance()
         return value
 
     @torch.no_grad()
-    def _score(self, scales: BranchScales, skip: list[int], remaining: list[int], k: int) -> tuple[float, dict[int, float]]:
-        """The objective of the current plan and of each candidate added to it, untrained."""
+    def _score(self, scales: BranchScales, skip: list[int], remaining: list[int], k: int) -> dict[int, float]:
+        """The objective of each candidate added to the current plan, untrained, on the
+        scoring sequences; each candidate's forward starts at its own layer."""
         st, calib, objective = self.stack, self.calib, self.o.objective
         sums = dict.fromkeys(remaining, 0.0)
-        base, count = 0.0, 0
+        count = 0
         for rows in batches(self.n_score, self.o.batch_size):
             ids, targets = calib.train_ids[rows], calib.train_targets[rows]
             with scaled_model(st.model, scales, skip):
-                inputs, out, at = st.layer_inputs(ids)
-                s, n = loss_sum(objective, st.logits(st.final_hidden(out)), ids, targets, self.teacher, rows)
-            base += float(s)
-            count += n
+                inputs, _, at = st.layer_inputs(ids)
             for c in remaining:
                 with scaled_model(st.model, scales, skip + [c]):
                     h = st.run(inputs[c], at, c)
-                    s, _ = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, rows)
+                    s, n = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, rows)
                 sums[c] += float(s)
                 self.progress.advance()
+            count += n
         if count == 0:
             raise HopscotchError(
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
@@ -173,4 +170,4 @@ class Selector:
         scores = {c: v / count for c, v in sums.items()}
         for c, v in scores.items():
             check_finite(v, f"at step {k} scoring layer {c}")
-        return base / count, scores
+        return scores

@@ -47,9 +47,8 @@ class SearchOptions:
     samples: int = 64
     heldout: int = 16
     seq_len: int = 256
-    #: training sequences (at most ``samples``) that score candidates without training and
-    #: compare the trained shortlist
-    score_samples: int = 16
+    #: training sequences that score candidates without training (None: a quarter of ``samples``)
+    score_samples: int | None = None
     #: sequences per optimizer step (and per forward batch)
     batch_size: int = 4
     #: brief training of each shortlisted candidate (paper: 1 epoch at 1e-2)
@@ -72,17 +71,23 @@ class SearchOptions:
             )
         if self.device not in DEVICES:
             raise HopscotchError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        positive = ("skips", "samples", "heldout", "seq_len", "score_samples", "batch_size",
-                    "epochs", "final_epochs", "max_new_tokens")  # fmt: skip
+        positive = ("skips", "samples", "heldout", "seq_len", "batch_size", "epochs", "final_epochs",
+                    "max_new_tokens")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.score_samples is not None and not 1 <= self.score_samples <= self.samples:
+            raise HopscotchError(f"--score-samples must be between 1 and --samples ({self.samples}), got {self.score_samples}")
         if self.shortlist is not None and self.shortlist < 1:
             raise HopscotchError(f"--shortlist must be at least 1 or 'all', got {self.shortlist}")
         for name in ("lr", "final_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise HopscotchError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    @property
+    def scoring_samples(self) -> int:
+        return self.score_samples if self.score_samples is not None else max(1, self.samples // 4)
 
     def candidates(self, n_layers: int) -> list[int]:
         """Layers whose attention may be skipped; raise if ``skips`` cannot be met."""

@@ -206,14 +206,18 @@ def final_training(
 
 def evaluate(ws: Workspace, order: list[int], scales: BranchScales, batch_size: int) -> dict[str, dict[str, float]]:
     """Held-out metrics of the original model, of the skips alone, and of skips + scales."""
-    st, calib, teacher = ws.stack, ws.calib, ws.teacher
     ones = BranchScales(*scales.attn.shape).to(scales.attn.device)  # (layers,) or (layers, hidden)
-    result = {"original": heldout_metrics(st, calib, teacher, batch_size)}
-    with scaled_model(st.model, ones, order):
-        result["no_scales"] = heldout_metrics(st, calib, teacher, batch_size)
-    with scaled_model(st.model, scales, order):
-        result["final"] = heldout_metrics(st, calib, teacher, batch_size)
-    return result
+    return {
+        "original": heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size),
+        "no_scales": plan_metrics(ws, order, ones, batch_size),
+        "final": plan_metrics(ws, order, scales, batch_size),
+    }
+
+
+def plan_metrics(ws: Workspace, order: list[int], scales: BranchScales, batch_size: int) -> dict[str, float]:
+    """Held-out metrics of the model with ``order`` skipped and ``scales`` applied."""
+    with scaled_model(ws.stack.model, scales, order):
+        return heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size)
 
 
 def _plan(

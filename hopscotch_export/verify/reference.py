@@ -65,14 +65,13 @@ def reference_gguf(
     spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None
 ) -> Iterator[Reference]:
     """Yield the reference as a GGUF, converting (and afterwards deleting) it if needed."""
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        yield Reference(path, None)
-        return
     from ..converters.convert import convert
     from ..sources import open_source
 
     source = open_source(spec)
+    if source.kind == "gguf":  # a path, or a name such as bundled:smollm2, that is a GGUF
+        yield Reference(source.path, None)
+        return
     chosen = outtype or outtype_of(model_gguf)
     with tempfile.TemporaryDirectory(prefix="hopscotch-verify-") as tmp:
         out = Path(tmp) / "reference.gguf"
