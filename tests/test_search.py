@@ -25,7 +25,7 @@ from hopscotch_export.search.stack import Stack
 from hopscotch_export.search.train import NonFiniteLoss
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import apply_plan
-from tests.models import make_tiny_model
+from models import make_tiny_model
 
 LAYERS = 5
 PLANTED = 3  # its attention output projection is ~0: skipping it changes nothing

@@ -14,7 +14,7 @@ from hopscotch_export.errors import HopscotchError
 from hopscotch_export.search.calibration import build_calibration, render_chat, save_records, tokenize_record
 from hopscotch_export.search.data import read_records
 from hopscotch_export.search.generate import builtin_prompts
-from tests.models import smollm2_tokenizer
+from models import smollm2_tokenizer
 
 TEXTS = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(6)]
 CHAT = [

@@ -20,7 +20,7 @@ from hopscotch_export.search.report import Silent
 from hopscotch_export.search.run import final_training, plan_metrics, prepare, search_workspace
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
-from tests.models import smollm2_gguf
+from models import smollm2_gguf
 
 
 @pytest.mark.slow

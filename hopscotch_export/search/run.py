@@ -15,6 +15,7 @@ from rich.console import Console
 from ..errors import HopscotchError
 from ..files import check_writable
 from ..plan import ModelRef, Plan, load_plan
+from ..progress import progress_bars
 from ..sources import ModelSource
 from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration, build_calibration, save_records
@@ -23,7 +24,6 @@ from .generate import generated_chats
 from .greedy import Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, run_teacher
 from .options import SearchOptions
-from ..progress import progress_bars
 from .report import RichSteps, summary_tables
 from .stack import Stack
 from .train import train_scales
