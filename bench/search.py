@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,16 +26,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hopscotch_export.search import SearchOptions  # noqa: E402
-from hopscotch_export.search.baselines import random_choice, similarities  # noqa: E402
-from hopscotch_export.search.greedy import SearchState, Selector  # noqa: E402
-from hopscotch_export.search.report import Silent  # noqa: E402
-from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare  # noqa: E402
-from hopscotch_export.sources import open_source  # noqa: E402
-from hopscotch_export.torch_plan import BranchScales  # noqa: E402
-
+from hopscotch_export.search import SearchOptions
+from hopscotch_export.search.baselines import random_choice, similarities
+from hopscotch_export.search.greedy import SearchState, Selector
+from hopscotch_export.search.report import Silent
+from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
+from hopscotch_export.sources import open_source
+from hopscotch_export.torch_plan import BranchScales
 
 HOPSCOTCH = "Hopscotch (default shortlist)"
 PAPER = "Hopscotch --shortlist all (paper)"
@@ -44,7 +40,7 @@ PAPER = "Hopscotch --shortlist all (paper)"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model to search (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--model", default="bundled:smollm2", help="model to search (default: SmolLM2-135M-Instruct)")
     p.add_argument("--skips", default="2,4,8")
     p.add_argument("--methods", default="hopscotch,paper,baselines")
     p.add_argument("--samples", type=int, default=16)
@@ -57,7 +53,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calibration", type=Path, help="calibration chats (JSON lines): read if it exists, else generated and saved")
+    p.add_argument("--calibration", type=Path, help="chats (JSON lines): read if it exists, else generated and saved")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--markdown", type=Path, help="also write the table here as markdown")
     a = p.parse_args()
@@ -69,10 +65,6 @@ def main() -> None:
         max_new_tokens=a.max_new_tokens, device=a.device, seed=a.seed,
     )  # fmt: skip
     console = Console(stderr=True)
-    if a.model is None:
-        from tests.models import smollm2_gguf
-
-        a.model = str(smollm2_gguf())
     source = open_source(a.model)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -96,7 +88,8 @@ def main() -> None:
         sim_s = time.perf_counter() - t  # one pass gives both LLM-Drop's and ShortGPT's numbers
         for k in skips:
             if HOPSCOTCH in greedy:
-                rows.append(row(ws, options, "Hopscotch's blocks, scales = 1", greedy[HOPSCOTCH][:k], None, 0.0, console))
+                ours = greedy[HOPSCOTCH][:k]
+                rows.append(row(ws, options, "Hopscotch's blocks, scales = 1", ours, None, 0.0, console))
             llm_drop = sorted(sorted(candidates, key=lambda i: (-attn_cos[i], i))[:k])
             shortgpt = sorted(sorted(candidates, key=lambda i: (1 - layer_cos[i], i))[:k])
             rnd = random_choice(candidates, k, options.seed)
@@ -154,7 +147,8 @@ def show(rows: list[dict[str, Any]], skips: list[int], options: SearchOptions, a
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for k in skips:
         for r in (r for r in rows if r["skips"] == k):
-            cells = [str(k), r["method"], ",".join(map(str, r["blocks"])), f"{r['seconds']:.0f}", f"{r['kl']:.4f}", f"{r['ppl']:.2f}"]
+            blocks = ",".join(map(str, r["blocks"]))
+            cells = [str(k), r["method"], blocks, f"{r['seconds']:.0f}", f"{r['kl']:.4f}", f"{r['ppl']:.2f}"]
             table.add_row(*cells)
             md.append("| " + " | ".join(cells) + " |")
     lines = []

@@ -100,7 +100,8 @@ def test_resume_after_interrupt_gives_the_uninterrupted_plan(
     assert (tmp_path / "cut.calibration.jsonl").is_file()
 
     with pytest.raises(HopscotchError, match=r"options differ .*lr 0.01 -> 0.02"):
-        run_search(open_source(tiny), SearchOptions(skips=2, max_new_tokens=24, **{**TINY, "lr": 0.02}), out, resume=out)  # type: ignore[arg-type]
+        changed = SearchOptions(skips=2, max_new_tokens=24, **{**TINY, "lr": 0.02})  # type: ignore[arg-type]
+        run_search(open_source(tiny), changed, out, resume=out)
     resumed = run_search(open_source(tiny), options, out, resume=out, console=quiet())
     assert resumed.complete
     assert resumed.provenance["search"]["order"] == whole.provenance["search"]["order"]

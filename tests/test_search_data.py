@@ -61,7 +61,7 @@ def test_chat_ce_targets_cover_only_assistant_turns() -> None:
     tok = smollm2_tokenizer()
     ids, targets = tokenize_record(tok, CHAT)
     assert len(ids) == len(targets)
-    picked = tok.decode([i for i, t in zip(ids, targets) if t])
+    picked = tok.decode([i for i, t in zip(ids, targets, strict=True) if t])
     assert picked == "Four.<|im_end|>\nSix, of course.<|im_end|>\n"
     text, _ = render_chat(tok, CHAT)
     assert tok.decode(ids) == text  # the mask is over the template's own rendering

@@ -32,7 +32,8 @@ def test_searched_plan_beats_unscaled_random_and_llm_drop(tmp_path: Path) -> Non
     )  # fmt: skip
     ref = source.model_ref()
     candidates = options.candidates(ref.n_layers)
-    ws = prepare(source, options, Console(file=io.StringIO()), data_file=tmp_path / "c.jsonl", save_data=True, force=False)
+    console = Console(file=io.StringIO())
+    ws = prepare(source, options, console, data_file=tmp_path / "c.jsonl", save_data=True, force=False)
     state = SearchState(BranchScales(ref.n_layers))
     plan = search_workspace(ws, options, candidates, state, ref, tmp_path / "plan.json", Silent())
     heldout = plan.provenance["heldout"]

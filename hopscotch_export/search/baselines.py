@@ -37,7 +37,9 @@ def similarities(stack: Stack, calib: Calibration, batch_size: int) -> tuple[lis
 
         return hook
 
-    handles = [layer.post_attention_layernorm.register_forward_pre_hook(grab(i)) for i, layer in enumerate(stack.layers)]
+    handles = [
+        layer.post_attention_layernorm.register_forward_pre_hook(grab(i)) for i, layer in enumerate(stack.layers)
+    ]
     tokens = 0
     try:
         for rows in batches(calib.train_ids.shape[0], batch_size):

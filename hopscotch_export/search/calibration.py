@@ -55,7 +55,9 @@ class Calibration:
         }
 
 
-def build_calibration(records: Iterable[Record], tokenizer: Any, samples: int, heldout: int, seq_len: int) -> Calibration:
+def build_calibration(
+    records: Iterable[Record], tokenizer: Any, samples: int, heldout: int, seq_len: int
+) -> Calibration:
     """Pack ``samples`` training and ``heldout`` held-out chunks; raise if the data runs out."""
     used: list[Record] = []
 

@@ -45,7 +45,9 @@ def search_command(
     final_epochs: int = typer.Option(D.final_epochs, help="epochs of the final training"),
     seed: int = typer.Option(D.seed, help="seed for data generation and training order"),
     device: str = typer.Option(D.device, help="auto, cuda, mps or cpu"),
-    max_new_tokens: int = typer.Option(D.max_new_tokens, help="answer length when the model writes its calibration data"),
+    max_new_tokens: int = typer.Option(
+        D.max_new_tokens, help="answer length when the model writes its calibration data"
+    ),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
 ) -> None:

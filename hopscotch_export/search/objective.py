@@ -77,7 +77,8 @@ def loss_sum(
     if objective == "kl":
         assert teacher.topk_ids is not None and teacher.topk_logp is not None
         dev = logits.device
-        return topk_kl(logits, teacher.topk_ids[rows].to(dev), teacher.topk_logp[rows].to(dev)).sum(), logits.shape[0] * logits.shape[1]
+        kl = topk_kl(logits, teacher.topk_ids[rows].to(dev), teacher.topk_logp[rows].to(dev))
+        return kl.sum(), kl.numel()
     return ce_sum(logits, ids.to(logits.device), targets.to(logits.device))
 
 

@@ -77,7 +77,9 @@ class SearchOptions:
             if getattr(self, name) < 1:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.score_samples is not None and not 1 <= self.score_samples <= self.samples:
-            raise HopscotchError(f"--score-samples must be between 1 and --samples ({self.samples}), got {self.score_samples}")
+            raise HopscotchError(
+                f"--score-samples must be between 1 and --samples ({self.samples}), got {self.score_samples}"
+            )
         if self.shortlist is not None and self.shortlist < 1:
             raise HopscotchError(f"--shortlist must be at least 1 or 'all', got {self.shortlist}")
         for name in ("lr", "final_lr"):

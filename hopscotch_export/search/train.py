@@ -43,7 +43,8 @@ def train_scales(
         for _ in range(epochs):
             for rows in batches(n, batch_size, torch.randperm(n, generator=gen)):
                 logits = stack.forward_logits(calib.train_ids[rows])
-                total, count = loss_sum(objective, logits, calib.train_ids[rows], calib.train_targets[rows], teacher, rows)
+                ids, targets = calib.train_ids[rows], calib.train_targets[rows]
+                total, count = loss_sum(objective, logits, ids, targets, teacher, rows)
                 if count == 0:  # a chunk of prompts only: nothing to learn from under ``ce``
                     continue
                 loss = total / count
