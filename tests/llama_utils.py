@@ -24,12 +24,8 @@ def llama_logits(path: Path | str, tokens: list[int], n_ctx: int = 256) -> np.nd
         llm.close()
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    """Mean over positions of KL(p || q)."""
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    """Mean over positions of KL(p || q), with verify's own divergence code."""
+    from hopscotch_export.verify.divergence import log_softmax, token_kl
+
+    return float(token_kl(log_softmax(p_logits), log_softmax(q_logits)).mean())
