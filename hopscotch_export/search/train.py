@@ -45,13 +45,12 @@ def train_scales(
                 logits = stack.forward_logits(calib.train_ids[rows])
                 ids, targets = calib.train_ids[rows], calib.train_targets[rows]
                 total, count = loss_sum(objective, logits, ids, targets, teacher, rows)
-                if count == 0:  # a chunk of prompts only: nothing to learn from under ``ce``
-                    continue
-                loss = total / count
-                check_finite(float(loss.detach()), where)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if count:  # under ``ce`` a chunk of prompts only has nothing to learn from
+                    loss = total / count
+                    check_finite(float(loss.detach()), where)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
                 if on_batch is not None:
                     on_batch()
 
