@@ -1,14 +1,14 @@
 """Benchmark: Hopscotch's shortlisted search vs the paper's exhaustive one vs one-shot baselines.
 
 Runs on SmolLM2-135M-Instruct (``bundled:smollm2``) on CPU by default, sized to finish in
-about 25 minutes on two shared cores (see docs/search-benchmark.md). One calibration set
+about 30 minutes on two cores (results: docs/search-benchmark.md). One calibration set
 (written by the model, as ``search`` does without ``--data``) and one teacher pass are
 shared by every method; each greedy search runs once up to the largest ``--skips`` and is
 snapshotted at the smaller ones, timed as a separate run would be: teacher pass, its own
 steps, its own final training. Model loading and data generation, shared by all, are not
 counted.
 
-    python bench/search.py --threads 1 --markdown table.md
+    python bench/search.py --threads 2 --markdown table.md
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rich.table import Table
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.baselines import random_choice, similarities
 from hopscotch_export.search.greedy import SearchState, Selector
+from hopscotch_export.search.objective import heldout_metrics
 from hopscotch_export.search.report import Silent
 from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
 from hopscotch_export.sources import open_source
@@ -43,8 +44,8 @@ def main() -> None:
     p.add_argument("--skips", default="2,4,8")
     p.add_argument("--methods", default="hopscotch,paper,baselines")
     p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--heldout", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--heldout", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=48)
     p.add_argument("--score-samples", type=int, help="default: a quarter of --samples, as in search")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--shortlist", type=int, default=SearchOptions(skips=1).shortlist)
@@ -72,6 +73,7 @@ def main() -> None:
         ws = prepare(source, options, console, data_file=data_file, save_data=not data_file.exists(), force=False)
     candidates = options.candidates(source.spec.n_layers)
     console.print(f"data: {ws.data}\nseconds: {ws.seconds}\ndevice: {ws.device}")
+    original = heldout_metrics(ws.stack, ws.calib, ws.teacher, options.batch_size)
     rows: list[dict[str, Any]] = []
     base = ws.seconds["teacher"]
     n = source.spec.n_layers
@@ -96,7 +98,7 @@ def main() -> None:
             rows.append(row(ws, options, "LLM-Drop + trained scales", llm_drop, BranchScales(n), sim_s, console))
             rows.append(row(ws, options, "ShortGPT (layer Block Influence)", shortgpt, None, sim_s, console))
             rows.append(row(ws, options, "random + trained scales", rnd, BranchScales(n), 0.0, console))
-    show(rows, skips, options, a)
+    show(rows, skips, options, original, a)
 
 
 def run_greedy(
@@ -137,7 +139,10 @@ def row(
     return r
 
 
-def show(rows: list[dict[str, Any]], skips: list[int], options: SearchOptions, a: argparse.Namespace) -> None:
+def show(
+    rows: list[dict[str, Any]], skips: list[int], options: SearchOptions, original: dict[str, float],
+    a: argparse.Namespace,
+) -> None:  # fmt: skip
     """The table, and per skip count the speed-up and KL gap of the shortlist vs the paper."""
     table = Table(title="held-out KL to the original model (time: teacher + greedy steps + final training)")
     header = ("skips", "method", "attention skipped", "time s", "held-out KL", "perplexity")
@@ -150,7 +155,7 @@ def show(rows: list[dict[str, Any]], skips: list[int], options: SearchOptions, a
             cells = [str(k), r["method"], blocks, f"{r['seconds']:.0f}", f"{r['kl']:.4f}", f"{r['ppl']:.2f}"]
             table.add_row(*cells)
             md.append("| " + " | ".join(cells) + " |")
-    lines = []
+    lines = [f"original model: held-out perplexity {original['ppl']:.2f}"]
     for k in skips:
         ours = next((r for r in rows if r["skips"] == k and r["method"] == HOPSCOTCH), None)
         paper = next((r for r in rows if r["skips"] == k and r["method"] == PAPER), None)

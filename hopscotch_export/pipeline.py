@@ -116,17 +116,11 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
 
 def _modelfile_text(gguf_path: Path) -> str:
     """Modelfile with the chat format and stop tokens read from the written GGUF."""
-    import llama_cpp
-
     from .ollama import modelfile
+    from .verify.runner import chat_format
 
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    try:
-        eos_id = llm.token_eos()
-        eos = llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id >= 0 else None
-        return modelfile(gguf_path.name, llm.metadata.get("tokenizer.chat_template"), eos)
-    finally:
-        llm.close()
+    template, eos = chat_format(gguf_path)
+    return modelfile(gguf_path.name, template, eos)
 
 
 def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource) -> None:
@@ -205,7 +199,7 @@ def export_command(**kwargs: Any) -> None:
     code = export(
         kwargs["model"],
         kwargs["output"],
-        SearchOptions(**search_kw),
+        SearchOptions.sized_for_device(**search_kw),
         None if kwargs["no_verify"] else VerifyOptions(**verify_kw),
         outtype=kwargs["outtype"],
         name=kwargs["name"],

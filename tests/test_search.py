@@ -185,3 +185,14 @@ def test_non_finite_loss_stops_without_writing_a_plan(
     with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 1 training the scales .*no plan was written"):
         run_search(open_source(tiny), options, out, console=quiet())
     assert not out.exists()
+
+
+def test_budget_defaults_follow_the_device() -> None:
+    """Unset budget options get the GPU defaults on a GPU and the smaller CPU budget on CPU;
+    values the user gives always win."""
+    gpu = SearchOptions.sized_for_device(skips=2, device="cuda", samples=None, seq_len=None)
+    assert (gpu.samples, gpu.seq_len, gpu.final_epochs) == (64, 256, 10)
+    cpu = SearchOptions.sized_for_device(skips=2, device="cpu", samples=None, seq_len=None, final_epochs=None)
+    assert (cpu.samples, cpu.heldout, cpu.seq_len, cpu.final_epochs, cpu.max_new_tokens) == (16, 8, 128, 4, 128)
+    mine = SearchOptions.sized_for_device(skips=2, device="cpu", samples=4, seq_len=None, max_new_tokens=32)
+    assert (mine.samples, mine.seq_len, mine.max_new_tokens) == (4, 128, 32)

@@ -9,11 +9,17 @@ import typer
 
 from ..errors import HopscotchError
 from ..sources import open_source
-from .options import SearchOptions
+from .options import CPU_BUDGET, SearchOptions
 from .run import run_search
 
 #: defaults come from SearchOptions, the one place that holds them
 D = SearchOptions(skips=1)
+
+
+def _budget(name: str) -> str:
+    """Help text naming a budget option's GPU and CPU defaults."""
+    return f"(default: {getattr(D, name)} on a GPU, {CPU_BUDGET[name]} on CPU)"
+
 
 
 def search_command(
@@ -32,9 +38,9 @@ def search_command(
     data_config: Optional[str] = typer.Option(None, help="HF dataset configuration"),
     data_split: str = typer.Option(D.data_split, help="HF dataset split"),
     data_field: Optional[str] = typer.Option(None, help="column with text or chat messages (default: auto)"),
-    samples: int = typer.Option(D.samples, help="training sequences"),
-    heldout: int = typer.Option(D.heldout, help="held-out sequences, scored at the end"),
-    seq_len: int = typer.Option(D.seq_len, help="tokens per sequence"),
+    samples: Optional[int] = typer.Option(None, help=f"training sequences {_budget('samples')}"),
+    heldout: Optional[int] = typer.Option(None, help=f"held-out sequences, scored at the end {_budget('heldout')}"),
+    seq_len: Optional[int] = typer.Option(None, help=f"tokens per sequence {_budget('seq_len')}"),
     score_samples: Optional[int] = typer.Option(
         None, help="training sequences that score candidates untrained (default: a quarter of --samples)"
     ),
@@ -42,17 +48,19 @@ def search_command(
     lr: float = typer.Option(D.lr, help="learning rate of the brief per-candidate training"),
     epochs: int = typer.Option(D.epochs, help="epochs of the brief per-candidate training"),
     final_lr: float = typer.Option(D.final_lr, help="learning rate of the final training"),
-    final_epochs: int = typer.Option(D.final_epochs, help="epochs of the final training"),
+    final_epochs: Optional[int] = typer.Option(
+        None, help=f"epochs of the final training {_budget('final_epochs')}"
+    ),
     seed: int = typer.Option(D.seed, help="seed for data generation and training order"),
     device: str = typer.Option(D.device, help="auto, cuda, mps or cpu"),
-    max_new_tokens: int = typer.Option(
-        D.max_new_tokens, help="answer length when the model writes its calibration data"
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help=f"answer length when the model writes its calibration data {_budget('max_new_tokens')}"
     ),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
 ) -> None:
     """Choose attention blocks to skip and train the branch scales that repair the drift."""
-    options = SearchOptions(
+    options = SearchOptions.sized_for_device(
         skips=skips, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
         protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,

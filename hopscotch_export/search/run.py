@@ -23,7 +23,7 @@ from .data import read_records
 from .generate import generated_chats
 from .greedy import Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, run_teacher
-from .options import SearchOptions
+from .options import SearchOptions, device_name
 from .report import RichSteps, summary_tables
 from .stack import Stack
 from .train import train_scales
@@ -148,8 +148,7 @@ def prepare(
 
 def resolve_device(name: str) -> tuple[torch.device, torch.dtype, Any]:
     """(device, dtype, device_map): bf16 on GPUs (spread over all CUDA GPUs), fp32 on CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    name = device_name(name)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise HopscotchError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")

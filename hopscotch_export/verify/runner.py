@@ -124,6 +124,38 @@ def _llama() -> tuple[Any, _LlamaLog]:
     return llama_cpp, _log
 
 
+def chat_format(path: Path) -> tuple[str | None, str | None]:
+    """(chat template, end-of-sequence token text) as llama.cpp reads them from ``path``.
+
+    Loads the vocabulary only and creates no context (a context would need the weights and
+    log a misleading context-size warning).
+    """
+    lib, log = _llama()
+    mparams = lib.llama_model_default_params()
+    mparams.vocab_only = True
+    mark = log.count
+    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        raise HopscotchError(f"llama.cpp could not load {path}: {_last_error(log.since(mark))}")
+    try:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = lib.llama_model_meta_val_str(model, b"tokenizer.chat_template", buf, len(buf))
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            n = lib.llama_model_meta_val_str(model, b"tokenizer.chat_template", buf, len(buf))
+        template = buf.value.decode("utf-8", "replace") if n >= 0 else None
+        vocab = lib.llama_model_get_vocab(model)
+        eos_id = lib.llama_vocab_eos(vocab)
+        eos = None
+        if eos_id >= 0:
+            piece = ctypes.create_string_buffer(256)
+            m = lib.llama_token_to_piece(vocab, eos_id, piece, len(piece), 0, True)
+            eos = piece.raw[:m].decode("utf-8", "replace") if m > 0 else None
+        return template, eos
+    finally:
+        lib.llama_model_free(model)
+
+
 def gpu_offload_available() -> bool:
     """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
     llama_cpp, _ = _llama()
