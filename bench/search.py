@@ -4,9 +4,9 @@ Runs on SmolLM2-135M-Instruct (``bundled:smollm2``) on CPU by default, sized to 
 about 30 minutes on two cores (results: docs/search-benchmark.md). One calibration set
 (written by the model, as ``search`` does without ``--data``) and one teacher pass are
 shared by every method; each greedy search runs once up to the largest ``--skips`` and is
-snapshotted at the smaller ones, timed as a separate run would be: teacher pass, its own
-steps, its own final training. Model loading and data generation, shared by all, are not
-counted.
+snapshotted at the smaller ones, timed as a separate run would be: the teacher pass on the
+training sequences, its own steps, its own final training. Model loading, data generation
+and the held-out evaluation, the same for every method, are not counted.
 
     python bench/search.py --threads 2 --markdown table.md
 """

@@ -196,3 +196,30 @@ def test_budget_defaults_follow_the_device() -> None:
     assert (cpu.samples, cpu.heldout, cpu.seq_len, cpu.final_epochs, cpu.max_new_tokens) == (16, 8, 128, 4, 128)
     mine = SearchOptions.sized_for_device(skips=2, device="cpu", samples=4, seq_len=None, max_new_tokens=32)
     assert (mine.samples, mine.seq_len, mine.max_new_tokens) == (4, 128, 32)
+
+
+def test_screen_then_rescore_on_all_training_data(
+    tiny: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The screen's best candidates are rescored on every training sequence, and the
+    shortlist is taken from those full-data scores."""
+    from hopscotch_export.search import greedy
+    from hopscotch_export.search.report import Silent
+    from hopscotch_export.search.run import prepare
+    from hopscotch_export.search.train import mean_loss
+    from hopscotch_export.torch_plan import BranchScales
+
+    monkeypatch.setattr(greedy, "RESCORE", 1)  # 2 finalists of the 4 candidates
+    options = SearchOptions(skips=1, data=str(text_file), **TINY)  # type: ignore[arg-type]
+    ws = prepare(open_source(tiny), options, quiet(), data_file=None, save_data=False, force=False)
+    candidates = options.candidates(LAYERS)
+    state = greedy.SearchState(BranchScales(LAYERS))
+    step = Selector(ws.stack, ws.calib, ws.teacher, options, candidates, Silent()).step(state)
+    assert sorted(step.scores) == candidates
+    assert set(step.rescored) == set(sorted(step.scores, key=step.scores.__getitem__)[:2])
+    for c, value in step.rescored.items():
+        full = mean_loss(ws.stack, BranchScales(LAYERS), [c], ws.calib, ws.teacher, "kl",
+                         n_rows=options.samples, batch_size=2, where="test")  # fmt: skip
+        assert value == pytest.approx(full, rel=1e-5)
+    assert set(step.trained) == set(step.rescored) and step.chosen in step.trained
+    assert greedy.Step.from_json(step.to_json()).rescored == pytest.approx(step.rescored)

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import HopscotchError
 from ..sources import open_source
+from .greedy import RESCORE
 from .options import CPU_BUDGET, SearchOptions
 from .run import run_search
 
@@ -42,7 +43,8 @@ def search_command(
     heldout: Optional[int] = typer.Option(None, help=f"held-out sequences, scored at the end {_budget('heldout')}"),
     seq_len: Optional[int] = typer.Option(None, help=f"tokens per sequence {_budget('seq_len')}"),
     score_samples: Optional[int] = typer.Option(
-        None, help="training sequences that score candidates untrained (default: a quarter of --samples)"
+        None, help="training sequences that screen every candidate untrained (default: a quarter of --samples); "
+        f"the best {RESCORE} x --shortlist are then scored on all of them"
     ),
     batch_size: int = typer.Option(D.batch_size, help="sequences per optimizer step / forward batch"),
     lr: float = typer.Option(D.lr, help="learning rate of the brief per-candidate training"),

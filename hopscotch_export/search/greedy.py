@@ -4,9 +4,13 @@ At each step the paper skips every remaining candidate in turn, trains all scale
 and keeps the candidate with the lowest loss: ``L - k`` training runs per step. We first
 score every candidate without training, which costs one partial forward each: candidate
 ``c`` only changes layers ``c`` onwards, so its forward starts from the cached input of
-layer ``c`` under the current plan. Only the ``shortlist`` best-scoring candidates get the
-paper's brief training, and the best trained loss wins. ``shortlist=None`` trains every
-candidate: the paper's exhaustive procedure, for comparison.
+layer ``c`` under the current plan. Scoring runs in two stages: every candidate on the
+first ``score_samples`` sequences (a screen), then the ``RESCORE * shortlist`` best of them
+on all training sequences, because a screen on a quarter of the data misranks candidates
+whose losses differ by a few percent (measured on SmolLM2: docs/search-benchmark.md).
+Only the ``shortlist`` best-scoring candidates get the paper's brief training, and the
+best trained loss wins. ``shortlist=None`` trains every candidate: the paper's exhaustive
+procedure, for comparison.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from .options import SearchOptions
 from .stack import Stack
 from .train import check_finite, mean_loss, train_scales
 
+#: candidates per shortlisted one that the screen passes on to scoring on all training data
+RESCORE = 4
+
 
 class Progress(Protocol):
     """Where a step reports its work (a rich progress bar, or nothing)."""
@@ -44,8 +51,11 @@ class Step:
     #: objective on all training sequences with the chosen block skipped, after brief training
     loss: float
     seconds: float
-    #: training-free score of every remaining candidate (empty for the exhaustive procedure)
+    #: training-free score of every remaining candidate on the screening sequences (empty
+    #: for the exhaustive procedure)
     scores: dict[int, float] = field(default_factory=dict)
+    #: training-free score on all training sequences, for the candidates the screen kept
+    rescored: dict[int, float] = field(default_factory=dict)
     #: loss after brief training, for the candidates that were trained
     trained: dict[int, float] = field(default_factory=dict)
 
@@ -56,17 +66,22 @@ class Step:
             "loss": self.loss,
             "seconds": round(self.seconds, 3),
             "candidates": [
-                {"layer": i, "score": self.scores.get(i), "trained": self.trained.get(i)} for i in layers
+                {"layer": i, "score": self.scores.get(i), "rescored": self.rescored.get(i),
+                 "trained": self.trained.get(i)}
+                for i in layers
             ],
-        }
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Step:
         cands = data["candidates"]
+
+        def values(key: str) -> dict[int, float]:
+            return {int(c["layer"]): float(c[key]) for c in cands if c.get(key) is not None}
+
         return cls(
             int(data["chosen"]), float(data["loss"]), float(data["seconds"]),
-            {int(c["layer"]): float(c["score"]) for c in cands if c["score"] is not None},
-            {int(c["layer"]): float(c["trained"]) for c in cands if c["trained"] is not None},
+            values("score"), values("rescored"), values("trained"),
         )  # fmt: skip
 
 
@@ -108,14 +123,19 @@ class Selector:
         exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
         n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
-        n_scoring = 0 if exhaustive else len(remaining) * len(batches(self.n_score, o.batch_size))
+        screen, rest = range(self.n_score), range(self.n_score, o.samples)
+        n_finalists = min(len(remaining), RESCORE * n_short) if rest else 0
+        n_scoring = 0 if exhaustive else (
+            len(remaining) * len(_slices(screen, o.batch_size)) + n_finalists * len(_slices(rest, o.batch_size))
+        )  # fmt: skip
         self.progress.begin(f"step {k}/{o.skips}", n_scoring + n_short * n_train)
-        if exhaustive:
-            scores: dict[int, float] = {}
-            shortlist = remaining
-        else:
-            scores = self._score(state.scales, skip, remaining, k)
-            shortlist = sorted(remaining, key=lambda c: (scores[c], c))[:n_short]
+        scores: dict[int, float] = {}
+        rescored: dict[int, float] = {}
+        shortlist = remaining
+        if not exhaustive:
+            scores, rescored = self._score(state.scales, skip, remaining, n_finalists, k)
+            ranking = rescored or scores
+            shortlist = sorted(ranking, key=lambda c: (ranking[c], c))[:n_short]
         trained: dict[int, float] = {}
         best: tuple[float, int, BranchScales] | None = None
         for c in shortlist:
@@ -133,7 +153,7 @@ class Selector:
         loss, chosen, state.scales = best
         with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
             state.scales.attn[chosen] = 1.0
-        return Step(chosen, loss, time.perf_counter() - t0, scores, trained)
+        return Step(chosen, loss, time.perf_counter() - t0, scores, rescored, trained)
 
     def _loss(self, scales: BranchScales, skip: list[int], where: str) -> float:
         """The objective on all training sequences: what the trained shortlist is compared on."""
@@ -145,29 +165,55 @@ class Selector:
             self.progress.advance()
         return value
 
-    @torch.no_grad()
-    def _score(self, scales: BranchScales, skip: list[int], remaining: list[int], k: int) -> dict[int, float]:
-        """The objective of each candidate added to the current plan, untrained, on the
-        scoring sequences; each candidate's forward starts at its own layer."""
-        st, calib, objective = self.stack, self.calib, self.o.objective
-        sums = dict.fromkeys(remaining, 0.0)
-        count = 0
-        for rows in batches(self.n_score, self.o.batch_size):
-            ids, targets = calib.train_ids[rows], calib.train_targets[rows]
-            with scaled_model(st.model, scales, skip):
-                inputs, _, at = st.layer_inputs(ids)
-            for c in remaining:
-                with scaled_model(st.model, scales, skip + [c]):
-                    h = st.run(inputs[c], at, c)
-                    s, n = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, rows)
-                sums[c] += float(s)
-                self.progress.advance()
-            count += n
+    def _score(
+        self, scales: BranchScales, skip: list[int], remaining: list[int], n_finalists: int, k: int
+    ) -> tuple[dict[int, float], dict[int, float]]:
+        """Training-free scores: every candidate on the screening sequences, then the
+        ``n_finalists`` best of them on all training sequences."""
+        screen, rest = range(self.n_score), range(self.n_score, self.o.samples)
+        sums, count = self._score_sums(scales, skip, remaining, screen)
         if count == 0:
             raise HopscotchError(
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
             )
-        scores = {c: v / count for c, v in sums.items()}
+        scores = self._means(sums, count, k)
+        if not n_finalists:
+            return scores, {}
+        finalists = sorted(remaining, key=lambda c: (scores[c], c))[:n_finalists]
+        more, more_count = self._score_sums(scales, skip, finalists, rest)
+        return scores, self._means({c: sums[c] + more[c] for c in finalists}, count + more_count, k)
+
+    @torch.no_grad()
+    def _score_sums(
+        self, scales: BranchScales, skip: list[int], candidates: list[int], rows: range
+    ) -> tuple[dict[int, float], int]:
+        """Summed objective of each candidate added to the current plan, untrained, on the
+        training sequences ``rows``, and the token count; each candidate's forward starts at
+        its own layer."""
+        st, calib, objective = self.stack, self.calib, self.o.objective
+        sums = dict.fromkeys(candidates, 0.0)
+        count = 0
+        for batch in _slices(rows, self.o.batch_size):
+            ids, targets = calib.train_ids[batch], calib.train_targets[batch]
+            with scaled_model(st.model, scales, skip):
+                inputs, _, at = st.layer_inputs(ids)
+            for c in candidates:
+                with scaled_model(st.model, scales, skip + [c]):
+                    h = st.run(inputs[c], at, c)
+                    s, n = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, batch)
+                sums[c] += float(s)
+                self.progress.advance()
+            count += n
+        return sums, count
+
+    @staticmethod
+    def _means(sums: dict[int, float], count: int, k: int) -> dict[int, float]:
+        scores = {c: v / max(count, 1) for c, v in sums.items()}
         for c, v in scores.items():
             check_finite(v, f"at step {k} scoring layer {c}")
         return scores
+
+
+def _slices(rows: range, size: int) -> list[torch.Tensor]:
+    """The row indices ``rows`` in batches of ``size``."""
+    return list(torch.arange(rows.start, rows.stop).split(size)) if len(rows) else []

@@ -38,29 +38,36 @@ class Teacher:
 
 
 @torch.no_grad()
-def run_teacher(stack: Stack, calib: Calibration, batch_size: int, with_topk: bool) -> Teacher:
-    """One pass of the unmodified model over training (``with_topk``) and held-out data."""
+def teacher_topk(stack: Stack, calib: Calibration, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unmodified model's top-``TOPK`` token ids and log-probabilities on the training
+    sequences: what the ``kl`` objective compares against."""
     ids, logps = [], []
-    if with_topk:
-        for rows in batches(calib.train_ids.shape[0], batch_size):
-            logp = stack.forward_logits(calib.train_ids[rows]).float().log_softmax(-1)
-            top = logp.topk(TOPK, dim=-1)
-            ids.append(top.indices)
-            logps.append(top.values)
+    for rows in batches(calib.train_ids.shape[0], batch_size):
+        logp = stack.forward_logits(calib.train_ids[rows]).float().log_softmax(-1)
+        top = logp.topk(TOPK, dim=-1)
+        ids.append(top.indices)
+        logps.append(top.values)
+    _check_finite(logps)
+    return torch.cat(ids), torch.cat(logps)
+
+
+@torch.no_grad()
+def teacher_heldout(stack: Stack, calib: Calibration, batch_size: int) -> torch.Tensor:
+    """The unmodified model's final hidden states on the held-out sequences (for the report)."""
     hidden = []
     for rows in batches(calib.held_ids.shape[0], batch_size):
         h, at = stack.embed(calib.held_ids[rows])
         hidden.append(stack.final_hidden(stack.run(h, at, 0)))
-    if not all(bool(torch.isfinite(t).all()) for t in logps + hidden):
+    _check_finite(hidden)
+    return torch.cat(hidden)
+
+
+def _check_finite(outputs: list[torch.Tensor]) -> None:
+    if not all(bool(torch.isfinite(t).all()) for t in outputs):
         raise HopscotchError(
             "the original model gives non-finite outputs on the calibration data; "
             "if it ran in bf16, try --device cpu (float32)"
         )
-    return Teacher(
-        torch.cat(ids) if with_topk else None,
-        torch.cat(logps) if with_topk else None,
-        torch.cat(hidden),
-    )
 
 
 def batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -39,7 +39,7 @@ class SearchOptions:
     objective: str = "kl"
     #: candidates trained per step after the training-free scoring; None trains every
     #: candidate, which is the paper's exhaustive procedure
-    shortlist: int | None = 3
+    shortlist: int | None = 2
     #: layers that keep their attention (layer 0 always does)
     protect: tuple[int, ...] = ()
     #: Hugging Face dataset name or local .txt/.jsonl/.json/.parquet; None: self-generated
@@ -52,7 +52,8 @@ class SearchOptions:
     samples: int = 64
     heldout: int = 16
     seq_len: int = 256
-    #: training sequences that score candidates without training (None: a quarter of ``samples``)
+    #: training sequences that screen candidates without training (None: a quarter of
+    #: ``samples``); the best of the screen are then scored on all of them
     score_samples: int | None = None
     #: sequences per optimizer step (and per forward batch)
     batch_size: int = 4

@@ -35,15 +35,11 @@ class Silent:
 def summary_tables(steps: list[dict[str, Any]], heldout: dict[str, dict[str, float]], objective: str) -> list[Table]:
     """The greedy steps, then held-out metrics of the original model, the skips alone and the plan."""
     t = Table(title=f"greedy steps (objective: {objective} on the training sequences)")
-    for col in ("step", "skip layer", "scored untrained", "trained", "loss", "seconds"):
+    for col in ("step", "skip layer", "screened", "rescored", "trained", "loss", "seconds"):
         t.add_column(col, justify="right")
     for k, s in enumerate(steps, 1):
-        cands = s["candidates"]
-        t.add_row(
-            str(k), str(s["chosen"]),
-            str(sum(c["score"] is not None for c in cands)), str(sum(c["trained"] is not None for c in cands)),
-            f"{s['loss']:.4f}", f"{s['seconds']:.1f}",
-        )  # fmt: skip
+        counts = [str(sum(c.get(key) is not None for c in s["candidates"])) for key in ("score", "rescored", "trained")]
+        t.add_row(str(k), str(s["chosen"]), *counts, f"{s['loss']:.4f}", f"{s['seconds']:.1f}")
     h = Table(title="held-out tokens (not used for training)")
     for col in ("model", "KL to original", "cross-entropy", "perplexity"):
         h.add_column(col, justify="right")

@@ -22,7 +22,7 @@ from .calibration import Calibration, build_calibration, save_records
 from .data import read_records
 from .generate import generated_chats
 from .greedy import Progress, SearchState, Selector, Step
-from .objective import Teacher, batches, heldout_metrics, run_teacher
+from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
 from .report import RichSteps, summary_tables
 from .stack import Stack
@@ -141,9 +141,12 @@ def prepare(
     seconds["data"] = time.perf_counter() - t
     t = time.perf_counter()
     with console.status("running the original model once (teacher)"):
-        teacher = run_teacher(stack, calib, options.batch_size, with_topk=options.objective == "kl")
-    seconds["teacher"] = time.perf_counter() - t
-    return Workspace(stack, calib, teacher, data, describe_device(model, dtype), seconds)
+        topk = teacher_topk(stack, calib, options.batch_size) if options.objective == "kl" else (None, None)
+        seconds["teacher"] = time.perf_counter() - t
+        t = time.perf_counter()
+        held = teacher_heldout(stack, calib, options.batch_size)
+        seconds["teacher_heldout"] = time.perf_counter() - t
+    return Workspace(stack, calib, Teacher(*topk, held), data, describe_device(model, dtype), seconds)
 
 
 def resolve_device(name: str) -> tuple[torch.device, torch.dtype, Any]:
