@@ -111,8 +111,12 @@ class Selector:
         self.candidates = candidates
         self.progress = progress
         self.n_score = options.scoring_samples
-        o = options
-        self.score_batch = max(o.batch_size, min(4 * o.batch_size, SCORE_TOKENS // o.seq_len))
+        #: training rows that screen every candidate, and the rest, that rescore the finalists
+        self.screen = torch.arange(self.n_score)
+        self.rest = torch.arange(self.n_score, options.samples)
+        self.score_batch = max(
+            options.batch_size, min(4 * options.batch_size, SCORE_TOKENS // options.seq_len)
+        )
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
         """Add steps to ``state`` until it skips ``options.skips`` blocks."""
@@ -128,11 +132,9 @@ class Selector:
         exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
         n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
-        screen, rest = range(self.n_score), range(self.n_score, o.samples)
-        n_finalists = min(len(remaining), RESCORE * n_short) if rest else 0
+        n_finalists = min(len(remaining), RESCORE * n_short) if len(self.rest) else 0
         n_scoring = 0 if exhaustive else (
-            len(remaining) * len(_slices(screen, self.score_batch))
-            + n_finalists * len(_slices(rest, self.score_batch))
+            len(remaining) * len(self._batches(self.screen)) + n_finalists * len(self._batches(self.rest))
         )  # fmt: skip
         self.progress.begin(f"step {k}/{o.skips}", n_scoring + n_short * n_train)
         scores: dict[int, float] = {}
@@ -176,8 +178,7 @@ class Selector:
     ) -> tuple[dict[int, float], dict[int, float]]:
         """Training-free scores: every candidate on the screening sequences, then the
         ``n_finalists`` best of them on all training sequences."""
-        screen, rest = range(self.n_score), range(self.n_score, self.o.samples)
-        sums, count = self._score_sums(scales, skip, remaining, screen)
+        sums, count = self._score_sums(scales, skip, remaining, self.screen)
         if count == 0:
             raise HopscotchError(
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
@@ -186,12 +187,12 @@ class Selector:
         if not n_finalists:
             return scores, {}
         finalists = sorted(remaining, key=lambda c: (scores[c], c))[:n_finalists]
-        more, more_count = self._score_sums(scales, skip, finalists, rest)
+        more, more_count = self._score_sums(scales, skip, finalists, self.rest)
         return scores, self._means({c: sums[c] + more[c] for c in finalists}, count + more_count, k)
 
     @torch.no_grad()
     def _score_sums(
-        self, scales: BranchScales, skip: list[int], candidates: list[int], rows: range
+        self, scales: BranchScales, skip: list[int], candidates: list[int], rows: torch.Tensor
     ) -> tuple[dict[int, float], int]:
         """Summed objective of each candidate added to the current plan, untrained, on the
         training sequences ``rows``, and the token count; each candidate's forward starts at
@@ -199,7 +200,7 @@ class Selector:
         st, calib, objective = self.stack, self.calib, self.o.objective
         sums = dict.fromkeys(candidates, 0.0)
         count = 0
-        for batch in _slices(rows, self.score_batch):
+        for batch in self._batches(rows):
             ids, targets = calib.train_ids[batch], calib.train_targets[batch]
             with scaled_model(st.model, scales, skip):
                 inputs, _, at = st.layer_inputs(ids)
@@ -212,14 +213,14 @@ class Selector:
             count += n
         return sums, count
 
+    def _batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """``rows`` in scoring batches."""
+        return batches(len(rows), self.score_batch, rows)
+
     @staticmethod
     def _means(sums: dict[int, float], count: int, k: int) -> dict[int, float]:
-        scores = {c: v / max(count, 1) for c, v in sums.items()}
+        scores = {c: v / count for c, v in sums.items()}
         for c, v in scores.items():
             check_finite(v, f"at step {k} scoring layer {c}")
         return scores
 
-
-def _slices(rows: range, size: int) -> list[torch.Tensor]:
-    """The row indices ``rows`` in batches of ``size``."""
-    return list(torch.arange(rows.start, rows.stop).split(size)) if len(rows) else []

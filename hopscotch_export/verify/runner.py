@@ -130,13 +130,10 @@ def chat_format(path: Path) -> tuple[str | None, str | None]:
     Loads the vocabulary only and creates no context (a context would need the weights and
     log a misleading context-size warning).
     """
-    lib, log = _llama()
+    lib, _ = _llama()
     mparams = lib.llama_model_default_params()
     mparams.vocab_only = True
-    mark = log.count
-    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
-    if not model:
-        raise HopscotchError(f"llama.cpp could not load {path}: {_last_error(log.since(mark))}")
+    model = _load_model(path, mparams)
     try:
         buf = ctypes.create_string_buffer(1 << 16)
         n = lib.llama_model_meta_val_str(model, b"tokenizer.chat_template", buf, len(buf))
@@ -154,6 +151,16 @@ def chat_format(path: Path) -> tuple[str | None, str | None]:
         return template, eos
     finally:
         lib.llama_model_free(model)
+
+
+def _load_model(path: Path, mparams: Any) -> Any:
+    """``llama_model_load_from_file``, with llama.cpp's own reason when it fails."""
+    lib, log = _llama()
+    mark = log.count
+    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        raise HopscotchError(f"llama.cpp could not load {path}: {_last_error(log.since(mark))}")
+    return model
 
 
 def gpu_offload_available() -> bool:
@@ -192,10 +199,7 @@ class LlamaSession:
             )
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
-        mark = log.count
-        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise HopscotchError(f"llama.cpp could not load {self.path}: {_last_error(log.since(mark))}")
+        self._model = _load_model(self.path, mparams)
         self._ctx = None
         self._batch = None
         try:
