@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .calibration import Calibration
 from .objective import batches
-from .stack import Stack
+from ..stack import Stack
 
 
 @torch.no_grad()

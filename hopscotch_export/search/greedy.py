@@ -28,7 +28,7 @@ from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
-from .stack import Stack
+from ..stack import Stack
 from .train import check_finite, mean_loss, train_scales
 
 #: candidates per shortlisted one that the screen passes on to scoring on all training data

@@ -25,7 +25,7 @@ from .greedy import Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
 from .report import RichSteps, summary_tables
-from .stack import Stack
+from ..stack import Stack
 from .train import train_scales
 
 TOOL = "hopscotch-export search"

@@ -1,4 +1,4 @@
-"""Run a causal LM's decoder one layer at a time.
+"""Run a causal LM's decoder one layer at a time: embed, layer ``i``, head.
 
 The search scores a candidate by restarting the forward pass at the candidate's layer from
 a cached hidden state (nothing before it changes), so it needs the decoder as separate
