@@ -7,6 +7,7 @@ User mistakes (:class:`HopscotchError`) print one line and exit 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -56,6 +57,11 @@ def convert_command(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite the output; accept a plan made for other weights."),
     name: Optional[str] = typer.Option(None, "--name", help="general.name written into the GGUF."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Folder for the f16 intermediate of q4_k_m and other llama.cpp types "
+        "(default: beside the output)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory and disk estimate, then exit."),
 ) -> None:
     """Fold a plan into the weights and write a `deci` GGUF that llama.cpp and Ollama run."""
     from .converters import convert
@@ -64,7 +70,18 @@ def convert_command(
 
     source = open_source(model)
     loaded = load_plan(plan) if plan else None
-    summary = convert(source, loaded, output, outtype=outtype, force=force, force_plan=force, name=name, console=console)
+    if dry_run:
+        from .converters.convert import choose_outtype
+        from .converters.needs import convert_needs
+        from .resources import print_report
+
+        choice = choose_outtype(source, outtype)
+        print_report(out_console, convert_needs(source, choice, output, work_dir, loaded), f"convert to {choice.name}")
+        return
+    summary = convert(
+        source, loaded, output, outtype=outtype, force=force, force_plan=force, name=name, console=console,
+        work_dir=work_dir,
+    )
     print_rows("converted", summary.rows())
 
 
@@ -115,7 +132,8 @@ def main() -> None:
         else:
             app(prog_name="hopscotch-export")
     except HopscotchError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says why
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -22,6 +22,7 @@ from rich.table import Table
 from .errors import HopscotchError
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
+from .search import distributed
 from .search.command import parse_layers, parse_shortlist, search_command
 from .search.options import SearchOptions
 from .sources import ModelSource, open_source
@@ -32,7 +33,7 @@ console = Console(stderr=True)
 
 #: Parameters of the stage commands that the pipeline sets itself.
 _SEARCH_OWN = {"model", "output", "resume", "force"}
-_VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force"}
+_VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force", "dry_run"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +64,30 @@ def export(
     outtype: str = "auto",
     name: str | None = None,
     force: bool = False,
+    dry_run: bool = False,
+    work_dir: Path | None = None,
 ) -> int:
-    """Search, convert, verify; returns the exit code (1 when a verify limit is exceeded)."""
+    """Search, convert, verify; returns the exit code (1 when a verify limit is exceeded).
+
+    ``dry_run`` prints what each stage will need and where it will run, and stops."""
     from .converters import convert
     from .search.run import run_search
     from .verify.pipeline import run_verify
 
     out = Outputs(Path(output))
+    if distributed.launched():
+        raise HopscotchError(
+            f"the one command runs in one process; under torchrun run `-m hopscotch_export search MODEL "
+            f"-o {out.plan} ...`, then this command again without torchrun (it reuses that plan)"
+        )
     if out.gguf.suffix.lower() != ".gguf":
         raise HopscotchError(f"-o {output} should end in .gguf (the plan, report and Modelfile go beside it)")
+    source = open_source(model)
+    if dry_run:
+        _dry_run(source, model, out, search, verify, outtype, work_dir)
+        return 0
     for path in (out.gguf, out.modelfile, *((out.report,) if verify else ())):
         check_writable(path, force)
-    source = open_source(model)
 
     plan = _reusable_plan(out.plan, source, search, force)
     if plan is None:
@@ -85,7 +98,9 @@ def export(
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
 
     console.rule("[bold]2/3 convert")
-    summary = convert(source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console)
+    summary = convert(
+        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir
+    )
     write_text_atomic(out.modelfile, _modelfile_text(out.gguf), force=force)
 
     report = None
@@ -97,6 +112,30 @@ def export(
 
     _summary(out, plan, summary.bytes_written, report, source)
     return EXIT_LIMIT if report is not None and not report.passed else 0
+
+
+def _dry_run(
+    source: ModelSource, model: str, out: Outputs, search: SearchOptions, verify: VerifyOptions | None,
+    outtype: str, work_dir: Path | None,
+) -> None:  # fmt: skip
+    """Each stage's estimate, as it will be checked when the stage starts."""
+    from .converters.convert import choose_outtype
+    from .converters.needs import convert_needs
+    from .resources import print_report
+    from .search.command import print_estimate
+    from .verify.needs import verify_needs
+
+    shown = Console()
+    print_estimate(source, search, shown)
+    choice = choose_outtype(source, outtype)
+    conversion = convert_needs(source, choice, out.gguf, work_dir)
+    print_report(shown, conversion, f"convert to {choice.name}")
+    if verify is not None:
+        size = next(v for n in conversion for k, v in n.parts.items() if k.startswith(out.gguf.name))
+        direct = choice.direct.name.lower() if choice.direct is not None else None
+        kind = choice.name if choice.name not in ("auto", "source") else direct
+        opts = dataclasses.replace(verify, plan=out.plan, source=model, work_dir=work_dir)
+        print_report(shown, verify_needs(out.gguf, model, opts, model_bytes=size, model_outtype=kind), "verify")
 
 
 def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force: bool) -> Plan | None:
@@ -204,6 +243,8 @@ def export_command(**kwargs: Any) -> None:
         outtype=kwargs["outtype"],
         name=kwargs["name"],
         force=kwargs["force"],
+        dry_run=kwargs["dry_run"],
+        work_dir=kwargs["work_dir"],
     )
     raise typer.Exit(code)
 

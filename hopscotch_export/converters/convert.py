@@ -2,7 +2,10 @@
 
 Streaming: tensor infos are computed from shapes alone, the header is written, then each
 tensor is loaded, transformed, encoded and written before the next one is touched. The
-file is written beside the output under a temporary name and renamed at the end.
+file is written beside the output under a temporary name and renamed at the end; the f16
+intermediate of a llama.cpp-quantized type goes to ``work_dir`` (default: beside the
+output, never the system temp folder, which is often a small RAM disk). Free disk space
+is checked against the estimate (:mod:`.needs`) before anything is written.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import numpy as np
 from gguf import GGUFWriter
 from rich.console import Console
 
+from ..errors import HopscotchError
 from ..files import atomic_output, check_writable
 from ..plan import Plan
 from ..progress import progress_bars
+from ..resources import check
 from ..sources import GgufFileSource, ModelSource
-from .metadata import ARCH, copy_gguf_metadata, rope_freqs, write_general, write_hparams, write_provenance
+from .metadata import ARCH, copy_gguf_metadata, write_general, write_hparams, write_provenance
+from .needs import convert_needs, extra_tensors
 from .outtypes import OutputChoice, file_type, resolve_outtype
 from .quantize import llama_quantize
 from .tensors import OutTensor, iter_produced, plan_tensors
@@ -62,25 +68,29 @@ def convert(
     force_plan: bool = False,
     name: str | None = None,
     console: Console | None = None,
+    work_dir: Path | None = None,
 ) -> ConvertSummary:
     """Write ``source`` with ``plan`` folded in as a ``deci`` GGUF at ``out``.
 
     ``force`` allows replacing ``out``; ``force_plan`` accepts a plan whose fingerprint
-    does not match the source. Nothing is left under ``out`` if anything fails.
+    does not match the source; ``work_dir`` holds the f16 intermediate of a
+    llama.cpp-quantized type (default: beside ``out``). Nothing is left under ``out`` or
+    in ``work_dir`` if anything fails, Ctrl-C included.
     """
     console = console or Console(stderr=True)
     out = Path(out)
     check_writable(out, force)
+    check_work_dir(work_dir)
     if plan is not None:
         plan.check_model(source.model_ref(), force=force_plan)
-    first = next(source.tensors())
-    choice = resolve_outtype(outtype, source.kind, first.qtype)
+    choice = choose_outtype(source, outtype)
+    check(convert_needs(source, choice, out, work_dir, plan))
     start = time.perf_counter()
     with atomic_output(out, force) as tmp:
         if choice.quantizer is None:
             written, dropped = _write(source, plan, choice, tmp, name, console)
         else:
-            fd, mid_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".f16.tmp", dir=out.parent)
+            fd, mid_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".f16.tmp", dir=work_dir or out.parent)
             mid = Path(mid_name)
             try:
                 written, dropped = _write(source, plan, choice, mid, name, console)
@@ -96,15 +106,22 @@ def convert(
     )
 
 
+def choose_outtype(source: ModelSource, outtype: str) -> OutputChoice:
+    """``--outtype`` resolved against the source (``auto`` follows the first tensor's type)."""
+    return resolve_outtype(outtype, source.kind, next(source.tensors()).qtype)
+
+
+def check_work_dir(work_dir: Path | None) -> None:
+    """Fail early on a ``--work-dir`` that is not an existing folder."""
+    if work_dir is not None and not Path(work_dir).is_dir():
+        raise HopscotchError(f"--work-dir {work_dir} is not an existing folder; create it or pass another")
+
+
 def _write(
     source: ModelSource, plan: Plan | None, choice: OutputChoice, path: Path, name: str | None, console: Console
 ) -> tuple[int, int]:
     """Stream every tensor into ``path``; returns (written, dropped) counts."""
-    extra: dict[str, np.ndarray] = {}
-    freqs = rope_freqs(source.spec)
-    if freqs is not None:
-        extra["rope_freqs.weight"] = freqs
-    tensors, dropped = plan_tensors(source, plan, choice, extra)
+    tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
     writer = GGUFWriter(path, ARCH)
     write_general(writer, source, name)

@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType
 from ..families import ModelSpec
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
+from ..sources.layout import rope_permutation
 from .outtypes import OutputChoice, nbytes, tensor_type
 from .quant_scale import permute_rows, scale_rows
 
@@ -38,14 +39,6 @@ class OutTensor:
     @property
     def nbytes(self) -> int:
         return nbytes(self.qtype, self.shape)
-
-
-def rope_permutation(n_rows: int, n_head: int) -> np.ndarray:
-    """Row order that turns rotate-half (NEOX) q/k rows into llama.cpp's NORM rope order.
-
-    The same reshape as llama.cpp's converter: ``(n_head, 2, hd/2) -> swap -> flat``.
-    """
-    return np.arange(n_rows).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
 
 
 def plan_tensors(
@@ -71,7 +64,7 @@ def _producer(
     t: SourceTensor, qtype: GGMLQuantizationType, source: ModelSource, plan: Plan | None, keep_raw: bool
 ) -> Callable[[], np.ndarray]:
     """A closure that loads, permutes, scales and encodes one tensor."""
-    order, factor = _row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
+    order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
     raw_path = keep_raw and qtype == t.qtype
 
     def produce() -> np.ndarray:
@@ -100,7 +93,7 @@ def _scale_raw(data: np.ndarray, qtype: GGMLQuantizationType, factor: np.ndarray
     return scale_rows(data, qtype, f)
 
 
-def _row_transform(
+def row_transform(
     name: str, spec: ModelSpec, neox: bool, plan: Plan | None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(row order, row factor) for one tensor; None where nothing changes."""

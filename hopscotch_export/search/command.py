@@ -6,11 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from ..errors import HopscotchError
-from ..sources import open_source
+
+from ..resources import print_report
+from ..sources import ModelSource, open_source
 from .greedy import RESCORE
 from .options import CPU_BUDGET, SearchOptions
+from .placement import Placement, plan_placement
 from .run import run_search
 
 #: defaults come from SearchOptions, the one place that holds them
@@ -54,12 +58,16 @@ def search_command(
         None, help=f"epochs of the final training {_budget('final_epochs')}"
     ),
     seed: int = typer.Option(D.seed, help="seed for data generation and training order"),
-    device: str = typer.Option(D.device, help="auto, cuda, mps or cpu"),
+    device: str = typer.Option(D.device, help="auto, cuda, mps or cpu; cuda spreads a model larger than one GPU over all"),
+    dtype: str = typer.Option(
+        D.dtype, help="auto, float32, bfloat16 or float16; auto: bfloat16 on a GPU, on CPU float32 if it fits, else bfloat16"
+    ),
     max_new_tokens: Optional[int] = typer.Option(
         None, help=f"answer length when the model writes its calibration data {_budget('max_new_tokens')}"
     ),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the memory estimate and placement, then exit"),
 ) -> None:
     """Choose attention blocks to skip and train the branch scales that repair the drift."""
     options = SearchOptions.sized_for_device(
@@ -67,9 +75,23 @@ def search_command(
         protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
         batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
-        device=device, max_new_tokens=max_new_tokens,
+        device=device, dtype=dtype, max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    run_search(open_source(model), options, output, resume=resume, force=force)
+    source = open_source(model)
+    if dry_run:
+        print_estimate(source, options)
+        return
+    run_search(source, options, output, resume=resume, force=force)
+
+
+def print_estimate(source: ModelSource, options: SearchOptions, console: Console | None = None) -> Placement:
+    """The search's estimate as a table (``--dry-run``), with the refusal if it would not fit."""
+    console = console or Console()
+    placement = plan_placement(source.spec, options)
+    print_report(console, placement.needs, f"search: {source.describe()} on {placement.describe()}")
+    if placement.notice:
+        console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
+    return placement
 
 
 def parse_shortlist(text: str) -> int | None:

@@ -10,7 +10,8 @@ on all training sequences, because a screen on a quarter of the data misranks ca
 whose losses differ by a few percent (measured on SmolLM2: docs/search-benchmark.md).
 Only the ``shortlist`` best-scoring candidates get the paper's brief training, and the
 best trained loss wins. ``shortlist=None`` trains every candidate: the paper's exhaustive
-procedure, for comparison.
+procedure, for comparison. Under torchrun every process scores and trains its share of a
+step's candidates (``distributed.py``); the plan is the one a single process finds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from ..errors import HopscotchError
 from ..torch_plan import BranchScales, scaled_model
+from . import distributed
 from .calibration import Calibration
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
@@ -125,6 +127,8 @@ class Selector:
             on_step(state)
 
     def step(self, state: SearchState) -> Step:
+        """One greedy step. Under torchrun each process scores and trains its share of the
+        candidates; all of them then hold the same results and pick the same winner."""
         t0 = time.perf_counter()
         o, skip = self.o, state.order
         k = len(skip) + 1
@@ -133,10 +137,11 @@ class Selector:
         n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
         n_finalists = min(len(remaining), RESCORE * n_short) if len(self.rest) else 0
+        mine = distributed.share_size  # the progress bar counts this process's work
         n_scoring = 0 if exhaustive else (
-            len(remaining) * len(self._batches(self.screen)) + n_finalists * len(self._batches(self.rest))
+            mine(len(remaining)) * len(self._batches(self.screen)) + mine(n_finalists) * len(self._batches(self.rest))
         )  # fmt: skip
-        self.progress.begin(f"step {k}/{o.skips}", n_scoring + n_short * n_train)
+        self.progress.begin(f"step {k}/{o.skips}", n_scoring + mine(n_short) * n_train)
         scores: dict[int, float] = {}
         rescored: dict[int, float] = {}
         shortlist = remaining
@@ -144,24 +149,31 @@ class Selector:
             scores, rescored = self._score(state.scales, skip, remaining, n_finalists, k)
             ranking = rescored or scores
             shortlist = sorted(ranking, key=lambda c: (ranking[c], c))[:n_short]
-        trained: dict[int, float] = {}
-        best: tuple[float, int, BranchScales] | None = None
-        for c in shortlist:
-            trial = copy.deepcopy(state.scales)
-            where = f"at step {k} training the scales for skipping layer {c}"
-            train_scales(
-                self.stack, trial, skip + [c], self.calib, self.teacher, o.objective,
-                lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
-                where=where, on_batch=self.progress.advance,
-            )  # fmt: skip
-            trained[c] = self._loss(trial, skip + [c], where)
-            if best is None or trained[c] < best[0]:
-                best = (trained[c], c, trial)
-        assert best is not None
-        loss, chosen, state.scales = best
+        trials: dict[int, BranchScales] = {}
+
+        def train_share() -> dict[int, float]:
+            losses: dict[int, float] = {}
+            for c in distributed.share(shortlist):
+                trials[c] = trial = copy.deepcopy(state.scales)
+                where = f"at step {k} training the scales for skipping layer {c}"
+                train_scales(
+                    self.stack, trial, skip + [c], self.calib, self.teacher, o.objective,
+                    lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
+                    where=where, on_batch=self.progress.advance,
+                )  # fmt: skip
+                losses[c] = self._loss(trial, skip + [c], where)
+            return losses
+
+        trained = distributed.merged(train_share)
+        chosen = min(shortlist, key=trained.__getitem__)  # of equal losses the first, on every process
+        winner = distributed.shared(  # the scales, from the process that trained them
+            lambda: {name: t.cpu() for name, t in trials[chosen].state_dict().items()},
+            src=distributed.owner(shortlist.index(chosen)),
+        )
+        state.scales.load_state_dict(winner)
         with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
             state.scales.attn[chosen] = 1.0
-        return Step(chosen, loss, time.perf_counter() - t0, scores, rescored, trained)
+        return Step(chosen, trained[chosen], time.perf_counter() - t0, scores, rescored, trained)
 
     def _loss(self, scales: BranchScales, skip: list[int], where: str) -> float:
         """The objective on all training sequences: what the trained shortlist is compared on."""
@@ -178,29 +190,30 @@ class Selector:
     ) -> tuple[dict[int, float], dict[int, float]]:
         """Training-free scores: every candidate on the screening sequences, then the
         ``n_finalists`` best of them on all training sequences."""
-        sums, count = self._score_sums(scales, skip, remaining, self.screen)
-        if count == 0:
+        screen = distributed.merged(lambda: self._score_sums(scales, skip, distributed.share(remaining), self.screen))
+        if any(count == 0 for _, count in screen.values()):
             raise HopscotchError(
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
             )
-        scores = self._means(sums, count, k)
+        scores = self._means(screen, k)
         if not n_finalists:
             return scores, {}
         finalists = sorted(remaining, key=lambda c: (scores[c], c))[:n_finalists]
-        more, more_count = self._score_sums(scales, skip, finalists, self.rest)
-        return scores, self._means({c: sums[c] + more[c] for c in finalists}, count + more_count, k)
+        rest = distributed.merged(lambda: self._score_sums(scales, skip, distributed.share(finalists), self.rest))
+        both = {c: (screen[c][0] + rest[c][0], screen[c][1] + rest[c][1]) for c in finalists}
+        return scores, self._means(both, k)
 
     @torch.no_grad()
     def _score_sums(
         self, scales: BranchScales, skip: list[int], candidates: list[int], rows: torch.Tensor
-    ) -> tuple[dict[int, float], int]:
+    ) -> dict[int, tuple[float, int]]:
         """Summed objective of each candidate added to the current plan, untrained, on the
-        training sequences ``rows``, and the token count; each candidate's forward starts at
-        its own layer."""
+        training sequences ``rows``, with the token count; each candidate's forward starts
+        at its own layer."""
         st, calib, objective = self.stack, self.calib, self.o.objective
         sums = dict.fromkeys(candidates, 0.0)
         count = 0
-        for batch in self._batches(rows):
+        for batch in self._batches(rows) if candidates else []:
             ids, targets = calib.train_ids[batch], calib.train_targets[batch]
             with scaled_model(st.model, scales, skip):
                 inputs, _, at = st.layer_inputs(ids)
@@ -211,15 +224,15 @@ class Selector:
                 sums[c] += float(s)
                 self.progress.advance()
             count += n
-        return sums, count
+        return {c: (sums[c], count) for c in candidates}
 
     def _batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """``rows`` in scoring batches."""
         return batches(len(rows), self.score_batch, rows)
 
     @staticmethod
-    def _means(sums: dict[int, float], count: int, k: int) -> dict[int, float]:
-        scores = {c: v / count for c, v in sums.items()}
+    def _means(sums: dict[int, tuple[float, int]], k: int) -> dict[int, float]:
+        scores = {c: total / count for c, (total, count) in sums.items()}
         for c, v in scores.items():
             check_finite(v, f"at step {k} scoring layer {c}")
         return scores

@@ -38,26 +38,32 @@ class Teacher:
 
 
 @torch.no_grad()
-def teacher_topk(stack: Stack, calib: Calibration, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_topk(
+    stack: Stack, calib: Calibration, batch_size: int, cache: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The unmodified model's top-``TOPK`` token ids and log-probabilities on the training
-    sequences: what the ``kl`` objective compares against."""
+    sequences: what the ``kl`` objective compares against. Kept on ``cache`` (default:
+    where the logits are), the CPU when it is too large for a GPU."""
     ids, logps = [], []
     for rows in batches(calib.train_ids.shape[0], batch_size):
         logp = stack.forward_logits(calib.train_ids[rows]).float().log_softmax(-1)
         top = logp.topk(TOPK, dim=-1)
-        ids.append(top.indices)
-        logps.append(top.values)
+        ids.append(top.indices.to(cache or top.indices.device))
+        logps.append(top.values.to(cache or top.values.device))
     _check_finite(logps)
     return torch.cat(ids), torch.cat(logps)
 
 
 @torch.no_grad()
-def teacher_heldout(stack: Stack, calib: Calibration, batch_size: int) -> torch.Tensor:
+def teacher_heldout(
+    stack: Stack, calib: Calibration, batch_size: int, cache: torch.device | None = None
+) -> torch.Tensor:
     """The unmodified model's final hidden states on the held-out sequences (for the report)."""
     hidden = []
     for rows in batches(calib.held_ids.shape[0], batch_size):
         h, at = stack.embed(calib.held_ids[rows])
-        hidden.append(stack.final_hidden(stack.run(h, at, 0)))
+        final = stack.final_hidden(stack.run(h, at, 0))
+        hidden.append(final.to(cache or final.device))
     _check_finite(hidden)
     return torch.cat(hidden)
 
@@ -113,7 +119,8 @@ def heldout_metrics(stack: Stack, calib: Calibration, teacher: Teacher, batch_si
     kl_n = ce_n = 0
     for rows in batches(calib.held_ids.shape[0], batch_size):
         logits = stack.forward_logits(calib.held_ids[rows]).float()
-        t_logp = stack.logits(teacher.held_hidden[rows]).float().log_softmax(-1).to(logits.device)
+        t_hidden = teacher.held_hidden[rows].to(stack.head_device)
+        t_logp = stack.logits(t_hidden).float().log_softmax(-1).to(logits.device)
         s_logp = logits.log_softmax(-1)
         kl_sum += float((t_logp.exp() * (t_logp - s_logp)).sum())
         kl_n += logits.shape[0] * logits.shape[1]

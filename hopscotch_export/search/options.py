@@ -12,6 +12,8 @@ from ..errors import HopscotchError
 OBJECTIVES = ("kl", "ce")
 GRANULARITIES = ("layer", "channel")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+#: ``auto``: bfloat16 on a GPU; on CPU float32 when it fits in memory, else bfloat16
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 #: The calibration budget on CPU when the user gives none. The dataclass defaults are the
 #: paper's scale, sized for a GPU; on two CPU cores they take hours even for a 135M model.
@@ -23,7 +25,7 @@ CPU_BUDGET = {"samples": 16, "heldout": 8, "seq_len": 128, "final_epochs": 4, "m
 SELECTION_OPTIONS = (
     "granularity", "objective", "shortlist", "protect", "data", "data_config", "data_split",
     "data_field", "samples", "heldout", "seq_len", "score_samples", "batch_size", "lr",
-    "epochs", "seed", "max_new_tokens",
+    "epochs", "seed", "max_new_tokens", "dtype",
 )  # fmt: skip
 
 
@@ -65,6 +67,7 @@ class SearchOptions:
     final_epochs: int = 10
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"
     #: answer length when the model writes its own calibration data
     max_new_tokens: int = 256
 
@@ -77,6 +80,8 @@ class SearchOptions:
             )
         if self.device not in DEVICES:
             raise HopscotchError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise HopscotchError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         positive = ("skips", "samples", "heldout", "seq_len", "batch_size", "epochs", "final_epochs",
                     "max_new_tokens")  # fmt: skip
         for name in positive:
@@ -129,10 +134,12 @@ class SearchOptions:
     def selection_mismatch(self, recorded: dict[str, Any]) -> list[str]:
         """Options that differ from a recorded run's in ways that change the selection."""
         mine = self.to_json()
+        default = {f.name: f.default for f in dataclasses.fields(self)}
+        # an option a plan does not record (it predates the option) had its default value
         return [
-            f"{k.replace('_', '-')} {recorded.get(k)!r} -> {mine[k]!r}"
+            f"{k.replace('_', '-')} {recorded.get(k, default[k])!r} -> {mine[k]!r}"
             for k in SELECTION_OPTIONS
-            if recorded.get(k) != mine[k]
+            if recorded.get(k, default[k]) != mine[k]
         ]
 
 

@@ -16,15 +16,18 @@ from ..errors import HopscotchError
 from ..files import check_writable
 from ..plan import ModelRef, Plan, load_plan
 from ..progress import progress_bars
+from ..resources import check, one_line
 from ..sources import ModelSource
 from ..torch_plan import BranchScales, scaled_model
+from . import distributed
 from .calibration import Calibration, build_calibration, save_records
 from .data import read_records
 from .generate import generated_chats
 from .greedy import Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
-from .report import RichSteps, summary_tables
+from .placement import plan_placement
+from .report import RichSteps, Silent, summary_tables
 from ..stack import Stack
 from .train import train_scales
 
@@ -33,6 +36,10 @@ TOOL = "hopscotch-export search"
 
 class SearchInterrupted(HopscotchError):
     """Ctrl-C: the partial plan of the last finished step is on disk."""
+
+
+class ProcessFailed(SearchInterrupted):
+    """Under torchrun, another process of the search died, or torchrun stopped this one."""
 
 
 @dataclass
@@ -60,12 +67,49 @@ def run_search(
     """Search ``options.skips`` attention blocks to skip and their scales; write the plan to ``out``.
 
     A partial plan (``complete=False``) is written after every greedy step; ``resume``
-    continues one. Raises :class:`HopscotchError` for anything the user can fix.
+    continues one. Raises :class:`HopscotchError` for anything the user can fix. Under
+    torchrun every process calls this with the same arguments: they share each step's
+    candidates, and rank 0 alone writes the files and reports.
     """
-    console = console or Console(stderr=True)
     out = Path(out)
     ref = source.model_ref()
     candidates = options.candidates(ref.n_layers)
+    state: SearchState | None = None
+    with distributed.session(cuda=device_name(options.device) == "cuda"):
+        main = distributed.rank() == 0
+        console = (console or Console(stderr=True)) if main else Console(quiet=True)
+        if not main:  # nor the libraries' bars
+            from transformers.utils import logging
+
+            logging.disable_progress_bar()
+        try:
+            prior, data_file = distributed.shared(lambda: _outputs(out, resume, ref, options, force))
+            ws = prepare(source, options, console, data_file=data_file, save_data=prior is None, force=force)
+            if prior is not None and prior.provenance["data"]["hash"] != ws.calib.hash:
+                raise HopscotchError(
+                    f"the calibration data differs from the run in {resume} (hash "
+                    f"{prior.provenance['data']['hash']} vs {ws.calib.hash}); resume with the same --data options"
+                )
+            if data_file is not None:
+                ws.data["file"] = os.path.relpath(data_file, out.parent)
+            state = _initial_state(prior, ref, options, ws.stack.device)
+            with progress_bars(console) as bars:
+                progress = RichSteps(bars) if main else Silent()
+                plan = search_workspace(ws, options, candidates, state, ref, out, progress)
+        except KeyboardInterrupt as e:  # Ctrl-C, or another process of a distributed search is gone
+            raise _interrupted(e, state, out) from None
+    if main:
+        for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
+            console.print(table)
+        console.print(f"skip attention of layers {list(plan.skip)}; plan written to {out}")
+    return plan
+
+
+def _outputs(
+    out: Path, resume: Path | None, ref: ModelRef, options: SearchOptions, force: bool
+) -> tuple[Plan | None, Path | None]:
+    """The partial plan to continue and the calibration chats' file, after checking that no
+    output would overwrite what the user owns (before hours of work)."""
     prior = _resumable(resume, ref, options) if resume is not None else None
     if prior is None or out.resolve() != Path(resume).resolve():  # type: ignore[arg-type]
         check_writable(out, force)
@@ -74,29 +118,17 @@ def run_search(
         data_file = _recorded_data_file(prior, resume) if prior else out.with_name(out.stem + ".calibration.jsonl")
         if prior is None:
             check_writable(data_file, force)
-    state: SearchState | None = None
-    try:
-        ws = prepare(source, options, console, data_file=data_file, save_data=prior is None, force=force)
-        if prior is not None and prior.provenance["data"]["hash"] != ws.calib.hash:
-            raise HopscotchError(
-                f"the calibration data differs from the run in {resume} (hash "
-                f"{prior.provenance['data']['hash']} vs {ws.calib.hash}); resume with the same --data options"
-            )
-        if data_file is not None:
-            ws.data["file"] = os.path.relpath(data_file, out.parent)
-        state = _initial_state(prior, ref, options, ws.stack.device)
-        with progress_bars(console) as bars:
-            plan = search_workspace(ws, options, candidates, state, ref, out, RichSteps(bars))
-    except KeyboardInterrupt:
-        if state is not None and state.steps:
-            raise SearchInterrupted(
-                f"interrupted; the plan after {len(state.steps)} step(s) is in {out}, continue with --resume {out}"
-            ) from None
-        raise SearchInterrupted("interrupted before the first step finished; nothing was saved") from None
-    for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
-        console.print(table)
-    console.print(f"skip attention of layers {list(plan.skip)}; plan written to {out}")
-    return plan
+    return prior, data_file
+
+
+def _interrupted(e: KeyboardInterrupt, state: SearchState | None, out: Path) -> SearchInterrupted:
+    """The error for Ctrl-C or a lost process: where the partial plan is, how to continue."""
+    error, what = SearchInterrupted, "interrupted"
+    if isinstance(e, distributed.Stopped):
+        error, what = ProcessFailed, "a process of the distributed search failed or was stopped"
+    if state is not None and state.steps:
+        return error(f"{what}; the plan after {len(state.steps)} step(s) is in {out}, continue with --resume {out}")
+    return error(f"{what} before the first step finished; nothing was saved")
 
 
 def prepare(
@@ -106,14 +138,20 @@ def prepare(
     """Load the model on the chosen device, build the calibration data, run the teacher."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    device, dtype, device_map = resolve_device(options.device)
+    placement = plan_placement(source.spec, options, distributed.local_gpus(), distributed.processes_on_node())
+    check(placement.needs)
+    console.print(f"estimated need: {one_line(placement.needs)} (--dry-run for details)", highlight=False)
+    if placement.notice:
+        console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
     torch.manual_seed(options.seed)
     with console.status("loading the model"):
-        model = source.load_torch(dtype, device_map=device_map)
+        model = source.load_torch(placement.torch_dtype, device_map=placement.device_map, max_memory=placement.max_memory)
         model.requires_grad_(False)
         model.eval()
         tokenizer = source.load_tokenizer()
     stack = Stack(model)
+    where = describe_device(model, placement.dtype)
+    console.print(f"model loaded on {where}", highlight=False)
     seconds["load"] = time.perf_counter() - t
     t = time.perf_counter()
     with console.status("preparing calibration data"):
@@ -133,40 +171,31 @@ def prepare(
             assert data_file is not None
             records = read_records(str(data_file), None, "train", "messages")
             data = {"kind": "generated", "prompts": "hopscotch_export/search/prompts.txt", "seed": options.seed}
-        calib = build_calibration(records, tokenizer, options.samples, options.heldout, options.seq_len)
-        if options.data is None and save_data:
+        # rank 0 packs the sequences for every process (records are lazy: the model writes its chats there alone)
+        calib = distributed.shared(
+            lambda: build_calibration(records, tokenizer, options.samples, options.heldout, options.seq_len)
+        )
+        if options.data is None and save_data and distributed.rank() == 0:
             assert data_file is not None
             save_records(calib.records, data_file, force)
     data.update(calib.describe())
     seconds["data"] = time.perf_counter() - t
     t = time.perf_counter()
     with console.status("running the original model once (teacher)"):
-        topk = teacher_topk(stack, calib, options.batch_size) if options.objective == "kl" else (None, None)
+        cache = placement.cache_device
+        topk = teacher_topk(stack, calib, options.batch_size, cache) if options.objective == "kl" else (None, None)
         seconds["teacher"] = time.perf_counter() - t
         t = time.perf_counter()
-        held = teacher_heldout(stack, calib, options.batch_size)
+        held = teacher_heldout(stack, calib, options.batch_size, cache)
         seconds["teacher_heldout"] = time.perf_counter() - t
-    return Workspace(stack, calib, Teacher(*topk, held), data, describe_device(model, dtype), seconds)
+    return Workspace(stack, calib, Teacher(*topk, held), data, where, seconds)
 
 
-def resolve_device(name: str) -> tuple[torch.device, torch.dtype, Any]:
-    """(device, dtype, device_map): bf16 on GPUs (spread over all CUDA GPUs), fp32 on CPU."""
-    name = device_name(name)
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise HopscotchError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-        return torch.device("cuda"), torch.bfloat16, "auto"
-    if name == "mps":
-        if not torch.backends.mps.is_available():
-            raise HopscotchError("--device mps: Apple GPU not available; use --device cpu")
-        return torch.device("mps"), torch.bfloat16, "mps"
-    return torch.device("cpu"), torch.float32, None
-
-
-def describe_device(model: Any, dtype: torch.dtype) -> str:
+def describe_device(model: Any, dtype: str) -> str:
+    """``cuda:0, cuda:1, cpu (bfloat16)``: where accelerate put the weights."""
     devices = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
     where = ", ".join(devices) if devices else str(next(model.parameters()).device)
-    return f"{where} ({str(dtype).removeprefix('torch.')})"
+    return f"{where} ({dtype})"
 
 
 def search_workspace(
@@ -175,9 +204,11 @@ def search_workspace(
 ) -> Plan:  # fmt: skip
     """Greedy steps (saving a partial plan after each), final training, held-out report."""
     o = options
+    main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
 
     def save_partial(s: SearchState) -> None:
-        _plan(ref, s.order, s.scales, ws, o, candidates, s.steps, complete=False).save(out, force=True)
+        if main:
+            _plan(ref, s.order, s.scales, ws, o, candidates, s.steps, complete=False).save(out, force=True)
 
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
         save_partial(state)
@@ -189,7 +220,8 @@ def search_workspace(
     heldout = evaluate(ws, state.order, final, o.batch_size)
     ws.seconds["eval"] = time.perf_counter() - t
     plan = _plan(ref, state.order, final, ws, o, candidates, state.steps, complete=True, heldout=heldout)
-    plan.save(out, force=True)
+    if main:
+        plan.save(out, force=True)
     return plan
 
 
@@ -235,6 +267,7 @@ def _plan(
         "options": options.to_json(),
         "data": ws.data,
         "device": ws.device,
+        "processes": distributed.world_size(),
         "search": {"candidates": candidates, "order": list(order), "steps": step_json},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }

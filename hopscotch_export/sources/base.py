@@ -1,24 +1,30 @@
 """What every model source offers: its spec, a weight fingerprint, tensors one at a
-time (memory-mapped), and a torch model for the search stage."""
+time (plain reads), single tensors or row ranges in Hugging Face layout (streaming parity),
+and a torch model for the search stage."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gguf
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from ..errors import SourceError
 from ..families import ModelSpec
 from ..plan import ModelRef
+from .layout import rope_permutation
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
 #: Bytes sampled per tensor for the fingerprint: a fine-tune or a re-quantization changes
 #: every tensor, so evenly spaced samples catch it without reading gigabytes.
@@ -39,6 +45,7 @@ class SourceTensor:
     qtype: GGMLQuantizationType
     _load_raw: Callable[[], np.ndarray]
     _load_f32: Callable[[], np.ndarray]
+    _load_rows: Callable[[int, int], np.ndarray]
 
     def raw(self) -> np.ndarray:
         """Storage bytes/values as the GGUF reader exposes them (GGUF sources)."""
@@ -47,6 +54,12 @@ class SourceTensor:
     def float32(self) -> np.ndarray:
         """Dequantized float32 values shaped ``shape``."""
         return self._load_f32()
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows ``start:stop`` (axis 0), reading and dequantizing only those rows."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise ValueError(f"rows {start}:{stop} of {self.name}, which has {self.shape[0]}")
+        return self._load_rows(start, stop)
 
     @property
     def n_elements(self) -> int:
@@ -70,8 +83,13 @@ class ModelSource(ABC):
         """A short hash that changes when the weights change."""
 
     @abstractmethod
-    def load_torch(self, dtype: torch.dtype, device_map: Any = None) -> PreTrainedModel:
-        """The model in transformers, for search and for torch-side references."""
+    def load_torch(self, dtype: torch.dtype, device_map: Any = None, max_memory: Any = None) -> PreTrainedModel:
+        """The model in transformers for the search; ``device_map`` / ``max_memory`` as
+        accelerate takes them (spread over GPUs, offload to CPU)."""
+
+    @abstractmethod
+    def load_config(self) -> PretrainedConfig:
+        """The transformers config: builds the model skeleton without loading weights."""
 
     @abstractmethod
     def load_tokenizer(self) -> Any:
@@ -82,12 +100,65 @@ class ModelSource(ABC):
         """True when q/k rows are in rotate-half order and need llama.cpp's permutation."""
         return True
 
+    def hf_tensor(self, hf_name: str) -> SourceTensor:
+        """The tensor transformers calls ``hf_name``, in its layout (q/k rows in rotate-half order).
+
+        A ``llama`` GGUF stores q/k rows in llama.cpp's NORM order; they are put back, as
+        transformers' own GGUF loader does, so that the torch model computes the same thing.
+        """
+        name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        t = self._tensor_index.get(name or "")
+        if t is None:
+            raise SourceError(f"{self.path} has no tensor for {hf_name}; is it a complete {self.spec.architecture}?")
+        m = _Q_OR_K.match(t.name)
+        if m is None or self.q_k_rope_neox:
+            return t
+        heads = self.spec.n_heads if m.group(1) == "q" else self.spec.n_kv_heads
+        return _reordered(t, np.argsort(rope_permutation(t.shape[0], heads)))
+
+    def hf_state(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """float32 torch tensors for the transformers parameter ``names``, read one at a time."""
+        import torch
+
+        return {n: torch.from_numpy(np.require(self.hf_tensor(n).float32(), np.float32, "CW")) for n in names}
+
+    @functools.cached_property
+    def _tensor_index(self) -> dict[str, SourceTensor]:
+        return {t.name: t for t in self.tensors()}
+
     def model_ref(self) -> ModelRef:
         s = self.spec
         return ModelRef(s.architecture, s.n_layers, s.hidden_size, self.fingerprint())
 
     def describe(self) -> str:
         return f"{self.path}"
+
+
+_Q_OR_K = re.compile(r"^blk\.\d+\.attn_([qk])\.(weight|bias)$")
+
+
+@functools.lru_cache(maxsize=8)
+def gguf_names(n_layers: int) -> gguf.TensorNameMap:
+    """Hugging Face -> GGUF tensor names (``deci`` names equal ``llama`` / ``qwen2`` ones)."""
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
+
+
+def _reordered(t: SourceTensor, order: np.ndarray) -> SourceTensor:
+    """``t`` with its rows in ``order`` (``new[i] = old[order[i]]``)."""
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        # a rope permutation stays within each head, so the span read is about one head
+        idx = order[start:stop]
+        if idx.size == 0:
+            return t.rows(0, 0)
+        lo = int(idx.min())
+        return t.rows(lo, int(idx.max()) + 1)[idx - lo]
+
+    def raw() -> np.ndarray:
+        data = t.raw()
+        return np.take(data, order, axis=-2 if data.ndim > 1 else 0)
+
+    return SourceTensor(t.name, t.shape, t.qtype, raw, lambda: t.float32()[order], rows)
 
 
 def sampled_fingerprint(header: bytes, files_ranges: Iterable[tuple[Path, int, int]]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import SourceError
 from ..families import Family, ModelSpec, family_for
 from .base import ModelSource, SourceTensor, sampled_fingerprint
+from .layout import read_rows
 
 
 class GgufFileSource(ModelSource):
@@ -89,7 +90,10 @@ class GgufFileSource(ModelSource):
             def f32(raw: Any = raw, t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
                 return gguf.quants.dequantize(raw(), t.tensor_type).reshape(shape).astype(np.float32, copy=False)
 
-            yield SourceTensor(t.name, shape, t.tensor_type, raw, f32)
+            def rows(start: int, stop: int, t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
+                return read_rows(self.path, t.data_offset, shape, t.tensor_type, start, stop)
+
+            yield SourceTensor(t.name, shape, t.tensor_type, raw, f32, rows)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -100,12 +104,17 @@ class GgufFileSource(ModelSource):
             self._fingerprint = sampled_fingerprint(header, ranges)
         return self._fingerprint
 
-    def load_torch(self, dtype: Any, device_map: Any = None) -> Any:
+    def load_torch(self, dtype: Any, device_map: Any = None, max_memory: Any = None) -> Any:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(
-            self.path.parent, gguf_file=self.path.name, dtype=dtype, device_map=device_map
+            self.path.parent, gguf_file=self.path.name, dtype=dtype, device_map=device_map, max_memory=max_memory
         )
+
+    def load_config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
 
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

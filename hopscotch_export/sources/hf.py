@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import ModelSpec
-from .base import ModelSource, SourceTensor, sampled_fingerprint
+from .base import ModelSource, SourceTensor, gguf_names, sampled_fingerprint
+from .layout import read_rows
 
 _DTYPES = {
     "F32": gguf.GGMLQuantizationType.F32,
@@ -41,7 +42,6 @@ class HfFolderSource(ModelSource):
                 f"{path} has no .safetensors weights; save the model with safe_serialization=True"
             )
         self._headers = {f: _read_header(f) for f in self.files}
-        self._name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, self.spec.n_layers)
         self._fingerprint: str | None = None
 
     def _entries(self) -> list[tuple[str, str, Path, dict[str, Any]]]:
@@ -51,7 +51,7 @@ class HfFolderSource(ModelSource):
             for hf_name, entry in header.items():
                 if hf_name == "__metadata__" or hf_name.endswith("rotary_emb.inv_freq"):
                     continue
-                name = self._name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
                 if name is None:
                     raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")
                 out.append((name, hf_name, f, entry))
@@ -72,6 +72,7 @@ class HfFolderSource(ModelSource):
                 qtype,
                 lambda f=f, start=start, shape=shape, qtype=qtype: _read(f, start, shape, qtype),
                 lambda f=f, start=start, shape=shape, qtype=qtype: _to_f32(_read(f, start, shape, qtype), qtype),
+                lambda a, b, f=f, start=start, shape=shape, qtype=qtype: read_rows(f, start, shape, qtype, a, b),
             )
 
     def fingerprint(self) -> str:
@@ -86,10 +87,15 @@ class HfFolderSource(ModelSource):
             self._fingerprint = sampled_fingerprint(header_bytes, ranges)
         return self._fingerprint
 
-    def load_torch(self, dtype: Any, device_map: Any = None) -> Any:
+    def load_torch(self, dtype: Any, device_map: Any = None, max_memory: Any = None) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map)
+        return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map, max_memory=max_memory)
+
+    def load_config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path)
 
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -57,12 +57,16 @@ def verify_command(
     reference_outtype: Optional[str] = typer.Option(
         None, "--reference-outtype", help="Output type for converting the reference (default: the model's)."
     ),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Folder for the converted reference, a whole model (default: beside MODEL)."
+    ),
     max_kl: Optional[float] = typer.Option(None, "--max-kl", help="Exit 1 if the mean KL exceeds this."),
     max_ppl_increase: Optional[float] = typer.Option(
         None, "--max-ppl-increase", help="Exit 1 if perplexity rises more than this many percent."
     ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory and disk estimate, then exit."),
 ) -> None:
     """Compare a GGUF with its reference in llama.cpp: perplexity, KL, task accuracy, speed, KV cache."""
     console = Console(stderr=True)
@@ -87,9 +91,16 @@ def verify_command(
         gpu_layers=gpu_layers,
         threads=threads,
         reference_outtype=reference_outtype,
+        work_dir=work_dir,
         max_kl=max_kl,
         max_ppl_increase=max_ppl_increase,
     )
+    if dry_run:
+        from ..resources import print_report
+        from .needs import verify_needs
+
+        print_report(Console(), verify_needs(model, reference, options), f"verify {model}")
+        return
     try:
         if json_out is not None:
             check_writable(json_out, force)

@@ -7,6 +7,7 @@ of the plan: a correct file differs from torch only by llama.cpp's quantized ari
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +16,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import HopscotchError
+from ..families import ModelSpec
 from ..plan import load_plan
+from ..resources import PROCESS_BASE, Need, check, parameter_count
 from ..sources import open_source
 from .divergence import log_softmax, same_top, token_kl
+from .layerwise import HEAD_ROWS, planned_logits
 from .runner import LlamaSession
 
 #: Tokens per window compared: conversion bugs show at any length, and torch's full
 #: logits (tokens x vocabulary) for a long window would take gigabytes.
 PARITY_TOKENS = 512
+
+#: Positions per KL step: bounds the float64 log-softmax temporaries (rows x vocabulary).
+_KL_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,13 @@ def torch_parity(
     source_spec: str | Path,
     plan_path: Path,
     windows: Sequence[Sequence[int]],
-    advance: Callable[[], None] = lambda: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Parity:
-    """Compare ``session`` with ``source`` under ``plan`` on the first ``PARITY_TOKENS`` of each window."""
-    import torch
+    """Compare ``session`` with ``source`` under ``plan`` on the first ``PARITY_TOKENS`` of each window.
 
-    from ..torch_plan import apply_plan
-
+    torch runs layer by layer (:mod:`.layerwise`); ``progress(done, total)`` counts the
+    decoder layers, then the windows compared.
+    """
     plan = load_plan(plan_path)
     source = open_source(source_spec)
     ref = source.model_ref()
@@ -66,26 +73,59 @@ def torch_parity(
             f"--plan {plan_path} was made for other weights than --source {source_spec} "
             "(fingerprint mismatch); pass the model the plan was searched on"
         )
-    model = source.load_torch(torch.float32)
-    model.eval()
+    cut = [list(w[:PARITY_TOKENS]) for w in windows]
+    check(parity_needs(source.spec, len(cut), max(map(len, cut))))
+    steps = itertools.count(1)
+    total = source.spec.n_layers + len(cut)
+
+    def advance() -> None:
+        progress(next(steps), total)
+
     kls, tops = [], []
-    with apply_plan(model, plan), torch.no_grad():
-        for full in windows:
-            window = list(full[:PARITY_TOKENS])
-            expected = model(torch.tensor([window])).logits[0].float().numpy()
-            got = _all_logits(session, window)
-            if expected.shape[1] < got.shape[1]:
-                raise HopscotchError(
-                    f"--source has a vocabulary of {expected.shape[1]}, the GGUF {got.shape[1]}: not the same model"
-                )
-            expected = expected[:, : got.shape[1]]  # torch may pad the vocabulary
-            for r in range(0, len(got), 64):  # bounds the float64 temporaries
-                rows = slice(r, r + 64)
-                kls.append(token_kl(log_softmax(expected[rows]), log_softmax(got[rows])))
-                tops.append(same_top(expected[rows], got[rows]))
-            advance()
+    for window, expected in zip(cut, planned_logits(source, plan, cut, session.n_vocab, advance)):
+        got = _all_logits(session, window)
+        for r in range(0, len(got), _KL_ROWS):  # bounds the float64 temporaries
+            rows = slice(r, r + _KL_ROWS)
+            kls.append(token_kl(log_softmax(expected[rows]), log_softmax(got[rows])))
+            tops.append(same_top(expected[rows], got[rows]))
+        del expected, got  # before the generator makes the next window's logits
+        advance()
     kl, top = np.concatenate(kls), np.concatenate(tops)
     return Parity(str(source_spec), str(plan_path), float(kl.mean()), float(top.mean()), len(kl))
+
+
+def parity_needs(spec: ModelSpec, windows: int, tokens: int) -> list[Need]:
+    """Memory of :func:`torch_parity` from the model's shapes: one decoder layer in float32,
+    the windows' activations through it, one window's logits and one chunk of head rows.
+
+    ``tokens`` is the window length (at most :data:`PARITY_TOKENS` are compared). The
+    llama.cpp model being checked is not included: its session is open anyway.
+    """
+    p = parameter_count(spec)
+    h, inter, vocab = spec.hidden_size, spec.intermediate_size, spec.vocab_size
+    q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    tokens = min(tokens, PARITY_TOKENS)
+    f32 = 4
+    largest = max(h * q, h * kv, h * inter)  # biggest matrix of a layer: read, dequantized, reordered
+    return [
+        Need(
+            "ram",
+            "parity with torch (float32, one layer at a time)",
+            {
+                "process": PROCESS_BASE,
+                "one decoder layer": p["layer"] * f32,
+                "reading a weight": 2 * largest * f32,
+                # residual, normed input, branch output; q/k/v/o; gate, up, product; embeddings
+                "activations": windows * tokens * (4 * h + 2 * q + 2 * kv + 3 * inter) * f32,
+                "attention scores": windows * spec.n_heads * tokens * tokens * f32,
+                "logits (torch and llama.cpp, one window)": 2 * tokens * vocab * f32,
+                "KL temporaries": 4 * _KL_ROWS * vocab * 8,
+                # rows, their stored form and the dequantizer's temporaries; the chunk's logits
+                "head chunk": 3 * HEAD_ROWS * h * f32 + tokens * HEAD_ROWS * f32,
+            },
+            fix="lower --parity-windows, or verify without --plan (no parity check)",
+        )
+    ]
 
 
 def _all_logits(session: LlamaSession, window: Sequence[int]) -> np.ndarray:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..converters.convert import check_work_dir
 from ..errors import HopscotchError
 from ..progress import progress_bars
+from ..resources import check, one_line
 from .data import load_text
 from .heldout import compare_windows
+from .needs import verify_needs
 from .parity import torch_parity
 from .perplexity import first_scored, make_windows
 from .reference import reference_gguf
@@ -55,6 +58,8 @@ class VerifyOptions:
     threads: int | None = None
     #: output type for a reference that must be converted (default: the model's own)
     reference_outtype: str | None = None
+    #: folder for that conversion (a whole model), default: beside the GGUF being verified
+    work_dir: Path | None = None
     #: gates: mean KL from the reference, perplexity increase in percent
     max_kl: float | None = None
     max_ppl_increase: float | None = None
@@ -72,6 +77,9 @@ def run_verify(
     console = console or Console(stderr=True)
     model_gguf = Path(model_gguf)
     _check_inputs(model_gguf, opts)
+    needs = verify_needs(model_gguf, reference, opts)
+    console.print(f"verify: estimated need {one_line(needs)}", highlight=False)
+    check(needs)
     text = load_text(opts.data, opts.data_config, opts.data_split)
     task = (
         load_task(opts.task, config=opts.task_config, split=opts.task_split, limit=opts.task_limit,
@@ -81,7 +89,9 @@ def run_verify(
     )
     threads = opts.threads or default_threads()
     with contextlib.ExitStack() as stack:
-        ref = stack.enter_context(reference_gguf(str(reference), model_gguf, opts.reference_outtype, console))
+        ref = stack.enter_context(
+            reference_gguf(str(reference), model_gguf, opts.reference_outtype, console, opts.work_dir)
+        )
         sessions = [
             stack.enter_context(LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=opts.gpu_layers))
             for p in (ref.path, model_gguf)
@@ -106,10 +116,10 @@ def run_verify(
 
             parity = None
             if opts.plan is not None:
-                bar = progress.add_task("parity with torch", total=min(opts.parity_windows, len(windows)))
+                bar = progress.add_task("parity with torch", total=None)
                 parity = torch_parity(
                     model_s, opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
-                    lambda: progress.advance(bar),
+                    lambda done, total: progress.update(bar, completed=done, total=total),
                 )
 
             speeds: list[Speed | None] = [None, None]
@@ -165,6 +175,7 @@ def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
         raise HopscotchError(f"--speed-gen {opts.speed_gen} does not fit in --ctx {opts.ctx}")
     if opts.task_limit is not None and opts.task_limit < 1:
         raise HopscotchError("--task-limit must be at least 1")
+    check_work_dir(opts.work_dir)
 
 
 def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:

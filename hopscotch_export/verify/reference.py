@@ -3,6 +3,10 @@
 A GGUF reference is used as is. A Hugging Face folder or hub id is converted once,
 without a plan, to a temporary GGUF of the model's own output type: comparing an f16
 reference with a Q4 model would charge quantization error to the skipped blocks.
+
+The temporary GGUF (a whole model) goes in a folder beside the GGUF being verified or in
+``--work-dir``, not the system temp folder, which is often small or a RAM disk; free space
+there is checked first, and the folder is removed however verification ends.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from gguf import LlamaFileType
 from rich.console import Console
 
 from ..errors import HopscotchError
+from ..resources import check
 from .runner import gguf_metadata
 
 #: ``general.file_type`` -> the converter's ``outtype`` that writes it.
@@ -62,10 +67,16 @@ def outtype_of(gguf_path: Path) -> str:
 
 @contextlib.contextmanager
 def reference_gguf(
-    spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None
+    spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None,
+    work_dir: Path | None = None,
 ) -> Iterator[Reference]:
-    """Yield the reference as a GGUF, converting (and afterwards deleting) it if needed."""
-    from ..converters.convert import convert
+    """Yield the reference as a GGUF, converting (and afterwards deleting) it if needed.
+
+    A conversion is written in a new folder inside ``work_dir`` (default: the folder of
+    ``model_gguf``), after checking that the disk there holds it.
+    """
+    from ..converters.convert import check_work_dir, choose_outtype, convert
+    from ..converters.needs import convert_needs
     from ..sources import open_source
 
     source = open_source(spec)
@@ -73,9 +84,12 @@ def reference_gguf(
         yield Reference(source.path, None)
         return
     chosen = outtype or outtype_of(model_gguf)
-    with tempfile.TemporaryDirectory(prefix="hopscotch-verify-") as tmp:
+    check_work_dir(work_dir)
+    folder = Path(work_dir or Path(model_gguf).parent)
+    check(convert_needs(source, choose_outtype(source, chosen), folder / "reference.gguf", folder))
+    with tempfile.TemporaryDirectory(prefix="hopscotch-verify-", dir=folder) as tmp:
         out = Path(tmp) / "reference.gguf"
         if console is not None:
-            console.print(f"converting the reference {spec} to {chosen} (no skips) ...")
-        convert(source, None, out, outtype=chosen, console=console)
+            console.print(f"converting the reference {spec} to {chosen} (no skips) in {tmp} ...")
+        convert(source, None, out, outtype=chosen, console=console, work_dir=Path(tmp))
         yield Reference(out, chosen)

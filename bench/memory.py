@@ -1,0 +1,220 @@
+"""Peak memory of every stage against the model's size and against the estimate printed
+before the stage starts.
+
+    .venv/bin/python bench/memory.py [--models smollm2,llama-3.2-1b,llama-3.2-3b] [--markdown docs/memory-benchmark.md]
+
+For SmolLM2-135M (the bundled Q4_1 GGUF) and random-weight Hugging Face Llamas of the
+shapes of Llama-3.2-1B and -3B (bf16 safetensors, built here with the Llama 3 tokenizer),
+each stage runs in a fresh process that reports its peak resident memory (VmHWM):
+  - search: bf16 on the CPU with a small budget (8 x 64 training tokens, 1 or 2 skips),
+  - convert: the plan folded into an f16 GGUF,
+  - parity: the torch side of verify's parity check, layer by layer, measured as the rise
+    of the peak over the process's memory once the llama.cpp model is loaded and warm,
+  - verify: the whole verify with parity (the reference converted to f16, both GGUFs
+    in llama.cpp, perplexity and KL on two windows, no speed test).
+Goals (issue 8): search <= 1.3 x weights + teacher cache + activations; convert <= 2 x
+its largest tensor (float32) + the process's own memory; parity <= one decoder layer in
+float32 + activations + a constant; every estimate within 25% of the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PRELUDE = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads({threads})
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+def reset_peak():  # Linux: writing 5 to clear_refs resets VmHWM to the current RSS
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+t0 = time.perf_counter()
+result = {{}}
+"""
+
+SEARCH = """
+from hopscotch_export.search import SearchOptions, run_search
+from hopscotch_export.search.placement import plan_placement
+from hopscotch_export.sources import open_source
+from hopscotch_export.resources import PROCESS_BASE
+src = open_source({src!r})
+o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', samples=8, heldout=2, seq_len=64, batch_size=2,
+                  final_epochs=1, data={data!r}, shortlist=1)
+placement = plan_placement(src.spec, o)
+need = placement.needs[0]
+plan = run_search(src, o, Path({plan!r}), force=True)
+steps = plan.provenance['search']['steps']
+result = dict(estimate=need.bytes, parts=need.parts, process=PROCESS_BASE,
+              step_seconds=[s['seconds'] for s in steps], seconds=plan.provenance['seconds'])
+"""
+
+CONVERT = """
+from hopscotch_export.converters import convert
+from hopscotch_export.converters.needs import convert_needs
+from hopscotch_export.converters.outtypes import resolve_outtype
+from hopscotch_export.plan import load_plan
+from hopscotch_export.sources import open_source
+src = open_source({src!r})
+plan = load_plan({plan!r})
+choice = resolve_outtype('f16', src.kind, next(src.tensors()).qtype)
+need = [n for n in convert_needs(src, choice, Path({out!r}), plan=plan) if n.where == 'ram'][0]
+base = status('VmRSS')
+convert(src, plan, Path({out!r}), outtype='f16', force=True)
+largest = max(t.n_elements for t in src.tensors()) * 4
+result = dict(estimate=need.bytes, parts=need.parts, base=base, largest_f32=largest)
+"""
+
+PARITY = """
+from hopscotch_export.verify.data import load_text
+from hopscotch_export.verify.parity import parity_needs, torch_parity, _all_logits
+from hopscotch_export.verify.perplexity import make_windows
+from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.resources import parameter_count
+from hopscotch_export.sources import open_source
+src = open_source({src!r})
+with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
+    tokens = s.tokenize(load_text(None, None, 'test').text)
+    windows = make_windows(tokens, 512, s.bos if s.add_bos else None, 2)
+    _all_logits(s, windows[0])  # llama.cpp's pages resident before the peak is reset
+    base = status('VmRSS')
+    reset_peak()
+    parity = torch_parity(s, {src!r}, Path({plan!r}), windows)
+    peak = status('VmHWM')
+need = parity_needs(src.spec, len(windows), len(windows[0]))[0]
+result = dict(estimate=need.bytes - need.parts['process'], parts=need.parts, base=base, rise=peak - base,
+              layer_f32=parameter_count(src.spec)['layer'] * 4, mean_kl=parity.mean_kl)
+"""
+
+VERIFY = """
+from hopscotch_export.verify.pipeline import VerifyOptions, run_verify, verify_needs
+opts = VerifyOptions(plan=Path({plan!r}), source={src!r}, speed=False, chunks=2, threads={threads})
+need = [n for n in verify_needs(Path({gguf!r}), {src!r}, opts) if n.where == 'ram'][0]
+report = run_verify(Path({gguf!r}), {src!r}, opts)
+result = dict(estimate=need.bytes, parts=need.parts, mean_kl=report.divergence.mean_kl)
+"""
+
+EPILOGUE = """
+result.update(peak=status('VmHWM'), wall=time.perf_counter() - t0)
+print('RESULT ' + json.dumps(result))
+"""
+
+
+def child(code: str, threads: int, **fields: object) -> dict:
+    script = PRELUDE.format(tests=str(ROOT / "tests"), threads=threads) + code.format(threads=threads, **fields)
+    proc = subprocess.run([sys.executable, "-c", script + EPILOGUE], capture_output=True, text=True, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"child failed:\n{proc.stderr[-4000:]}")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def build(name: str, work: Path) -> str:
+    """The model spec to pass to the stages; random-weight models are built once."""
+    if name == "smollm2":
+        return "bundled:smollm2"
+    from models import make_shaped_model
+
+    path = work / name
+    if not (path / "config.json").exists():
+        print(f"building {name} (random bf16 weights) in {path} ...", flush=True)
+        make_shaped_model(path, name)
+    return str(path)
+
+
+def run_model(name: str, work: Path, threads: int, data: Path) -> list[dict]:
+    from hopscotch_export.resources import weight_bytes
+    from hopscotch_export.sources import open_source
+
+    src = build(name, work)
+    spec = open_source(src).spec
+    plan, gguf = work / f"{name}.plan.json", work / f"{name}.gguf"
+    skips = 2 if name != "llama-3.2-3b" else 1
+    rows = []
+    print(f"[{name}] search ...", flush=True)
+    s = child(SEARCH, threads, src=src, skips=skips, data=str(data), plan=str(plan))
+    weights = weight_bytes(spec, "bfloat16")
+    goal = 1.3 * weights + s["parts"]["teacher cache"] + s["parts"]["activations"] + s["process"]
+    rows.append(dict(model=name, stage="search (bf16, CPU)", peak=s["peak"], estimate=s["estimate"], goal=goal,
+                     goal_text="1.3 x weights + teacher + activations + process", weights=weights,
+                     step_seconds=s["step_seconds"], seconds=s["seconds"]))  # fmt: skip
+    print(f"[{name}] convert ...", flush=True)
+    c = child(CONVERT, threads, src=src, plan=str(plan), out=str(gguf))
+    rows.append(dict(model=name, stage="convert (f16)", peak=c["peak"], estimate=c["estimate"],
+                     goal=2 * c["largest_f32"] + c["base"], goal_text="2 x largest tensor (f32) + process",
+                     weights=weights))  # fmt: skip
+    print(f"[{name}] parity ...", flush=True)
+    p = child(PARITY, threads, src=src, plan=str(plan), gguf=str(gguf))
+    act = p["estimate"] - p["parts"]["one decoder layer"]
+    rows.append(dict(model=name, stage="parity (rise, torch side)", peak=p["rise"], estimate=p["estimate"],
+                     goal=p["layer_f32"] + act, goal_text="one layer f32 + activations and buffers (estimated)",
+                     weights=weights, mean_kl=p["mean_kl"]))  # fmt: skip
+    print(f"[{name}] verify ...", flush=True)
+    v = child(VERIFY, threads, src=src, plan=str(plan), gguf=str(gguf))
+    rows.append(dict(model=name, stage="verify with parity (whole)", peak=v["peak"], estimate=v["estimate"],
+                     goal=None, goal_text="", weights=weights, mean_kl=v["mean_kl"]))  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = [
+        "| model | stage | weights (bf16) GiB | peak GiB | estimate GiB | estimate / peak | goal GiB | goal met |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        goal = "" if r["goal"] is None else gib(r["goal"])
+        met = "" if r["goal"] is None else ("yes" if r["peak"] <= r["goal"] else "NO")
+        out.append(
+            f"| {r['model']} | {r['stage']} | {gib(r['weights'])} | {gib(r['peak'])} | {gib(r['estimate'])} | "
+            f"{r['estimate'] / r['peak']:.2f} | {goal} | {met} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2,llama-3.2-1b,llama-3.2-3b")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/hopscotch-memory-bench"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    from hopscotch_export.search.generate import builtin_prompts
+
+    data = args.work / "text.txt"
+    data.write_text("\n\n".join(builtin_prompts() * 3), encoding="utf-8")
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for name in args.models.split(","):
+        rows += run_model(name, args.work, args.threads, data)
+        print(markdown(rows), flush=True)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    for r in rows:
+        if "step_seconds" in r:
+            print(f"{r['model']}: greedy step seconds {r['step_seconds']}; stage seconds {r['seconds']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.markdown:
+        args.markdown.write_text(markdown(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Where and in which dtype the search runs, decided from the model's shapes before loading.
+
+The estimate counts what the search holds at its peak: the weights in the chosen dtype,
+the teacher's cache (top-k ids and log-probabilities of every training token, the final
+hidden state of every held-out token) and the largest activations of one batch (scoring
+caches every layer's input; training keeps every layer's activations for the backward
+pass; each holds a batch of logits over the vocabulary). On a GPU the weights go to the
+first GPUs that have room (accelerate's ``device_map="sequential"`` with ``max_memory``),
+what does not fit stays on the CPU, and a large teacher cache stays in RAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import HopscotchError
+from ..families import ModelSpec
+from ..resources import DTYPE_BYTES, PROCESS_BASE, Need, available, fits, human, parameter_count, weight_bytes
+from .objective import TOPK
+from .options import SearchOptions, device_name
+
+#: The teacher cache stays on the GPU only below this size; above, it is kept in RAM and a
+#: batch's share is copied over when the loss needs it (a few MB per batch).
+TEACHER_ON_GPU_MAX = 1 * 2**30
+
+#: Bytes of a GPU that accelerate may not fill with weights: CUDA context and allocator slack.
+GPU_MARGIN = 2 * 2**30
+
+FIX = (
+    "lower --samples / --seq-len / --batch-size, pass --dtype bfloat16, or search on a GPU (--device cuda); "
+    "--dry-run shows the estimate"
+)
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The device, dtype and accelerate placement of one search, and what it will need."""
+
+    device: torch.device
+    dtype: str
+    #: ``from_pretrained``'s device_map (None: plain CPU) and max_memory (None: no limit)
+    device_map: Any
+    max_memory: dict[Any, int] | None
+    needs: list[Need]
+    #: where the teacher's cache lives
+    cache_device: torch.device
+    #: said to the user when the choice is not what they might expect (bf16 on CPU)
+    notice: str | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _TORCH_DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        """``cpu (float32)``, ``cuda:0 (bfloat16)``, ``cuda:0-3 + CPU offload (bfloat16)``."""
+        if not self.max_memory:
+            return f"{self.device} ({self.dtype})"
+        gpus = [k for k in self.max_memory if k != "cpu"]
+        offload = " + CPU offload" if "cpu" in self.max_memory else ""
+        return f"cuda:{gpus[0]}-{gpus[-1]}{offload} ({self.dtype})"
+
+
+def search_parts(spec: ModelSpec, o: SearchOptions, dtype: str) -> dict[str, int]:
+    """Bytes by part: ``weights``, ``teacher cache``, ``activations`` (the largest phase)."""
+    d = DTYPE_BYTES[dtype]
+    h, v, s, layers = spec.hidden_size, spec.vocab_size, o.seq_len, spec.n_layers
+    teacher = o.samples * s * TOPK * (8 + 4) + o.heldout * s * h * d
+    score_rows = max(o.batch_size, min(4 * o.batch_size, 2048 // s))
+    # scoring: every layer's input cached for a batch, and its logits (dtype, float32, log-softmax)
+    scoring = layers * score_rows * s * h * d + score_rows * s * v * (d + 8)
+    # training: autograd keeps each layer's activations (norm inputs, q/k/v, attention
+    # output, MLP gate/up/product) and the attention weights; logits and their gradient
+    kv = spec.n_kv_heads * spec.head_dim
+    per_layer = s * (6 * h + 2 * kv + 4 * spec.intermediate_size) * d + 2 * spec.n_heads * s * s * d
+    training = o.batch_size * (layers * per_layer + s * v * (d + 12))
+    # held-out report: student and teacher logits, both log-softmaxed, in float32
+    heldout = o.batch_size * s * v * (d + 20)
+    return {
+        "weights": weight_bytes(spec, dtype),
+        "teacher cache": teacher,
+        "activations": max(scoring, training, heldout),
+    }
+
+
+def plan_placement(
+    spec: ModelSpec, o: SearchOptions, gpus: list[int] | None = None, processes: int = 1
+) -> Placement:
+    """The placement for ``o.device`` / ``o.dtype`` on the GPUs ``gpus`` (default: all),
+    with ``processes`` copies of the search sharing this machine's RAM (torchrun)."""
+    placement = _placement(spec, o, gpus)
+    if processes > 1:  # each process holds its own model and cache in RAM
+        needs = [
+            Need(n.where, f"{n.what} x {processes} processes", {k: v * processes for k, v in n.parts.items()}, n.fix)
+            if n.where == "ram" else n
+            for n in placement.needs
+        ]  # fmt: skip
+        placement = dataclasses.replace(placement, needs=needs)
+    return placement
+
+
+def _placement(spec: ModelSpec, o: SearchOptions, gpus: list[int] | None) -> Placement:
+    name = device_name(o.device)
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise HopscotchError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+        ids = list(range(torch.cuda.device_count())) if gpus is None else gpus
+        return _gpus(spec, o, "bfloat16" if o.dtype == "auto" else o.dtype, ids)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise HopscotchError("--device mps: Apple GPU not available; use --device cpu")
+        dtype = "bfloat16" if o.dtype == "auto" else o.dtype
+        needs = [Need("ram", f"search on mps ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE}, FIX)]
+        dev = torch.device("mps")
+        return Placement(dev, dtype, "mps", None, needs, dev)
+    return _cpu(spec, o)
+
+
+def _cpu(spec: ModelSpec, o: SearchOptions) -> Placement:
+    """float32 when it fits (and ``--dtype auto``), else bfloat16 with a notice."""
+
+    def needs(dtype: str) -> list[Need]:
+        return [Need("ram", f"search on CPU ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE}, FIX)]
+
+    cpu = torch.device("cpu")
+    notice = None
+    dtype = o.dtype
+    if dtype == "auto":
+        dtype = "float32"
+        if not fits(needs("float32")):
+            dtype = "bfloat16"
+            notice = (
+                f"float32 would need {human(needs('float32')[0].bytes)}, more than the "
+                f"{human(available('ram') or 0)} free: searching in bfloat16"
+            )
+    return Placement(cpu, dtype, None, None, needs(dtype), cpu, notice)
+
+
+def _gpus(spec: ModelSpec, o: SearchOptions, dtype: str, gpus: list[int]) -> Placement:
+    """All of the first GPU when the model fits there, else the GPUs in order, then CPU offload."""
+    parts = search_parts(spec, o, dtype)
+    act, weights, teacher = parts["activations"], parts["weights"], parts["teacher cache"]
+    cache_on_gpu = teacher <= TEACHER_ON_GPU_MAX
+    free = {i: available(f"cuda:{i}") or 0 for i in gpus}
+    first_gpu = gpus[0]
+    ram_parts = {"process": PROCESS_BASE, **({} if cache_on_gpu else {"teacher cache": teacher})}
+    first = {"weights": weights, "activations": act, **({"teacher cache": teacher} if cache_on_gpu else {})}
+    gpu = torch.device("cuda", first_gpu)
+    if sum(first.values()) + GPU_MARGIN // 2 <= free[first_gpu]:
+        needs = [Need(str(gpu), f"search on {gpu} ({dtype})", first, FIX), Need("ram", "search (host side)", ram_parts, FIX)]
+        return Placement(gpu, dtype, {"": first_gpu}, None, needs, gpu if cache_on_gpu else torch.device("cpu"))
+    # Spread: every GPU keeps room for one batch's activations; the rest of RAM takes the overflow.
+    max_memory: dict[Any, int] = {i: max(0, f - act - GPU_MARGIN) for i, f in free.items()}
+    on_gpus = min(weights, sum(max_memory.values()))
+    offload = weights - on_gpus
+    ram = available("ram") or 0
+    if offload:
+        max_memory["cpu"] = max(0, ram - sum(ram_parts.values()) - GPU_MARGIN)
+        ram_parts["offloaded weights"] = offload
+    needs = [
+        Need(f"cuda:{i}", f"search on cuda:{i} ({dtype})", {"weights": min(max_memory[i], weights), "activations": act}, FIX)
+        for i in free
+        if max_memory[i] > 0
+    ]
+    needs.append(Need("ram", "search (host side)", ram_parts, FIX))
+    return Placement(gpu, dtype, "sequential", max_memory, needs, torch.device("cpu"))

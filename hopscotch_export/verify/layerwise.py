@@ -1,0 +1,118 @@
+"""The source model under a plan, in float32, holding one decoder layer's weights at a time.
+
+The parity check needs torch's logits for a few windows, and loading the whole model in
+float32 for that would take 32 GB for an 8B model. Instead (the sequential scheme of
+llm-compressor) the transformers model is built as a skeleton with no weights, and every
+window's hidden state goes through layer 0, then layer 1, ..., each layer's weights read
+from the source just before and dropped just after. The embedding is read only at the
+window tokens' rows and the head in chunks of :data:`HEAD_ROWS` rows, so neither is ever
+whole in float32. The plan is applied by :func:`torch_plan.scaled_model`, the function
+the search trains through: a skipped attention block is not computed, and its weights are
+not even read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import HopscotchError
+from ..plan import Plan
+from ..sources import ModelSource, SourceTensor
+from ..stack import Positions, Stack
+from ..torch_plan import BranchScales, scaled_model
+
+#: Rows of the output head multiplied at once: 8192 x 4096 float32 is 128 MiB for an 8B model.
+HEAD_ROWS = 8192
+
+_EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def planned_logits(
+    source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], n_vocab: int,
+    advance: Callable[[], None] = lambda: None,
+) -> Iterator[np.ndarray]:
+    """float32 logits (tokens x ``n_vocab``) of each window, one window at a time, as
+    ``apply_plan(model, plan)`` would give them; ``advance`` is called after each layer."""
+    final = _final_hidden(source, plan, windows, advance)
+    head = source.hf_tensor(_EMBED if source.spec.tie_embeddings else _HEAD)
+    if head.shape[0] < n_vocab:
+        raise HopscotchError(
+            f"the source has a vocabulary of {head.shape[0]}, the GGUF {n_vocab}: not the same model; "
+            "pass the --source the GGUF was converted from"
+        )
+    for h in final:
+        yield _logits(h, head, n_vocab)
+
+
+def _final_hidden(
+    source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
+) -> list[torch.Tensor]:
+    """The normalised last hidden state of every window (what the head reads)."""
+    model = _skeleton(source)
+    stack = Stack(model)
+    # one batch per window length (they share positions and masks); usually a single batch
+    lengths = sorted({len(w) for w in windows})
+    batches = [torch.tensor([list(w) for w in windows if len(w) == n]) for n in lengths]
+    embedded = _embed_rows(source, batches)
+    state: list[tuple[torch.Tensor, Positions]] = [(h, stack.positions(h)) for h in embedded]
+    scales = BranchScales.from_plan(plan).requires_grad_(False)
+    with scaled_model(model, scales, plan.skip), torch.no_grad():
+        for i in range(stack.n_layers):
+            with _weights(stack.layers[i], source, f"model.layers.{i}."):
+                state = [(stack.run(h, at, i, i + 1), at) for h, at in state]
+            advance()
+        with _weights(stack.body.norm, source, "model.norm."):
+            finals = [stack.final_hidden(h) for h, _ in state]
+    by_length = {n: iter(f) for n, f in zip(lengths, finals)}
+    return [next(by_length[len(w)]) for w in windows]
+
+
+def _skeleton(source: ModelSource) -> nn.Module:
+    """The transformers model with every parameter on the ``meta`` device: code and shapes only."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():  # buffers (rotary frequencies) stay real: they are computed, not read
+        model = AutoModelForCausalLM.from_config(source.load_config(), dtype=torch.float32)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _weights(module: nn.Module, source: ModelSource, prefix: str) -> Iterator[None]:
+    """Within the block ``module`` holds its float32 weights from ``source``; back to ``meta`` after.
+
+    Only the parameters ``module`` has now are read: under ``scaled_model`` a skipped
+    layer's attention is a parameter-free stand-in, so its weights stay on disk.
+    """
+    names = [prefix + n for n, _ in module.named_parameters()]
+    module.load_state_dict({n[len(prefix):]: t for n, t in source.hf_state(names).items()}, assign=True)
+    try:
+        yield
+    finally:
+        module.to("meta")  # drops the weights
+
+
+def _embed_rows(source: ModelSource, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Token embeddings of each batch, reading only the embedding rows of tokens that occur."""
+    table = source.hf_tensor(_EMBED)
+    used = np.unique(np.concatenate([b.numpy().ravel() for b in batches]))
+    if used[-1] >= table.shape[0]:
+        raise HopscotchError(f"token id {used[-1]} is outside the source's vocabulary of {table.shape[0]}")
+    runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)  # consecutive ids: one read
+    rows = torch.from_numpy(np.concatenate([table.rows(int(r[0]), int(r[-1]) + 1) for r in runs]))
+    return [rows[torch.from_numpy(np.searchsorted(used, b.numpy()))] for b in batches]
+
+
+def _logits(h: torch.Tensor, head: SourceTensor, n_vocab: int) -> np.ndarray:
+    """``h @ head[:n_vocab].T`` with the head read :data:`HEAD_ROWS` rows at a time."""
+    out = np.empty((h.shape[0], n_vocab), dtype=np.float32)
+    for start in range(0, n_vocab, HEAD_ROWS):
+        stop = min(start + HEAD_ROWS, n_vocab)
+        rows = torch.from_numpy(np.require(head.rows(start, stop), np.float32, "C"))
+        out[:, start:stop] = (h @ rows.T).numpy()
+    return out
