@@ -33,7 +33,7 @@ PRELUDE = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import torch
+import torch, transformers, accelerate, gguf, llama_cpp  # imported before any peak is taken: the constant
 torch.set_num_threads({threads})
 def status(key):
     for line in open('/proc/self/status'):

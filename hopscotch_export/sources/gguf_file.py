@@ -112,9 +112,19 @@ class GgufFileSource(ModelSource):
         )
 
     def load_config(self) -> Any:
+        """Built from the hyper-parameters already read: transformers' own GGUF config reader
+        parses every metadata array, the whole vocabulary included (hundreds of MB for a
+        large one), only to find these few numbers."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        s = self.spec
+        return AutoConfig.for_model(
+            s.family.gguf_arch, architectures=[s.architecture], vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+            intermediate_size=s.intermediate_size, num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
+            num_key_value_heads=s.n_kv_heads, head_dim=s.head_dim, rms_norm_eps=s.rms_eps, rope_theta=s.rope_theta,
+            max_position_embeddings=s.context_length, tie_word_embeddings=s.tie_embeddings,
+            attention_bias=s.attention_bias, mlp_bias=s.mlp_bias,
+        )  # fmt: skip
 
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
