@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -54,7 +55,7 @@ from hopscotch_export.resources import PROCESS_BASE
 src = open_source({src!r})
 o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', samples=8, heldout=2, seq_len=64, batch_size=2,
                   final_epochs=1, data={data!r}, shortlist=1)
-placement = plan_placement(src.spec, o)
+placement = plan_placement(src.spec, o, source_kind=src.kind)
 need = placement.needs[0]
 plan = run_search(src, o, Path({plan!r}), force=True)
 steps = plan.provenance['search']['steps']
@@ -83,7 +84,7 @@ from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.parity import parity_needs, torch_parity, _all_logits
 from hopscotch_export.verify.perplexity import make_windows
 from hopscotch_export.verify.runner import LlamaSession
-from hopscotch_export.resources import parameter_count
+from hopscotch_export.resources import parameter_count, source_overhead
 from hopscotch_export.sources import open_source
 src = open_source({src!r})
 with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
@@ -94,9 +95,16 @@ with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
     reset_peak()
     parity = torch_parity(s, {src!r}, Path({plan!r}), windows)
     peak = status('VmHWM')
-need = parity_needs(src.spec, len(windows), len(windows[0]))[0]
+need = parity_needs(src.spec, len(windows), len(windows[0]), src.kind)[0]
+spec, n, t = src.spec, len(windows), len(windows[0])
+q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+# the windows through one layer (as parity_needs counts them) and three tokens x vocab
+# float32 arrays: torch's and llama.cpp's logits of a window, and the KL's temporaries
+activations = (n * t * (4 * spec.hidden_size + 2 * q + 2 * kv + 3 * spec.intermediate_size) * 4
+               + n * spec.n_heads * t * t * 4 + 3 * t * spec.vocab_size * 4)
 result = dict(estimate=need.bytes - need.parts['process'], parts=need.parts, base=base, rise=peak - base,
-              layer_f32=parameter_count(src.spec)['layer'] * 4, mean_kl=parity.mean_kl)
+              layer_f32=parameter_count(spec)['layer'] * 4, activations=activations, mean_kl=parity.mean_kl,
+              metadata=sum(source_overhead(src.kind, spec.vocab_size).values()))
 """
 
 VERIFY = """
@@ -106,6 +114,10 @@ need = [n for n in verify_needs(Path({gguf!r}), {src!r}, opts) if n.where == 'ra
 report = run_verify(Path({gguf!r}), {src!r}, opts)
 result = dict(estimate=need.bytes, parts=need.parts, mean_kl=report.divergence.mean_kl)
 """
+
+#: The "constant" of the parity goal: the model skeleton, the head chunk and allocator
+#: slack (a GGUF source's parsed metadata is added as measured by its own estimate).
+CONSTANT = 256 * 2**20
 
 EPILOGUE = """
 result.update(peak=status('VmHWM'), wall=time.perf_counter() - t0)
@@ -139,50 +151,70 @@ def build(name: str, work: Path) -> str:
     return str(path)
 
 
-def run_model(name: str, work: Path, threads: int, data: Path) -> list[dict]:
-    from hopscotch_export.resources import weight_bytes
+def run_model(name: str, work: Path, threads: int, data: Path, stages: set[str]) -> list[dict]:
     from hopscotch_export.sources import open_source
 
     src = build(name, work)
     spec = open_source(src).spec
     plan, gguf = work / f"{name}.plan.json", work / f"{name}.gguf"
     skips = 2 if name != "llama-3.2-3b" else 1
-    rows = []
+    rows: list[dict] = []
+    if "search" in stages or not plan.exists():
+        rows.append(search_row(name, src, spec, skips, data, plan, threads))
+    if "convert" in stages or not gguf.exists():
+        rows.append(convert_row(name, src, plan, gguf, threads))
+    if "parity" in stages:
+        rows.append(parity_row(name, src, plan, gguf, threads))
+    if "verify" in stages:
+        rows.append(verify_row(name, src, plan, gguf, threads))
+    return rows
+
+
+def search_row(name: str, src: str, spec: Any, skips: int, data: Path, plan: Path, threads: int) -> dict:
+    from hopscotch_export.resources import weight_bytes
+
     print(f"[{name}] search ...", flush=True)
     s = child(SEARCH, threads, src=src, skips=skips, data=str(data), plan=str(plan))
     weights = weight_bytes(spec, "bfloat16")
     goal = 1.3 * weights + s["parts"]["teacher cache"] + s["parts"]["activations"] + s["process"]
-    rows.append(dict(model=name, stage="search (bf16, CPU)", peak=s["peak"], estimate=s["estimate"], goal=goal,
-                     goal_text="1.3 x weights + teacher + activations + process", weights=weights,
-                     step_seconds=s["step_seconds"], seconds=s["seconds"]))  # fmt: skip
+    return dict(model=name, stage="search (bf16, CPU)", peak=s["peak"], estimate=s["estimate"], goal=goal,
+                goal_text="1.3 x weights + teacher + activations + process",
+                step_seconds=s["step_seconds"], seconds=s["seconds"])  # fmt: skip
+
+
+def convert_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] convert ...", flush=True)
     c = child(CONVERT, threads, src=src, plan=str(plan), out=str(gguf))
-    rows.append(dict(model=name, stage="convert (f16)", peak=c["peak"], estimate=c["estimate"],
-                     goal=2 * c["largest_f32"] + c["base"], goal_text="2 x largest tensor (f32) + process",
-                     weights=weights))  # fmt: skip
+    return dict(model=name, stage="convert (f16)", peak=c["peak"], estimate=c["estimate"],
+                goal=2 * c["largest_f32"] + c["base"], goal_text="2 x largest tensor (f32) + process")  # fmt: skip
+
+
+def parity_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] parity ...", flush=True)
     p = child(PARITY, threads, src=src, plan=str(plan), gguf=str(gguf))
-    act = p["estimate"] - p["parts"]["one decoder layer"]
-    rows.append(dict(model=name, stage="parity (rise, torch side)", peak=p["rise"], estimate=p["estimate"],
-                     goal=p["layer_f32"] + act, goal_text="one layer f32 + activations and buffers (estimated)",
-                     weights=weights, mean_kl=p["mean_kl"]))  # fmt: skip
+    act = p["activations"] + p["metadata"] + CONSTANT
+    return dict(model=name, stage="parity (rise, torch side)", peak=p["rise"], estimate=p["estimate"],
+                goal=p["layer_f32"] + act, goal_text="one layer f32 + activations + GGUF metadata + 256 MiB",
+                mean_kl=p["mean_kl"])  # fmt: skip
+
+
+def verify_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] verify ...", flush=True)
     v = child(VERIFY, threads, src=src, plan=str(plan), gguf=str(gguf))
-    rows.append(dict(model=name, stage="verify with parity (whole)", peak=v["peak"], estimate=v["estimate"],
-                     goal=None, goal_text="", weights=weights, mean_kl=v["mean_kl"]))  # fmt: skip
-    return rows
+    return dict(model=name, stage="verify with parity (whole)", peak=v["peak"], estimate=v["estimate"],
+                goal=None, goal_text="", mean_kl=v["mean_kl"])  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
     out = [
-        "| model | stage | weights (bf16) GiB | peak GiB | estimate GiB | estimate / peak | goal GiB | goal met |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| model | stage | peak GiB | estimate GiB | estimate / peak | goal GiB | goal met |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         goal = "" if r["goal"] is None else gib(r["goal"])
         met = "" if r["goal"] is None else ("yes" if r["peak"] <= r["goal"] else "NO")
         out.append(
-            f"| {r['model']} | {r['stage']} | {gib(r['weights'])} | {gib(r['peak'])} | {gib(r['estimate'])} | "
+            f"| {r['model']} | {r['stage']} | {gib(r['peak'])} | {gib(r['estimate'])} | "
             f"{r['estimate'] / r['peak']:.2f} | {goal} | {met} |"
         )
     return "\n".join(out)
@@ -193,6 +225,8 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2,llama-3.2-1b,llama-3.2-3b")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hopscotch-memory-bench"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stages", default="search,convert,parity,verify",
+                    help="stages to measure; a missing plan or GGUF is made first")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
@@ -204,7 +238,7 @@ def main() -> None:
     rows: list[dict] = []
     t0 = time.perf_counter()
     for name in args.models.split(","):
-        rows += run_model(name, args.work, args.threads, data)
+        rows += run_model(name, args.work, args.threads, data, set(args.stages.split(",")))
         print(markdown(rows), flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s")
     for r in rows:

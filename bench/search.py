@@ -1,4 +1,5 @@
-"""Benchmark: Hopscotch's shortlisted search vs the paper's exhaustive one vs one-shot baselines.
+"""Benchmark: Hopscotch's shortlisted search vs the paper's exhaustive one vs one-shot
+baselines, and removed blocks replaced by fitted linear maps (``--replace linear|auto``).
 
 Runs on SmolLM2-135M-Instruct (``bundled:smollm2``) on CPU by default, sized to finish in
 about 30 minutes on two cores (results: docs/search-benchmark.md). One calibration set
@@ -36,13 +37,15 @@ from hopscotch_export.torch_plan import BranchScales
 
 HOPSCOTCH = "Hopscotch (default shortlist)"
 PAPER = "Hopscotch --shortlist all (paper)"
+#: the default search with each ``--replace`` other than skip
+REPLACED = {"linear": "Hopscotch --replace linear", "auto": "Hopscotch --replace auto"}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bundled:smollm2", help="model to search (default: SmolLM2-135M-Instruct)")
     p.add_argument("--skips", default="2,4,8")
-    p.add_argument("--methods", default="hopscotch,paper,baselines")
+    p.add_argument("--methods", default="hopscotch,paper,baselines,linear,auto")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--heldout", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=48)
@@ -83,6 +86,10 @@ def main() -> None:
     if "paper" in methods:
         paper = dataclasses.replace(options, shortlist=None)
         greedy[PAPER] = run_greedy(ws, paper, candidates, skips, base, rows, PAPER, console)
+    for replace, name in REPLACED.items():
+        if replace in methods:
+            replaced = dataclasses.replace(options, replace=replace)
+            run_greedy(ws, replaced, candidates, skips, base, rows, name, console)
     if "baselines" in methods:
         t = time.perf_counter()
         attn_cos, layer_cos = similarities(ws.stack, ws.calib, options.batch_size)
@@ -109,7 +116,8 @@ def run_greedy(
     snapshots: dict[int, SearchState] = {}
 
     def on_step(s: SearchState) -> None:
-        console.print(f"{name}: step {len(s.steps)} skip {s.steps[-1].chosen} ({s.steps[-1].seconds:.1f}s)")
+        last = s.steps[-1]
+        console.print(f"{name}: step {len(s.steps)} {last.kind} {last.chosen} ({last.seconds:.1f}s)")
         if len(s.steps) in skips:
             snapshots[len(s.steps)] = copy.deepcopy(s)
 
@@ -118,23 +126,26 @@ def run_greedy(
     for k in skips:
         s = snapshots[k]
         steps_s = base + sum(st.seconds for st in s.steps)
-        rows.append(row(ws, options, name, s.order, s.scales, steps_s, console))
+        rows.append(row(ws, options, name, s.skip, s.scales, steps_s, console, s.maps))
     return state.order
 
 
 def row(
-    ws: Workspace, options: SearchOptions, name: str, order: list[int], scales: BranchScales | None,
-    seconds: float, console: Console,
+    ws: Workspace, options: SearchOptions, name: str, skip: list[int], scales: BranchScales | None,
+    seconds: float, console: Console, maps: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Held-out metrics of ``order``; ``scales`` given: after the final training from them."""
+    """Held-out metrics of ``skip`` skipped and ``maps`` in place; ``scales`` given: after
+    the final training from them (of the maps too)."""
+    maps = maps or {}
     if scales is None:
         final = BranchScales(len(ws.stack.layers))
     else:
         t = time.perf_counter()
-        final = final_training(ws, options, order, scales, Silent())
+        final, maps = final_training(ws, options, skip, scales, Silent(), maps)
         seconds += time.perf_counter() - t
-    m = plan_metrics(ws, order, final, options.batch_size)
-    r = {"method": name, "skips": len(order), "blocks": sorted(order), "seconds": seconds, **m}
+    m = plan_metrics(ws, skip, final, options.batch_size, maps)
+    removed = sorted([*skip, *maps])
+    r = {"method": name, "skips": len(removed), "blocks": removed, "linear": sorted(maps), "seconds": seconds, **m}
     console.print(r)
     return r
 
@@ -145,13 +156,13 @@ def show(
 ) -> None:  # fmt: skip
     """The table, and per skip count the speed-up and KL gap of the shortlist vs the paper."""
     table = Table(title="held-out KL to the original model (time: teacher + greedy steps + final training)")
-    header = ("skips", "method", "attention skipped", "time s", "held-out KL", "perplexity")
+    header = ("skips", "method", "attention removed (L: linear map)", "time s", "held-out KL", "perplexity")
     for col in header:
         table.add_column(col)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for k in skips:
         for r in (r for r in rows if r["skips"] == k):
-            blocks = ",".join(map(str, r["blocks"]))
+            blocks = ",".join(f"{i}{'L' if i in r['linear'] else ''}" for i in r["blocks"])
             cells = [str(k), r["method"], blocks, f"{r['seconds']:.0f}", f"{r['kl']:.4f}", f"{r['ppl']:.2f}"]
             table.add_row(*cells)
             md.append("| " + " | ".join(cells) + " |")
@@ -164,6 +175,13 @@ def show(
                 f"{k} skips: shortlist {options.shortlist} is {paper['seconds'] / ours['seconds']:.1f}x faster than "
                 f"--shortlist all, held-out KL {100 * (ours['kl'] / paper['kl'] - 1):+.1f}%"
             )
+        for name in REPLACED.values():
+            other = next((r for r in rows if r["skips"] == k and r["method"] == name), None)
+            if ours and other:
+                lines.append(
+                    f"{k} blocks: {name} held-out KL {100 * (other['kl'] / ours['kl'] - 1):+.1f}% vs skip, "
+                    f"time x{other['seconds'] / ours['seconds']:.1f}, {len(other['linear'])} linear"
+                )
     console = Console()
     console.print(table)
     for line in lines:

@@ -101,6 +101,8 @@ def inspect_command(
     for key, value in info.items():
         if isinstance(value, list) and len(value) > 12 and all(isinstance(v, float) for v in value):
             value = " ".join(f"{v:.3g}" for v in value)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = " ".join(value)  # layer kinds: keep skip linear ...
         elif key.endswith("bytes") or key.endswith("bytes_per_token"):
             value = f"{value:,} B" if value < 2**20 else f"{value / 2**20:,.2f} MiB"
         rows.append((key.replace("_", " "), str(value)))

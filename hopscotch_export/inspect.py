@@ -1,4 +1,9 @@
-"""``inspect``: what a plan or a GGUF holds, for people deciding whether to ship it."""
+"""``inspect``: what a plan or a GGUF holds, for people deciding whether to ship it.
+
+Each layer's attention is one of ``keep``, ``skip`` or ``linear`` (a fitted map in place
+of attention: in a GGUF, head_count > 0 with head_count_kv 0, as llama.cpp's ``deci``
+reads it).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,13 @@ def _per_layer(value: Any, n: int) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else [int(value)] * n
 
 
+def layer_kind(heads: int, kv_heads: int) -> str:
+    """A GGUF layer's attention kind from its head counts."""
+    if heads == 0:
+        return "skip"
+    return "keep" if kv_heads else "linear"
+
+
 def gguf_summary(path: Path | str) -> dict[str, Any]:
     """Architecture, attention layers, tensor types, size and KV cache bytes per token."""
     path = Path(path)
@@ -47,13 +59,16 @@ def gguf_summary(path: Path | str) -> dict[str, Any]:
     v_len = int(get(f"{arch}.attention.value_length", k_len))
     kv_per_token = sum(kv * (k_len + v_len) * KV_BYTES_PER_VALUE for kv in kv_heads)
     types = Counter(t.tensor_type.name for t in reader.tensors)
+    kinds = [layer_kind(h, kv) for h, kv in zip(heads, kv_heads)]
     return {
         "file": str(path),
         "architecture": arch,
         "name": get("general.name"),
         "layers": n,
-        "attention_layers": [i for i, h in enumerate(heads) if h],
-        "skipped_attention": [i for i, h in enumerate(heads) if not h],
+        "layer_kinds": kinds,
+        "attention_layers": [i for i, k in enumerate(kinds) if k == "keep"],
+        "skipped_attention": [i for i, k in enumerate(kinds) if k == "skip"],
+        "linear_attention": [i for i, k in enumerate(kinds) if k == "linear"],
         "tensor_types": dict(types.most_common()),
         "tensors": len(reader.tensors),
         "size_bytes": path.stat().st_size,
@@ -76,7 +91,9 @@ def plan_summary(path: Path | str) -> dict[str, Any]:
         "layers": plan.model.n_layers,
         "fingerprint": plan.model.fingerprint,
         "complete": plan.complete,
+        "layer_kinds": [plan.kind(i) for i in range(plan.model.n_layers)],
         "skipped_attention": list(plan.skip),
+        "linear_attention": list(plan.linear),
         "granularity": plan.granularity,
         "attn_scale_range": spread(plan.attn, plan.kept_attention),
         "mlp_scale_range": spread(plan.mlp, list(range(plan.model.n_layers))),

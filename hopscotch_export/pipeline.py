@@ -139,16 +139,17 @@ def _dry_run(
 
 
 def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force: bool) -> Plan | None:
-    """A complete plan from an earlier run with the same skip count, so a rerun is cheap."""
+    """A complete plan from an earlier run that removed as many blocks, so a rerun is cheap."""
     if force or not path.exists():
         return None
     plan = load_plan(path)
-    if plan.complete and len(plan.skip) == search.skips:
+    removed = len(plan.skip) + len(plan.linear)
+    if plan.complete and removed == search.skips:
         plan.check_model(source.model_ref())
         return plan
     if plan.complete:
         raise HopscotchError(
-            f"{path} holds a plan with {len(plan.skip)} skips, not {search.skips}; pass --force to search again"
+            f"{path} holds a plan that removes {removed} blocks, not {search.skips}; pass --force to search again"
         )
     return None
 

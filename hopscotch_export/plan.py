@@ -1,37 +1,54 @@
 """The plan file: the contract between the search stage and the converter.
 
-A plan says which attention blocks are skipped and by how much each remaining branch
-output is scaled (DESIGN.md section 1: branch scales fold exactly into ``attn_output`` and
-``ffn_down``). It is validated once, at load, and trusted afterwards.
+A plan says, for each layer, what becomes of its attention block: kept, skipped, or
+replaced by a fitted linear map (llama.cpp ``deci``'s "linear attention" of Nemotron-51B:
+``x + W · RMSNorm(x)``, one ``hidden x hidden`` matrix, no KV cache), and by how much each
+remaining branch output is scaled (DESIGN.md section 1: branch scales fold exactly into
+``attn_output`` and ``ffn_down``; a linear layer's attention scale folds into W's rows).
+It is validated once, at load, and trusted afterwards.
 
-JSON layout (``format`` = ``hopscotch-plan/1``)::
+JSON layout (``format`` = ``hopscotch-plan/2``)::
 
-    {"format": "hopscotch-plan/1",
+    {"format": "hopscotch-plan/2",
      "complete": true,
      "model": {"architecture": "LlamaForCausalLM", "n_layers": 30,
                "hidden_size": 576, "fingerprint": "…"},
      "skip": [5, 11],
+     "linear": {"layers": [6], "file": "plan.linear.safetensors", "sha256": "…"},
      "scales": {"attn": [1.0, 0.97, …], "mlp": [1.0, [0.9, 1.1, …], …]},
      "provenance": {…free form…}}
 
 Each scale entry is a number (layer granularity) or a list of ``hidden_size`` numbers
-(channel granularity). The attention scale of a skipped layer is ignored.
+(channel granularity). The attention scale of a skipped layer is ignored. The maps are
+too large for JSON: they live in one safetensors file beside the plan (``file`` is
+relative to the plan's folder), one float32 ``(hidden, hidden)`` tensor per linear layer
+named ``layer.<i>``, in (out, in) order; ``sha256`` ties the file to this plan, so a plan
+never runs with another plan's maps. Without linear layers ``linear`` is
+``{"layers": []}`` and no file is written. Format 1 files (no ``linear``) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from .errors import PlanError
-from .files import write_text_atomic
+from .files import atomic_output, check_writable, write_text_atomic
 
-FORMAT = "hopscotch-plan/1"
+FORMAT = "hopscotch-plan/2"
+
+#: Formats this version reads; format 1 is format 2 without linear layers.
+READABLE = ("hopscotch-plan/1", FORMAT)
 
 Scale = Union[float, list[float]]
 
@@ -56,7 +73,12 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class Plan:
-    """Skipped attention blocks and branch scales for one model."""
+    """Skipped and linear attention blocks, their maps, and branch scales for one model.
+
+    ``maps`` holds one float32 ``(hidden, hidden)`` array per layer of ``linear``, in
+    (out, in) order: the block outputs ``normed_x @ W.T``. It is left out of ``==`` and
+    ``repr`` (arrays have no single truth value, and are large).
+    """
 
     model: ModelRef
     skip: tuple[int, ...]
@@ -64,8 +86,12 @@ class Plan:
     mlp: tuple[Scale, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
+    linear: tuple[int, ...] = ()
+    maps: Mapping[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # float32 (out, in) is the one form every consumer reads; convert once, here
+        object.__setattr__(self, "maps", {k: np.asarray(v, dtype=np.float32) for k, v in self.maps.items()})
         _validate(self)
 
     @classmethod
@@ -81,10 +107,18 @@ class Plan:
 
     @property
     def kept_attention(self) -> list[int]:
+        """Layers whose attention branch contributes (kept or linear), so whose scale counts."""
         return [i for i in range(self.model.n_layers) if i not in self.skip]
 
+    def kind(self, layer: int) -> Literal["keep", "skip", "linear"]:
+        """What becomes of ``layer``'s attention block."""
+        if layer in self.skip:
+            return "skip"
+        return "linear" if layer in self.linear else "keep"
+
     def attn_factor(self, layer: int) -> np.ndarray:
-        """The factor folded into layer's ``attn_output`` rows (0 when skipped)."""
+        """The factor folded into layer's ``attn_output`` rows (0 when skipped; for a
+        linear layer, into the rows of its map)."""
         if layer in self.skip:
             return np.zeros(1, dtype=np.float64)
         return np.atleast_1d(np.asarray(self.attn[layer], dtype=np.float64))
@@ -96,19 +130,47 @@ class Plan:
     def with_fields(self, **changes: Any) -> Plan:
         return replace(self, **changes)
 
-    def to_json(self) -> dict[str, Any]:
+    def maps_bytes(self) -> bytes:
+        """The maps as the bytes of a safetensors file (deterministic: same maps, same bytes)."""
+        return save_safetensors({f"layer.{i}": np.ascontiguousarray(self.maps[i]) for i in sorted(self.linear)})
+
+    def to_json(self, maps_file: str | None = None) -> dict[str, Any]:
+        """The plan file's JSON; ``maps_file`` (relative to the plan) is needed when the
+        plan has linear layers, and the hash is that of :meth:`maps_bytes`."""
+        return self._json(maps_file, self.maps_bytes() if self.linear else b"")
+
+    def save(self, path: Path | str, force: bool = False) -> None:
+        """Write atomically; ``force`` allows replacing existing files.
+
+        The maps file (:func:`maps_path`) is written first, so a plan file on disk never
+        names a maps file that is not there yet.
+        """
+        path = Path(path)
+        if not self.linear:
+            write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n", force=force)
+            return
+        maps = maps_path(path)
+        check_writable(path, force)  # before writing either file
+        data = self.maps_bytes()
+        with atomic_output(maps, force) as tmp:
+            tmp.write_bytes(data)
+        write_text_atomic(path, json.dumps(self._json(maps.name, data), indent=1) + "\n", force=force)
+
+    def _json(self, maps_file: str | None, maps_data: bytes) -> dict[str, Any]:
+        linear: dict[str, Any] = {"layers": list(self.linear)}
+        if self.linear:
+            if maps_file is None:
+                raise ValueError("a plan with linear layers needs the name of its maps file; use Plan.save")
+            linear |= {"file": maps_file, "sha256": hashlib.sha256(maps_data).hexdigest()}
         return {
             "format": FORMAT,
             "complete": self.complete,
             "model": self.model.to_json(),
             "skip": list(self.skip),
+            "linear": linear,
             "scales": {"attn": list(self.attn), "mlp": list(self.mlp)},
             "provenance": self.provenance,
         }
-
-    def save(self, path: Path | str, force: bool = False) -> None:
-        """Write atomically; ``force`` allows replacing an existing file."""
-        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n", force=force)
 
     def check_model(self, model: ModelRef, force: bool = False) -> None:
         """Refuse a plan made for another model; ``force`` waives only the fingerprint."""
@@ -126,6 +188,13 @@ class Plan:
             )
 
 
+def maps_path(plan_path: Path | str) -> Path:
+    """Where :meth:`Plan.save` puts the maps: ``plan.json`` -> ``plan.linear.safetensors``."""
+    plan_path = Path(plan_path)
+    stem = plan_path.name[: -len(".json")] if plan_path.name.endswith(".json") else plan_path.name
+    return plan_path.with_name(f"{stem}.linear.safetensors")
+
+
 def load_plan(path: Path | str) -> Plan:
     """Read and validate a plan file; every problem becomes a one-line :class:`PlanError`."""
     path = Path(path)
@@ -135,19 +204,25 @@ def load_plan(path: Path | str) -> Plan:
         raise PlanError(f"plan file {path} not found; make one with `hopscotch-export search`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PlanError(f"plan file {path} is not valid JSON ({e}); regenerate it with search") from None
-    return plan_from_json(data, source=str(path))
+    return plan_from_json(data, source=str(path), folder=path.parent)
 
 
-def plan_from_json(data: Any, source: str = "plan") -> Plan:
-    """Build a :class:`Plan` from parsed JSON, validating every field."""
+def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = None) -> Plan:
+    """Build a :class:`Plan` from parsed JSON, validating every field.
+
+    ``folder`` is where the plan file is: the maps file of a plan with linear layers is
+    named relative to it (not needed for a plan without linear layers).
+    """
     if not isinstance(data, dict):
         raise PlanError(f"{source}: a plan must be a JSON object")
     fmt = data.get("format")
-    if fmt != FORMAT:
+    if fmt not in READABLE:
         raise PlanError(
-            f"{source}: unknown plan format {fmt!r}, this version reads {FORMAT!r}; "
+            f"{source}: unknown plan format {fmt!r}, this version reads {' and '.join(map(repr, READABLE))}; "
             "regenerate the plan with this version's search"
         )
+    if fmt != FORMAT and "linear" in data:
+        raise PlanError(f"{source}: a {fmt} plan has no 'linear' field; set 'format' to {FORMAT!r}")
     try:
         m = data["model"]
         model = ModelRef(str(m["architecture"]), m["n_layers"], m["hidden_size"], str(m["fingerprint"]))
@@ -160,6 +235,7 @@ def plan_from_json(data: Any, source: str = "plan") -> Plan:
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise PlanError(f"{source}: 'provenance' must be an object")
+    linear, maps = _linear_from_json(data.get("linear", {"layers": []}), source, folder)
     try:
         return Plan(
             model,
@@ -168,9 +244,51 @@ def plan_from_json(data: Any, source: str = "plan") -> Plan:
             tuple(mlp),
             provenance,
             bool(data.get("complete", True)),
+            linear,
+            maps,
         )
     except PlanError as e:
         raise PlanError(f"{source}: {e}") from None
+
+
+def _linear_from_json(
+    entry: Any, source: str, folder: Path | str | None
+) -> tuple[tuple[int, ...], dict[int, np.ndarray]]:
+    """The linear layers and their maps, read from the maps file and checked against its hash."""
+    layers = entry.get("layers") if isinstance(entry, dict) else None
+    if not isinstance(layers, list):
+        raise PlanError(f"{source}: 'linear' must be an object with a 'layers' list")
+    if not layers:
+        return (), {}
+    if not all(_is_int(i) for i in layers):
+        raise PlanError(f"{source}: linear layers must be integers, got {layers}")
+    name, digest = entry.get("file"), entry.get("sha256")
+    if not isinstance(name, str) or not isinstance(digest, str):
+        raise PlanError(f"{source}: 'linear' needs 'file' and 'sha256' strings; save the plan with Plan.save")
+    if folder is None:
+        raise PlanError(f"{source}: the plan has linear layers, so its folder is needed to find {name}")
+    path = Path(folder) / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PlanError(
+            f"{source}: its linear maps file {path} is missing; copy it beside the plan or rerun search"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise PlanError(
+            f"{source}: {path} does not hold this plan's maps (sha256 mismatch); "
+            "use the maps file saved with this plan or rerun search"
+        )
+    try:
+        tensors = load_safetensors(data)
+    except SafetensorError as e:
+        raise PlanError(f"{source}: {path} is not a readable safetensors file ({e}); rerun search") from None
+    expected = {f"layer.{i}" for i in layers}
+    if set(tensors) != expected:
+        raise PlanError(
+            f"{source}: {path} holds {sorted(tensors)}, the plan needs {sorted(expected)}; rerun search"
+        )
+    return tuple(layers), {i: tensors[f"layer.{i}"] for i in layers}
 
 
 def _validate(plan: Plan) -> None:
@@ -189,11 +307,45 @@ def _validate(plan: Plan) -> None:
         raise PlanError(f"the plan skips every one of the {n} attention blocks; keep at least layer 0")
     if 0 in plan.skip:
         raise PlanError("the plan skips layer 0, which llama.cpp needs (it reads the head size there); keep it")
+    _validate_linear(plan)
     for name, scales in (("attn", plan.attn), ("mlp", plan.mlp)):
         if len(scales) != n:
             raise PlanError(f"scales.{name} has {len(scales)} entries, the model has {n} layers")
         for i, s in enumerate(scales):
             _check_scale(name, i, s, hidden)
+
+
+def _validate_linear(plan: Plan) -> None:
+    """Linear layers: like ``skip`` (range, duplicates, never layer 0), disjoint from it,
+    and one finite float32 ``(hidden, hidden)`` map for each."""
+    n, hidden = plan.model.n_layers, plan.model.hidden_size
+    if not all(_is_int(i) for i in plan.linear):
+        raise PlanError(f"linear layers must be integers, got {list(plan.linear)}")
+    bad = [i for i in plan.linear if not 0 <= i < n]
+    if bad:
+        raise PlanError(f"linear layer(s) {bad} out of range: the model has layers 0..{n - 1}")
+    dup = sorted({i for i in plan.linear if plan.linear.count(i) > 1})
+    if dup:
+        raise PlanError(f"layer(s) {dup} listed more than once in 'linear'")
+    both = sorted(set(plan.linear) & set(plan.skip))
+    if both:
+        raise PlanError(f"layer(s) {both} are both skipped and linear; keep each in one list")
+    if 0 in plan.linear:
+        raise PlanError(
+            "the plan makes layer 0 linear, but llama.cpp reads the head size from layer 0's attention; keep it"
+        )
+    if set(plan.maps) != set(plan.linear):
+        raise PlanError(
+            f"the plan has maps for layers {sorted(plan.maps)} but linear layers {sorted(plan.linear)}; "
+            "give one map per linear layer"
+        )
+    for i, w in plan.maps.items():
+        if w.shape != (hidden, hidden):
+            raise PlanError(
+                f"the map of linear layer {i} has shape {w.shape}, the model needs ({hidden}, {hidden}); rerun search"
+            )
+        if not np.isfinite(w).all():
+            raise PlanError(f"the map of linear layer {i} is not finite; the search diverged, rerun it")
 
 
 def _check_scale(name: str, layer: int, s: Any, hidden: int) -> None:

@@ -2,14 +2,17 @@
 
 Each kept layer's attention output is multiplied by ``w_att[l]``, each MLP output by
 ``w_mlp[l]``; a skipped attention block is not computed at all (it outputs zeros, as a
-``deci`` layer with head_count 0 does). The search trains these scales; the converter's
-tests use the same function for the torch reference, so both sides agree by construction.
+``deci`` layer with head_count 0 does); a linear layer's attention block is replaced by
+its map ``W`` applied to the normed input (as a ``deci`` layer with head_count_kv 0
+does), scaled by ``w_att[l]`` like a kept block. The search trains these scales and maps;
+the converter's tests use the same function for the torch reference, so both sides agree
+by construction.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,6 +31,22 @@ class SkippedAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         return torch.zeros_like(hidden_states), None
+
+
+class LinearAttention(nn.Module):
+    """Stands in for an attention block replaced by a map: ``normed_x @ W.T``, no KV cache.
+
+    ``weight`` is the tensor given, not a copy, so a search that trains it sees the
+    gradients; it is a registered parameter when given as one. It is cast to the input's
+    device and dtype on the fly (a differentiable step), like the branch scales.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return hidden_states @ self.weight.to(hidden_states.device, hidden_states.dtype).T, None
 
 
 class BranchScales(nn.Module):
@@ -59,18 +78,31 @@ class BranchScales(nn.Module):
 
 
 @contextlib.contextmanager
-def scaled_model(model: nn.Module, scales: BranchScales, skip: Iterable[int]) -> Iterator[nn.Module]:
-    """Within the block, ``model`` runs with ``skip`` removed and ``scales`` applied.
+def scaled_model(
+    model: nn.Module,
+    scales: BranchScales,
+    skip: Iterable[int],
+    linear: Mapping[int, torch.Tensor] | None = None,
+) -> Iterator[nn.Module]:
+    """Within the block, ``model`` runs with ``skip`` removed, the attention of each layer
+    of ``linear`` replaced by its map (a :class:`LinearAttention` holding that very tensor,
+    (out, in) order) and ``scales`` applied (to linear layers as to kept ones).
 
-    Gradients flow into ``scales``; the model's weights are untouched and restored on exit.
+    Gradients flow into ``scales`` and into maps that require them; the model's weights
+    are untouched and its attention blocks restored on exit.
     """
     layers = decoder_layers(model)
     skip = set(skip)
-    originals = {i: layers[i].self_attn for i in skip}
+    linear = dict(linear or {})
+    if skip & set(linear):
+        raise ValueError(f"layers {sorted(skip & set(linear))} are both skipped and linear")
+    originals = {i: layers[i].self_attn for i in skip | set(linear)}
     handles = []
     try:
         for i in skip:
             layers[i].self_attn = SkippedAttention()
+        for i, weight in linear.items():
+            layers[i].self_attn = LinearAttention(weight)
         for i, layer in enumerate(layers):
             if i not in skip:
                 handles.append(layer.self_attn.register_forward_hook(_scale_attn(scales, i)))
@@ -89,7 +121,12 @@ def apply_plan(model: nn.Module, plan: Plan) -> contextlib.AbstractContextManage
     param = next(model.parameters())
     scales.to(device=param.device)
     scales.requires_grad_(False)
-    return scaled_model(model, scales, plan.skip)
+    return scaled_model(model, scales, plan.skip, plan_maps(plan, param.device))
+
+
+def plan_maps(plan: Plan, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
+    """The plan's linear maps as float32 tensors on ``device``, for :func:`scaled_model`."""
+    return {i: torch.tensor(plan.maps[i], device=device) for i in plan.linear}
 
 
 def _scale_attn(scales: BranchScales, i: int) -> Any:

@@ -104,3 +104,21 @@ def test_a_killed_process_ends_the_run_with_a_plan_that_resumes(
     partial = json.loads(out.read_text())
     assert not partial["complete"] and 1 <= len(partial["provenance"]["search"]["order"]) < 3
     assert_same_plan(finished(search(tiny_llama, out, "--resume", str(out)), out), reference)  # in one process
+
+
+def test_two_processes_find_the_single_process_linear_plan(tiny_llama: Path, tmp_path: Path) -> None:
+    """Each process fits, scores and trains its share of the linear maps; the winner's maps
+    reach every process with its scales."""
+    from hopscotch_export.plan import load_plan
+
+    extra = ("--skips", "2", "--replace", "linear", "--linear-epochs", "1")
+    one, two = tmp_path / "one" / "plan.json", tmp_path / "two" / "plan.json"
+    for out in (one, two):
+        out.parent.mkdir()
+    reference = finished(search(tiny_llama, one, *extra), one)
+    plan = finished(search(tiny_llama, two, *extra, processes=2), two)
+    assert_same_plan(plan, reference)
+    assert plan["linear"]["layers"] == reference["linear"]["layers"] and len(plan["linear"]["layers"]) == 2
+    maps, reference_maps = load_plan(two).maps, load_plan(one).maps
+    for i in reference_maps:
+        assert maps[i] == pytest.approx(reference_maps[i], abs=1e-5)

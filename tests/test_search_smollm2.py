@@ -46,7 +46,7 @@ def test_searched_plan_beats_unscaled_random_and_llm_drop(tmp_path: Path) -> Non
     assert kl < heldout["no_scales"]["kl"], "trained scales must repair the drift of the skipped blocks"
 
     rnd = random_choice(candidates, 4, seed=options.seed)
-    rnd_scales = final_training(ws, options, rnd, BranchScales(ref.n_layers), Silent())
+    rnd_scales, _ = final_training(ws, options, rnd, BranchScales(ref.n_layers), Silent())
     assert kl < plan_metrics(ws, rnd, rnd_scales, options.batch_size)["kl"], f"random blocks {rnd} did better"
 
     drop = llm_drop(ws.stack, ws.calib, candidates, 4, options.batch_size)

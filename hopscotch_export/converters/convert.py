@@ -24,7 +24,7 @@ from ..errors import HopscotchError
 from ..files import atomic_output, check_writable
 from ..plan import Plan
 from ..progress import progress_bars
-from ..resources import check
+from ..resources import check, one_line
 from ..sources import GgufFileSource, ModelSource
 from .metadata import ARCH, copy_gguf_metadata, write_general, write_hparams, write_provenance
 from .needs import convert_needs, extra_tensors
@@ -45,12 +45,14 @@ class ConvertSummary:
     bytes_written: int
     seconds: float
     skipped_layers: list[int] = field(default_factory=list)
+    linear_layers: list[int] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
         return [
             ("output", str(self.out)),
             ("type", self.outtype),
             ("attention blocks skipped", ", ".join(map(str, self.skipped_layers)) or "none"),
+            ("attention blocks made linear", ", ".join(map(str, self.linear_layers)) or "none"),
             ("tensors written", str(self.tensors_written)),
             ("tensors dropped", str(self.tensors_dropped)),
             ("size", f"{self.bytes_written / 2**20:.1f} MiB"),
@@ -84,7 +86,9 @@ def convert(
     if plan is not None:
         plan.check_model(source.model_ref(), force=force_plan)
     choice = choose_outtype(source, outtype)
-    check(convert_needs(source, choice, out, work_dir, plan))
+    needs = convert_needs(source, choice, out, work_dir, plan)
+    check(needs)
+    console.print(f"convert: estimated need {one_line(needs)}", highlight=False)
     start = time.perf_counter()
     with atomic_output(out, force) as tmp:
         if choice.quantizer is None:
@@ -102,7 +106,7 @@ def convert(
         size = tmp.stat().st_size
     return ConvertSummary(
         out, choice.name, written, dropped, size, time.perf_counter() - start,
-        list(plan.skip) if plan else [],
+        list(plan.skip) if plan else [], sorted(plan.linear) if plan else [],
     )
 
 
@@ -125,7 +129,7 @@ def _write(
 
     writer = GGUFWriter(path, ARCH)
     write_general(writer, source, name)
-    write_hparams(writer, source.spec, plan.skip if plan else ())
+    write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else ())
     write_provenance(writer, plan, source)
     if isinstance(source, GgufFileSource):
         copy_gguf_metadata(writer, source)

@@ -1,8 +1,11 @@
 """GGUF metadata for the ``deci`` architecture (DESIGN.md section 2).
 
 ``deci`` reads per-layer head counts, so a layer with head_count 0 has no attention
-tensors. Key length, value length and rope dimension are written explicitly (llama.cpp
-and Ollama need them), and layer 0 always keeps its attention.
+tensors, and one with head_count n_head and head_count_kv 0 is a "linear attention" layer
+(``x + attn_output · attn_norm(x)``, no KV cache; llama.cpp's ``src/models/deci.cpp``,
+the ``n_head > 0 && n_head_kv == 0`` branch). Key length, value length and rope dimension
+are written explicitly (llama.cpp and Ollama need them), and layer 0 always keeps its
+attention (llama.cpp reads the head size there).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ ARCH = "deci"
 _NOT_COPIED_PREFIXES = ("GGUF.", "general.architecture", "general.file_type", "split.")
 
 
-def write_hparams(writer: GGUFWriter, spec: ModelSpec, skip: tuple[int, ...]) -> None:
-    """Hyper-parameters; skipped layers get head_count 0 and head_count_kv 0."""
+def write_hparams(
+    writer: GGUFWriter, spec: ModelSpec, skip: tuple[int, ...], linear: tuple[int, ...] = ()
+) -> None:
+    """Hyper-parameters; skipped layers get head_count 0 and head_count_kv 0, linear
+    layers head_count n_head and head_count_kv 0."""
     heads = [0 if i in skip else spec.n_heads for i in range(spec.n_layers)]
-    kv_heads = [0 if i in skip else spec.n_kv_heads for i in range(spec.n_layers)]
+    kv_heads = [0 if i in skip or i in linear else spec.n_kv_heads for i in range(spec.n_layers)]
     writer.add_block_count(spec.n_layers)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.hidden_size)
@@ -50,6 +56,8 @@ def write_provenance(writer: GGUFWriter, plan: Plan | None, source: ModelSource)
     writer.add_string("hopscotch.source_fingerprint", source.fingerprint())
     if plan is not None:
         writer.add_array("hopscotch.skip", [int(i) for i in plan.skip])
+        if plan.linear:  # absent otherwise, so a plan without linear layers gives the same file as before
+            writer.add_array("hopscotch.linear", sorted(int(i) for i in plan.linear))
         writer.add_string("hopscotch.granularity", plan.granularity)
 
 

@@ -14,11 +14,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..plan import Plan
-from ..resources import PROCESS_BASE, Need
+from ..resources import PROCESS_BASE, Need, source_overhead
 from ..sources import ModelSource
 from .metadata import rope_freqs
 from .outtypes import OutputChoice, nbytes
-from .tensors import OutTensor, plan_tensors, row_transform
+from .tensors import CHUNK_ELEMENTS, OutTensor, plan_tensors, row_transform
 
 Q = GGMLQuantizationType
 
@@ -74,14 +74,18 @@ def _quantized_bound(t: OutTensor) -> int:
 
 def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensors: list[OutTensor]) -> Need:
     """Tensors are produced one at a time, so memory is the process plus the costliest single
-    tensor (:func:`_tensor_peak`); with llama.cpp's quantizer, also its own per-tensor buffers."""
+    tensor (:func:`_tensor_peak`); with llama.cpp's quantizer, also its own per-tensor buffers;
+    and the plan's linear maps, held (float32) from the plan's load to the end."""
     stored = {t.name: t.qtype for t in source.tensors()}
     peaks = {t.name: _tensor_peak(t, stored.get(t.name, t.qtype), source, plan, choice) for t in tensors}
     if choice.quantizer is not None:  # reads f16, converts to float32, writes into a work buffer
         for t in tensors:
             peaks[t.name] = max(peaks[t.name], 10 * int(np.prod(t.shape)))
     name = max(peaks, key=lambda k: peaks[k])
-    return Need("ram", "conversion (one tensor at a time)", {"process": PROCESS_BASE, f"tensor {name}": peaks[name]})
+    parts = {"process": PROCESS_BASE, **source_overhead(source.kind, source.spec.vocab_size), f"tensor {name}": peaks[name]}
+    if plan is not None and plan.linear:
+        parts["linear maps of the plan"] = sum(plan.maps[i].nbytes for i in plan.linear)
+    return Need("ram", "conversion (one tensor at a time)", parts)
 
 
 def _tensor_peak(t: OutTensor, stored: GGMLQuantizationType, source: ModelSource, plan: Plan | None,
@@ -91,14 +95,21 @@ def _tensor_peak(t: OutTensor, stored: GGMLQuantizationType, source: ModelSource
     Raw path (a GGUF's type kept): the stored bytes, a reordered or scaled copy, and float64
     temporaries when a float tensor is scaled. Float path: the read form while it becomes
     float32, then float32 plus a transformed copy or the encoder's output and temporaries
-    (measured: f16 = the output, bf16 and q8_0 = twice the output).
+    (measured: f16 = the output, bf16 and q8_0 = twice the output); a matrix whose rows
+    keep their order goes by blocks of rows, so only its encoded output is whole. A linear layer's map
+    (already in memory with the plan) becomes a scaled float32 copy, then is encoded.
     """
     n = int(np.prod(t.shape))
+    encoder = {Q.F32: 0, Q.F16: t.nbytes}.get(t.qtype, 2 * t.nbytes)
+    if t.fitted:
+        return 4 * n + encoder
     read = nbytes(stored, t.shape)
     order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
     changed = order is not None or factor is not None
     if choice.direct is None and t.qtype == stored:
         floats = 16 * n if factor is not None and stored in (Q.F32, Q.F16, Q.BF16) else 0
         return read + (read if changed else 0) + floats
-    encoder = {Q.F32: 0, Q.F16: t.nbytes}.get(t.qtype, 2 * t.nbytes)
+    if order is None and len(t.shape) == 2:  # by blocks of rows (tensors.CHUNK_ELEMENTS): the output whole
+        block = min(n, CHUNK_ELEMENTS)
+        return t.nbytes + 4 * block + max(block * read // n, 4 * block if changed else 0, encoder * block // n)
     return 4 * n + max(read, 4 * n if changed else 0, encoder)

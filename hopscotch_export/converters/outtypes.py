@@ -83,6 +83,26 @@ def tensor_type(choice: OutputChoice, name: str, shape: tuple[int, ...], source_
     return choice.direct
 
 
+#: Types a linear layer's map may keep from the source's ``attn_output``: the ones gguf-py
+#: quantizes in Python (it has no K-quant or i-quant encoder; its ternary and MXFP4
+#: encoders are for other kinds of models).
+MAP_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0})
+
+
+def map_type(choice: OutputChoice, source_type: GGMLQuantizationType, hidden: int) -> GGMLQuantizationType:
+    """The type of a linear layer's map (a new ``hidden x hidden`` ``attn_output``).
+
+    It is made from float32, so there is no source encoding to keep: it takes the type of
+    the other projections (``--outtype``, or the f16 intermediate llama.cpp quantizes), or
+    with ``source``/``auto`` on a GGUF the source ``attn_output``'s type when we can encode
+    it, else Q8_0; F16 when a row is not a whole number of blocks.
+    """
+    if choice.direct is None:
+        qtype = source_type if source_type in MAP_TYPES else Q.Q8_0
+        return qtype if hidden % GGML_QUANT_SIZES[qtype][0] == 0 else Q.F16
+    return tensor_type(choice, "attn_output.weight", (hidden, hidden), Q.F32)
+
+
 def file_type(choice: OutputChoice, types: list[GGMLQuantizationType]) -> int:
     """``general.file_type`` for the written file: the most common 2-D tensor type."""
     if choice.quantizer is not None:

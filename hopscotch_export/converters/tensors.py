@@ -4,6 +4,11 @@ Scales fold exactly (DESIGN.md section 1): ``attn_output`` rows times ``w_att[l]
 ``ffn_down`` rows times ``w_mlp[l]`` (rows are output channels, so a per-channel vector
 scales rows too). Quantized source tensors kept in their type are scaled by their block
 scale fields only (:mod:`.quant_scale`).
+
+A skipped layer loses all its attention tensors. A linear layer (``deci``'s
+``x + W · attn_norm(x)``) keeps ``attn_norm``, loses q/k/v and their biases and the
+``attn_output`` bias (its graph reads none of them), and its ``attn_output`` is replaced,
+in place, by the plan's map with the attention scale folded into its rows.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import gguf
 import numpy as np
@@ -20,7 +26,7 @@ from ..families import ModelSpec
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
 from ..sources.layout import rope_permutation
-from .outtypes import OutputChoice, nbytes, tensor_type
+from .outtypes import OutputChoice, map_type, nbytes, tensor_type
 from .quant_scale import permute_rows, scale_rows
 
 _LAYER = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
@@ -35,6 +41,8 @@ class OutTensor:
     shape: tuple[int, ...]
     qtype: GGMLQuantizationType
     produce: Callable[[], np.ndarray]
+    #: made from a plan's linear map rather than read from the source
+    fitted: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -44,20 +52,51 @@ class OutTensor:
 def plan_tensors(
     source: ModelSource, plan: Plan | None, choice: OutputChoice, extra: dict[str, np.ndarray]
 ) -> tuple[list[OutTensor], list[str]]:
-    """All output tensors in write order, and the names of the dropped ones."""
-    skip = set(plan.skip) if plan else set()
+    """All output tensors in write order, and the names of the dropped ones (a linear
+    layer's source ``attn_output.weight`` is replaced, not dropped: the name stays)."""
     kept: list[OutTensor] = []
     dropped: list[str] = []
     for name, arr in extra.items():
         kept.append(OutTensor(name, arr.shape, GGMLQuantizationType.F32, lambda arr=arr: arr))
     for t in source.tensors():
-        m = _LAYER.match(t.name)
-        if m and int(m.group(1)) in skip and m.group(2) in _ATTENTION:
+        fate = _fate(t.name, plan)
+        if fate == "drop":
             dropped.append(t.name)
+            continue
+        if fate == "map" and plan is not None:
+            kept.append(_map_tensor(t, plan, choice, source.spec.hidden_size))
             continue
         qtype = tensor_type(choice, t.name, t.shape, t.qtype)
         kept.append(OutTensor(t.name, t.shape, qtype, _producer(t, qtype, source, plan, keep_raw=choice.direct is None)))
     return kept, dropped
+
+
+def _fate(name: str, plan: Plan | None) -> Literal["keep", "drop", "map"]:
+    """What becomes of one source tensor under ``plan``."""
+    m = _LAYER.match(name)
+    if m is None or plan is None or m.group(2) not in _ATTENTION:
+        return "keep"
+    kind = plan.kind(int(m.group(1)))
+    if kind == "skip":
+        return "drop"
+    if kind == "linear" and m.group(2) == "attn_output" and m.group(3) == "weight":
+        return "map"
+    if kind == "linear" and m.group(2) != "attn_norm":
+        return "drop"
+    return "keep"
+
+
+def _map_tensor(t: SourceTensor, plan: Plan, choice: OutputChoice, hidden: int) -> OutTensor:
+    """The linear layer's map in place of the source ``attn_output`` ``t``, attention scale folded."""
+    layer = int(t.name.split(".")[1])  # blk.<layer>.attn_output.weight
+    qtype = map_type(choice, t.qtype, hidden)
+    weight, factor = plan.maps[layer], plan.attn_factor(layer).astype(np.float32)
+
+    def produce() -> np.ndarray:
+        x = weight * (factor[:, None] if factor.size > 1 else factor)
+        return encode(np.ascontiguousarray(x, dtype=np.float32), qtype)
+
+    return OutTensor(t.name, (hidden, hidden), qtype, produce, fitted=True)
 
 
 def _producer(
@@ -75,14 +114,41 @@ def _producer(
             if factor is not None:
                 data = _scale_raw(data, t.qtype, factor)
             return data
+        if order is None and len(t.shape) == 2:
+            return _encode_by_rows(t, factor, qtype)
         x = t.float32()
         if order is not None:
             x = x[order]
-        if factor is not None:
-            x = x * (factor[:, None] if x.ndim == 2 and factor.size > 1 else factor).astype(np.float32)
-        return encode(np.ascontiguousarray(x, dtype=np.float32), qtype)
+        return encode(_scaled(x, factor), qtype)
 
     return produce
+
+
+#: Elements converted at once (32 MB in float32): a matrix's float32 form is never whole in
+#: memory (an 8B model's embedding is 2 GB in float32), only its encoded output.
+CHUNK_ELEMENTS = 2**23
+
+
+def _encode_by_rows(t: SourceTensor, factor: np.ndarray | None, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Read, scale and encode a matrix a block of rows at a time, into one output array."""
+    step = max(1, CHUNK_ELEMENTS // t.shape[1])
+    out: np.ndarray | None = None
+    for start in range(0, t.shape[0], step):
+        stop = min(start + step, t.shape[0])
+        rows = factor[start:stop] if factor is not None and factor.size > 1 else factor
+        part = encode(_scaled(t.rows(start, stop), rows), qtype)
+        if out is None:
+            out = np.empty((t.shape[0], *part.shape[1:]), dtype=part.dtype)
+        out[start:stop] = part
+    assert out is not None
+    return out
+
+
+def _scaled(x: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """``x`` (float32) with ``factor`` folded into its rows: one per row, or one for all."""
+    if factor is not None:
+        x = x * (factor[:, None] if x.ndim == 2 and factor.size > 1 else factor).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _scale_raw(data: np.ndarray, qtype: GGMLQuantizationType, factor: np.ndarray) -> np.ndarray:

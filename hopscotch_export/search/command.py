@@ -29,7 +29,7 @@ def _budget(name: str) -> str:
 
 def search_command(
     model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name), .gguf file or bundled:smollm2"),
-    skips: int = typer.Option(..., "--skips", help="attention blocks to skip"),
+    skips: int = typer.Option(..., "--skips", help="attention blocks to remove (skip, or replace: see --replace)"),
     output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
     granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),
     objective: str = typer.Option(D.objective, help="kl: match the original model; ce: cross-entropy on the data"),
@@ -65,17 +65,28 @@ def search_command(
     max_new_tokens: Optional[int] = typer.Option(
         None, help=f"answer length when the model writes its calibration data {_budget('max_new_tokens')}"
     ),
+    replace: str = typer.Option(
+        D.replace, help="what takes a removed block's place: skip (nothing), linear (a fitted n_embd x n_embd map "
+        "of its normalised input, no KV cache) or auto (whichever loses less, each step)"
+    ),
+    linear_epochs: Optional[int] = typer.Option(
+        None, help="epochs training the linear maps with the scales after the final training; 0 keeps the maps "
+        "as the steps left them (default: --final-epochs)"
+    ),
+    max_linear: Optional[int] = typer.Option(None, help="at most this many blocks become linear maps (default: no bound)"),
+    map_lr: float = typer.Option(D.map_lr, help="learning rate of the linear maps (brief and final training)"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the memory estimate and placement, then exit"),
 ) -> None:
-    """Choose attention blocks to skip and train the branch scales that repair the drift."""
+    """Choose attention blocks to remove and train the branch scales (and linear maps) that repair the drift."""
     options = SearchOptions.sized_for_device(
         skips=skips, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
         protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
         batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
-        device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        device=device, dtype=dtype, max_new_tokens=max_new_tokens, replace=replace, linear_epochs=linear_epochs,
+        max_linear=max_linear, map_lr=map_lr,
     )  # fmt: skip
     source = open_source(model)
     if dry_run:
@@ -87,7 +98,7 @@ def search_command(
 def print_estimate(source: ModelSource, options: SearchOptions, console: Console | None = None) -> Placement:
     """The search's estimate as a table (``--dry-run``), with the refusal if it would not fit."""
     console = console or Console()
-    placement = plan_placement(source.spec, options)
+    placement = plan_placement(source.spec, options, source_kind=source.kind)
     print_report(console, placement.needs, f"search: {source.describe()} on {placement.describe()}")
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)

@@ -12,6 +12,15 @@ Only the ``shortlist`` best-scoring candidates get the paper's brief training, a
 best trained loss wins. ``shortlist=None`` trains every candidate: the paper's exhaustive
 procedure, for comparison. Under torchrun every process scores and trains its share of a
 step's candidates (``distributed.py``); the plan is the one a single process finds.
+
+A removed block is skipped (outputs nothing) or, with ``--replace linear|auto``, replaced
+by a linear map of its normalised input (``linear.py``). A candidate is then tried as
+each kind the step allows: a linear trial is screened and rescored with its closed-form
+map, and its brief training trains the maps with the scales. Each kind has its own
+finalists and shortlist, because an untrained skip is not comparable with a fitted map
+(the map's fit is done, the skip's repair by its scales is not): with ``auto`` the best
+of each kind are trained, and the lowest trained loss wins, a skip on ties (it saves
+more). ``--max-linear`` bounds the linear steps; after it only skips are tried.
 """
 
 from __future__ import annotations
@@ -25,12 +34,13 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import HopscotchError
+from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
+from .linear import Fit, fit_batches, fit_maps
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
-from ..stack import Stack
 from .train import check_finite, mean_loss, train_scales
 
 #: candidates per shortlisted one that the screen passes on to scoring on all training data
@@ -38,6 +48,10 @@ RESCORE = 4
 #: Scoring needs no gradients, so it runs up to 4x the training batch, capped at this many
 #: tokens per batch to bound the logits' memory (4 rows of 48 tokens -> 8: 25% faster on CPU).
 SCORE_TOKENS = 2048
+
+SKIP, LINEAR = "skip", "linear"
+#: a candidate layer tried as one kind of replacement
+Trial = tuple[int, str]
 
 
 class Progress(Protocol):
@@ -49,57 +63,101 @@ class Progress(Protocol):
 
 
 @dataclass
-class Step:
-    """One greedy step: what was tried, what it scored, what was kept."""
+class Losses:
+    """What the candidates scored in one step as one kind of replacement, by layer."""
 
-    chosen: int
-    #: objective on all training sequences with the chosen block skipped, after brief training
-    loss: float
-    seconds: float
-    #: training-free score of every remaining candidate on the screening sequences (empty
-    #: for the exhaustive procedure)
+    #: training-free score on the screening sequences (empty for the exhaustive procedure)
     scores: dict[int, float] = field(default_factory=dict)
     #: training-free score on all training sequences, for the candidates the screen kept
     rescored: dict[int, float] = field(default_factory=dict)
     #: loss after brief training, for the candidates that were trained
     trained: dict[int, float] = field(default_factory=dict)
 
+
+@dataclass
+class Step:
+    """One greedy step: what was tried, what it scored, what was kept."""
+
+    chosen: int
+    #: objective on all training sequences with the chosen block removed, after brief training
+    loss: float
+    seconds: float
+    #: how the chosen block was removed: ``skip`` or ``linear``
+    kind: str = SKIP
+    #: the candidates' losses by kind tried
+    losses: dict[str, Losses] = field(default_factory=dict)
+    #: the ridge of the chosen map's closed-form fit (``linear`` only)
+    ridge: float | None = None
+
+    @property
+    def scores(self) -> dict[int, float]:
+        """The chosen kind's screening scores."""
+        return self.losses[self.kind].scores
+
+    @property
+    def rescored(self) -> dict[int, float]:
+        return self.losses[self.kind].rescored
+
+    @property
+    def trained(self) -> dict[int, float]:
+        return self.losses[self.kind].trained
+
     def to_json(self) -> dict[str, Any]:
-        layers = sorted(set(self.scores) | set(self.trained))
+        candidates = []
+        for kind, ls in self.losses.items():
+            for i in sorted(set(ls.scores) | set(ls.trained)):
+                candidates.append({"layer": i, "kind": kind, "score": ls.scores.get(i),
+                                   "rescored": ls.rescored.get(i), "trained": ls.trained.get(i)})  # fmt: skip
         return {
             "chosen": self.chosen,
+            "kind": self.kind,
             "loss": self.loss,
             "seconds": round(self.seconds, 3),
-            "candidates": [
-                {"layer": i, "score": self.scores.get(i), "rescored": self.rescored.get(i),
-                 "trained": self.trained.get(i)}
-                for i in layers
-            ],
-        }  # fmt: skip
+            **({"ridge": self.ridge} if self.ridge is not None else {}),
+            "candidates": candidates,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Step:
-        cands = data["candidates"]
-
-        def values(key: str) -> dict[int, float]:
-            return {int(c["layer"]): float(c[key]) for c in cands if c.get(key) is not None}
-
+        """A recorded step; entries without a kind are skips (plans from before linear maps)."""
+        losses: dict[str, Losses] = {}
+        for c in data["candidates"]:
+            ls = losses.setdefault(c.get("kind", SKIP), Losses())
+            for key, values in (("score", ls.scores), ("rescored", ls.rescored), ("trained", ls.trained)):
+                if c.get(key) is not None:
+                    values[int(c["layer"])] = float(c[key])
+        ridge = data.get("ridge")
         return cls(
-            int(data["chosen"]), float(data["loss"]), float(data["seconds"]),
-            values("score"), values("rescored"), values("trained"),
+            int(data["chosen"]), float(data["loss"]), float(data["seconds"]), data.get("kind", SKIP),
+            losses, None if ridge is None else float(ridge),
         )  # fmt: skip
 
 
 @dataclass
 class SearchState:
-    """Everything a search needs to continue: the steps so far and the current scales."""
+    """Everything a search needs to continue: the steps so far, the current scales and maps."""
 
     scales: BranchScales
     steps: list[Step] = field(default_factory=list)
+    #: the linear layers' maps: float32 (out, in), each on its layer's device
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def order(self) -> list[int]:
+        """Every removed block, in the order the steps chose them."""
         return [s.chosen for s in self.steps]
+
+    @property
+    def skip(self) -> list[int]:
+        """The skipped blocks (removed and not replaced), in step order."""
+        return [s.chosen for s in self.steps if s.kind == SKIP]
+
+    def with_trial(self, trial: Trial, fits: dict[int, Fit]) -> tuple[list[int], dict[int, torch.Tensor]]:
+        """The plan's skips and maps with ``trial`` added (the maps are this state's tensors)."""
+        c, kind = trial
+        if kind == SKIP:
+            return self.skip + [c], dict(self.maps)
+        return self.skip, {**self.maps, c: fits[c].weight}
 
 
 class Selector:
@@ -121,119 +179,180 @@ class Selector:
         )
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
-        """Add steps to ``state`` until it skips ``options.skips`` blocks."""
+        """Add steps to ``state`` until it removes ``options.skips`` blocks."""
         while len(state.steps) < self.o.skips:
             state.steps.append(self.step(state))
             on_step(state)
 
+    def kinds(self, state: SearchState) -> list[str]:
+        """The kinds of replacement this step tries: ``--replace``'s, within ``--max-linear``."""
+        o = self.o
+        room = o.max_linear is None or sum(s.kind == LINEAR for s in state.steps) < o.max_linear
+        if o.replace == SKIP or not room:
+            return [SKIP]
+        return [LINEAR] if o.replace == LINEAR else [SKIP, LINEAR]
+
     def step(self, state: SearchState) -> Step:
-        """One greedy step. Under torchrun each process scores and trains its share of the
-        candidates; all of them then hold the same results and pick the same winner."""
+        """One greedy step. Under torchrun each process fits, scores and trains its share of
+        the candidates; all of them then hold the same results and pick the same winner."""
         t0 = time.perf_counter()
-        o, skip = self.o, state.order
-        k = len(skip) + 1
-        remaining = [c for c in self.candidates if c not in skip]
+        o = self.o
+        k = len(state.steps) + 1
+        remaining = [c for c in self.candidates if c not in state.order]
+        kinds = self.kinds(state)
         exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
         n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
         n_finalists = min(len(remaining), RESCORE * n_short) if len(self.rest) else 0
-        mine = distributed.share_size  # the progress bar counts this process's work
+        mine, n_kinds = distributed.share_size, len(kinds)  # the progress bar counts this process's work
+        n_fit = 0
+        if LINEAR in kinds:
+            n_fit = fit_batches(mine(len(remaining)), self.stack.config.hidden_size, o.samples, self.score_batch)
         n_scoring = 0 if exhaustive else (
-            mine(len(remaining)) * len(self._batches(self.screen)) + mine(n_finalists) * len(self._batches(self.rest))
+            mine(n_kinds * len(remaining)) * len(self._batches(self.screen))
+            + mine(n_kinds * n_finalists) * len(self._batches(self.rest))
         )  # fmt: skip
-        self.progress.begin(f"step {k}/{o.skips}", n_scoring + mine(n_short) * n_train)
-        scores: dict[int, float] = {}
-        rescored: dict[int, float] = {}
-        shortlist = remaining
+        self.progress.begin(f"step {k}/{o.skips}", n_fit + n_scoring + mine(n_kinds * n_short) * n_train)
+        fits = self._fit(state, remaining, k) if LINEAR in kinds else {}
+        losses = {kind: Losses() for kind in kinds}
+        shortlist = [(c, kind) for kind in kinds for c in remaining]
         if not exhaustive:
-            scores, rescored = self._score(state.scales, skip, remaining, n_finalists, k)
-            ranking = rescored or scores
-            shortlist = sorted(ranking, key=lambda c: (ranking[c], c))[:n_short]
-        trials: dict[int, BranchScales] = {}
+            shortlist = self._shortlist(state, fits, shortlist, n_finalists, n_short, losses, k)
+        trials: dict[Trial, tuple[BranchScales, dict[int, torch.Tensor]]] = {}
 
-        def train_share() -> dict[int, float]:
-            losses: dict[int, float] = {}
-            for c in distributed.share(shortlist):
-                trials[c] = trial = copy.deepcopy(state.scales)
-                where = f"at step {k} training the scales for skipping layer {c}"
+        def train_share() -> dict[Trial, float]:
+            trained: dict[Trial, float] = {}
+            for trial in distributed.share(shortlist):
+                c, kind = trial
+                scales = copy.deepcopy(state.scales)
+                skip, maps = state.with_trial(trial, fits)
+                maps = {i: m.clone() for i, m in maps.items()}
+                what = "the scales" if kind == SKIP else "the scales and maps"
+                where = f"at step {k} training {what} for {_removing(c, kind)}"
                 train_scales(
-                    self.stack, trial, skip + [c], self.calib, self.teacher, o.objective,
+                    self.stack, scales, skip, self.calib, self.teacher, o.objective,
                     lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
-                    where=where, on_batch=self.progress.advance,
+                    where=where, on_batch=self.progress.advance, maps=maps, map_lr=o.map_lr,
                 )  # fmt: skip
-                losses[c] = self._loss(trial, skip + [c], where)
-            return losses
+                trials[trial] = scales, maps
+                trained[trial] = self._loss(scales, skip, maps, where)
+            return trained
 
         trained = distributed.merged(train_share)
-        chosen = min(shortlist, key=trained.__getitem__)  # of equal losses the first, on every process
-        winner = distributed.shared(  # the scales, from the process that trained them
-            lambda: {name: t.cpu() for name, t in trials[chosen].state_dict().items()},
+        for (c, kind), value in trained.items():
+            losses[kind].trained[c] = value
+        chosen = min(shortlist, key=trained.__getitem__)  # of equal losses the first (skips first), everywhere
+        scales, maps = distributed.shared(  # the scales and maps, from the process that trained them
+            lambda: (
+                {name: t.cpu() for name, t in trials[chosen][0].state_dict().items()},
+                {i: m.cpu() for i, m in trials[chosen][1].items()},
+            ),
             src=distributed.owner(shortlist.index(chosen)),
         )
-        state.scales.load_state_dict(winner)
-        with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
-            state.scales.attn[chosen] = 1.0
-        return Step(chosen, trained[chosen], time.perf_counter() - t0, scores, rescored, trained)
+        state.scales.load_state_dict(scales)
+        state.maps = {i: m.to(module_device(self.stack.layers[i])) for i, m in maps.items()}
+        c, kind = chosen
+        if kind == SKIP:
+            with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
+                state.scales.attn[c] = 1.0
+        ridge = fits[c].ridge if kind == LINEAR else None
+        return Step(c, trained[chosen], time.perf_counter() - t0, kind, losses, ridge)
 
-    def _loss(self, scales: BranchScales, skip: list[int], where: str) -> float:
+    def _fit(self, state: SearchState, remaining: list[int], k: int) -> dict[int, Fit]:
+        """The closed-form map of every remaining candidate under the current plan, each
+        process fitting its share (sent on the CPU)."""
+
+        def fit_share() -> dict[int, Fit]:
+            fits = fit_maps(
+                self.stack, state.scales, state.skip, state.maps, distributed.share(remaining), self.calib,
+                self.score_batch, f"at step {k}", self.progress.advance,
+            )  # fmt: skip
+            return {c: Fit(f.weight.cpu(), f.ridge) for c, f in fits.items()}
+
+        fits = distributed.merged(fit_share)
+        return {c: Fit(f.weight.to(module_device(self.stack.layers[c])), f.ridge) for c, f in fits.items()}
+
+    def _loss(self, scales: BranchScales, skip: list[int], maps: dict[int, torch.Tensor], where: str) -> float:
         """The objective on all training sequences: what the trained shortlist is compared on."""
         value = mean_loss(
             self.stack, scales, skip, self.calib, self.teacher, self.o.objective,
-            n_rows=self.o.samples, batch_size=self.o.batch_size, where=where,
+            n_rows=self.o.samples, batch_size=self.o.batch_size, where=where, maps=maps,
         )  # fmt: skip
         for _ in batches(self.o.samples, self.o.batch_size):
             self.progress.advance()
         return value
 
-    def _score(
-        self, scales: BranchScales, skip: list[int], remaining: list[int], n_finalists: int, k: int
-    ) -> tuple[dict[int, float], dict[int, float]]:
-        """Training-free scores: every candidate on the screening sequences, then the
-        ``n_finalists`` best of them on all training sequences."""
-        screen = distributed.merged(lambda: self._score_sums(scales, skip, distributed.share(remaining), self.screen))
+    def _shortlist(
+        self, state: SearchState, fits: dict[int, Fit], trials: list[Trial], n_finalists: int, n_short: int,
+        losses: dict[str, Losses], k: int,
+    ) -> list[Trial]:  # fmt: skip
+        """Training-free scores: every trial on the screening sequences, then the
+        ``n_finalists`` best of each kind on all training sequences; the ``n_short`` best
+        of each kind make the shortlist. Records the scores in ``losses``."""
+        screen = distributed.merged(lambda: self._score_sums(state, fits, distributed.share(trials), self.screen))
         if any(count == 0 for _, count in screen.values()):
             raise HopscotchError(
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
             )
         scores = self._means(screen, k)
+        for (c, kind), value in scores.items():
+            losses[kind].scores[c] = value
         if not n_finalists:
-            return scores, {}
-        finalists = sorted(remaining, key=lambda c: (scores[c], c))[:n_finalists]
-        rest = distributed.merged(lambda: self._score_sums(scales, skip, distributed.share(finalists), self.rest))
-        both = {c: (screen[c][0] + rest[c][0], screen[c][1] + rest[c][1]) for c in finalists}
-        return scores, self._means(both, k)
+            return _best(scores, losses, n_short)
+        finalists = _best(scores, losses, n_finalists)
+        rest = distributed.merged(lambda: self._score_sums(state, fits, distributed.share(finalists), self.rest))
+        both = {t: (screen[t][0] + rest[t][0], screen[t][1] + rest[t][1]) for t in finalists}
+        rescored = self._means(both, k)
+        for (c, kind), value in rescored.items():
+            losses[kind].rescored[c] = value
+        return _best(rescored, losses, n_short)
 
     @torch.no_grad()
     def _score_sums(
-        self, scales: BranchScales, skip: list[int], candidates: list[int], rows: torch.Tensor
-    ) -> dict[int, tuple[float, int]]:
-        """Summed objective of each candidate added to the current plan, untrained, on the
-        training sequences ``rows``, with the token count; each candidate's forward starts
-        at its own layer."""
+        self, state: SearchState, fits: dict[int, Fit], trials: list[Trial], rows: torch.Tensor
+    ) -> dict[Trial, tuple[float, int]]:
+        """Summed objective of each trial added to the current plan, untrained (a linear
+        trial with its closed-form map), on the training sequences ``rows``, with the token
+        count; each trial's forward starts at its own layer."""
         st, calib, objective = self.stack, self.calib, self.o.objective
-        sums = dict.fromkeys(candidates, 0.0)
+        sums = dict.fromkeys(trials, 0.0)
         count = 0
-        for batch in self._batches(rows) if candidates else []:
+        for batch in self._batches(rows) if trials else []:
             ids, targets = calib.train_ids[batch], calib.train_targets[batch]
-            with scaled_model(st.model, scales, skip):
+            with scaled_model(st.model, state.scales, state.skip, state.maps):
                 inputs, _, at = st.layer_inputs(ids)
-            for c in candidates:
-                with scaled_model(st.model, scales, skip + [c]):
+            for trial in trials:
+                c = trial[0]
+                skip, maps = state.with_trial(trial, fits)
+                with scaled_model(st.model, state.scales, skip, maps):
                     h = st.run(inputs[c], at, c)
                     s, n = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, batch)
-                sums[c] += float(s)
+                sums[trial] += float(s)
                 self.progress.advance()
             count += n
-        return {c: (sums[c], count) for c in candidates}
+        return {t: (sums[t], count) for t in trials}
 
     def _batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """``rows`` in scoring batches."""
         return batches(len(rows), self.score_batch, rows)
 
     @staticmethod
-    def _means(sums: dict[int, tuple[float, int]], k: int) -> dict[int, float]:
-        scores = {c: total / count for c, (total, count) in sums.items()}
-        for c, v in scores.items():
-            check_finite(v, f"at step {k} scoring layer {c}")
+    def _means(sums: dict[Trial, tuple[float, int]], k: int) -> dict[Trial, float]:
+        scores = {t: total / count for t, (total, count) in sums.items()}
+        for (c, kind), v in scores.items():
+            check_finite(v, f"at step {k} scoring layer {c}" + ("" if kind == SKIP else " as a linear map"))
         return scores
 
+
+def _best(ranking: dict[Trial, float], kinds: dict[str, Losses], n: int) -> list[Trial]:
+    """The ``n`` best-ranked trials of each kind (lowest loss, then lowest layer), kind by kind."""
+    best: list[Trial] = []
+    for kind in kinds:
+        mine = [t for t in ranking if t[1] == kind]
+        best += sorted(mine, key=lambda t: (ranking[t], t[0]))[:n]
+    return best
+
+
+def _removing(layer: int, kind: str) -> str:
+    """``skipping layer 5`` / ``replacing layer 5 by a linear map``, for messages."""
+    return f"skipping layer {layer}" if kind == SKIP else f"replacing layer {layer} by a linear map"

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import HopscotchError
 from ..families import ModelSpec
-from ..resources import DTYPE_BYTES, PROCESS_BASE, Need, available, fits, human, parameter_count, weight_bytes
+from ..resources import DTYPE_BYTES, PROCESS_BASE, Need, available, fits, human, source_overhead, weight_bytes
+from .linear import groups
 from .objective import TOPK
 from .options import SearchOptions, device_name
 
@@ -67,7 +68,8 @@ class Placement:
 
 
 def search_parts(spec: ModelSpec, o: SearchOptions, dtype: str) -> dict[str, int]:
-    """Bytes by part: ``weights``, ``teacher cache``, ``activations`` (the largest phase)."""
+    """Bytes by part: ``weights``, ``teacher cache``, ``activations`` (the largest phase),
+    and with ``--replace linear|auto`` the ``linear maps`` (:func:`linear_bytes`)."""
     d = DTYPE_BYTES[dtype]
     h, v, s, layers = spec.hidden_size, spec.vocab_size, o.seq_len, spec.n_layers
     teacher = o.samples * s * TOPK * (8 + 4) + o.heldout * s * h * d
@@ -81,19 +83,33 @@ def search_parts(spec: ModelSpec, o: SearchOptions, dtype: str) -> dict[str, int
     training = o.batch_size * (layers * per_layer + s * v * (d + 12))
     # held-out report: student and teacher logits, both log-softmaxed, in float32
     heldout = o.batch_size * s * v * (d + 20)
-    return {
+    parts = {
         "weights": weight_bytes(spec, dtype),
         "teacher cache": teacher,
         "activations": max(scoring, training, heldout),
     }
+    if o.replace != "skip":
+        parts["linear maps"] = linear_bytes(spec, o)
+    return parts
+
+
+def linear_bytes(spec: ModelSpec, o: SearchOptions) -> int:
+    """A step's linear maps (float32): every candidate's closed-form map, the plan's maps,
+    the copies of the trials this process trained (two kinds' shortlists of 2 by default)
+    and, while one trains, their gradients and Adam moments; and the float64 normal
+    equations of one fitting pass (fit and held-out sums, :data:`linear.FIT_BYTES` at most)."""
+    square = spec.hidden_size**2
+    maps = (spec.n_layers + 8 * o.skips) * square * 4
+    return maps + len(groups(list(range(spec.n_layers)), spec.hidden_size)[0]) * 4 * 8 * square
 
 
 def plan_placement(
-    spec: ModelSpec, o: SearchOptions, gpus: list[int] | None = None, processes: int = 1
+    spec: ModelSpec, o: SearchOptions, gpus: list[int] | None = None, processes: int = 1, source_kind: str = "hf"
 ) -> Placement:
     """The placement for ``o.device`` / ``o.dtype`` on the GPUs ``gpus`` (default: all),
-    with ``processes`` copies of the search sharing this machine's RAM (torchrun)."""
-    placement = _placement(spec, o, gpus)
+    with ``processes`` copies of the search sharing this machine's RAM (torchrun), for a
+    source of ``source_kind`` (``hf`` or ``gguf``, whose metadata takes RAM)."""
+    placement = _placement(spec, o, gpus, source_overhead(source_kind, spec.vocab_size))
     if processes > 1:  # each process holds its own model and cache in RAM
         needs = [
             Need(n.where, f"{n.what} x {processes} processes", {k: v * processes for k, v in n.parts.items()}, n.fix)
@@ -104,28 +120,28 @@ def plan_placement(
     return placement
 
 
-def _placement(spec: ModelSpec, o: SearchOptions, gpus: list[int] | None) -> Placement:
+def _placement(spec: ModelSpec, o: SearchOptions, gpus: list[int] | None, host: dict[str, int]) -> Placement:
     name = device_name(o.device)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise HopscotchError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
         ids = list(range(torch.cuda.device_count())) if gpus is None else gpus
-        return _gpus(spec, o, "bfloat16" if o.dtype == "auto" else o.dtype, ids)
+        return _gpus(spec, o, "bfloat16" if o.dtype == "auto" else o.dtype, ids, host)
     if name == "mps":
         if not torch.backends.mps.is_available():
             raise HopscotchError("--device mps: Apple GPU not available; use --device cpu")
         dtype = "bfloat16" if o.dtype == "auto" else o.dtype
-        needs = [Need("ram", f"search on mps ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE}, FIX)]
+        needs = [Need("ram", f"search on mps ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE, **host}, FIX)]
         dev = torch.device("mps")
         return Placement(dev, dtype, "mps", None, needs, dev)
-    return _cpu(spec, o)
+    return _cpu(spec, o, host)
 
 
-def _cpu(spec: ModelSpec, o: SearchOptions) -> Placement:
+def _cpu(spec: ModelSpec, o: SearchOptions, host: dict[str, int]) -> Placement:
     """float32 when it fits (and ``--dtype auto``), else bfloat16 with a notice."""
 
     def needs(dtype: str) -> list[Need]:
-        return [Need("ram", f"search on CPU ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE}, FIX)]
+        return [Need("ram", f"search on CPU ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE, **host}, FIX)]
 
     cpu = torch.device("cpu")
     notice = None
@@ -141,14 +157,15 @@ def _cpu(spec: ModelSpec, o: SearchOptions) -> Placement:
     return Placement(cpu, dtype, None, None, needs(dtype), cpu, notice)
 
 
-def _gpus(spec: ModelSpec, o: SearchOptions, dtype: str, gpus: list[int]) -> Placement:
+def _gpus(spec: ModelSpec, o: SearchOptions, dtype: str, gpus: list[int], host: dict[str, int]) -> Placement:
     """All of the first GPU when the model fits there, else the GPUs in order, then CPU offload."""
     parts = search_parts(spec, o, dtype)
-    act, weights, teacher = parts["activations"], parts["weights"], parts["teacher cache"]
+    # the linear maps sit beside a batch's activations, on the GPU that runs their layer
+    act, weights, teacher = parts["activations"] + parts.get("linear maps", 0), parts["weights"], parts["teacher cache"]
     cache_on_gpu = teacher <= TEACHER_ON_GPU_MAX
     free = {i: available(f"cuda:{i}") or 0 for i in gpus}
     first_gpu = gpus[0]
-    ram_parts = {"process": PROCESS_BASE, **({} if cache_on_gpu else {"teacher cache": teacher})}
+    ram_parts = {"process": PROCESS_BASE, **host, **({} if cache_on_gpu else {"teacher cache": teacher})}
     first = {"weights": weights, "activations": act, **({"teacher cache": teacher} if cache_on_gpu else {})}
     gpu = torch.device("cuda", first_gpu)
     if sum(first.values()) + GPU_MARGIN // 2 <= free[first_gpu]:

@@ -33,17 +33,19 @@ class Silent:
 
 
 def summary_tables(steps: list[dict[str, Any]], heldout: dict[str, dict[str, float]], objective: str) -> list[Table]:
-    """The greedy steps, then held-out metrics of the original model, the skips alone and the plan."""
+    """The greedy steps, then held-out metrics of the original model, the removals alone and the plan."""
     t = Table(title=f"greedy steps (objective: {objective} on the training sequences)")
-    for col in ("step", "skip layer", "screened", "rescored", "trained", "loss", "seconds"):
+    for col in ("step", "layer", "removed as", "screened", "rescored", "trained", "loss", "seconds"):
         t.add_column(col, justify="right")
     for k, s in enumerate(steps, 1):
+        # a candidate tried as both kinds (--replace auto) counts twice
         counts = [str(sum(c.get(key) is not None for c in s["candidates"])) for key in ("score", "rescored", "trained")]
-        t.add_row(str(k), str(s["chosen"]), *counts, f"{s['loss']:.4f}", f"{s['seconds']:.1f}")
+        kind = s.get("kind", "skip")
+        t.add_row(str(k), str(s["chosen"]), kind, *counts, f"{s['loss']:.4f}", f"{s['seconds']:.1f}")
     h = Table(title="held-out tokens (not used for training)")
     for col in ("model", "KL to original", "cross-entropy", "perplexity"):
         h.add_column(col, justify="right")
-    names = {"original": "original", "no_scales": "skips, scales = 1", "final": "plan (skips + scales)"}
+    names = {"original": "original", "no_scales": "removals, scales = 1", "final": "plan (removals + scales)"}
     for key, label in names.items():
         m = heldout[key]
         h.add_row(label, f"{m['kl']:.4f}", f"{m['ce']:.4f}", f"{m['ppl']:.2f}")

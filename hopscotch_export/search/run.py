@@ -18,18 +18,19 @@ from ..plan import ModelRef, Plan, load_plan
 from ..progress import progress_bars
 from ..resources import check, one_line
 from ..sources import ModelSource
-from ..torch_plan import BranchScales, scaled_model
+from ..stack import Stack, module_device
+from ..torch_plan import BranchScales, plan_maps, scaled_model
 from . import distributed
 from .calibration import Calibration, build_calibration, save_records
 from .data import read_records
 from .generate import generated_chats
-from .greedy import Progress, SearchState, Selector, Step
+from .greedy import LINEAR, Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
 from .placement import plan_placement
 from .report import RichSteps, Silent, summary_tables
-from ..stack import Stack
-from .train import train_scales
+from .savings import blocks
+from .train import mean_loss, train_scales
 
 TOOL = "hopscotch-export search"
 
@@ -64,7 +65,8 @@ def run_search(
     force: bool = False,
     console: Console | None = None,
 ) -> Plan:
-    """Search ``options.skips`` attention blocks to skip and their scales; write the plan to ``out``.
+    """Search ``options.skips`` attention blocks to remove (skip, or replace by linear maps
+    per ``options.replace``) and their scales; write the plan to ``out``.
 
     A partial plan (``complete=False``) is written after every greedy step; ``resume``
     continues one. Raises :class:`HopscotchError` for anything the user can fix. Under
@@ -92,7 +94,7 @@ def run_search(
                 )
             if data_file is not None:
                 ws.data["file"] = os.path.relpath(data_file, out.parent)
-            state = _initial_state(prior, ref, options, ws.stack.device)
+            state = _initial_state(prior, ref, options, ws.stack)
             with progress_bars(console) as bars:
                 progress = RichSteps(bars) if main else Silent()
                 plan = search_workspace(ws, options, candidates, state, ref, out, progress)
@@ -101,7 +103,8 @@ def run_search(
     if main:
         for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
             console.print(table)
-        console.print(f"skip attention of layers {list(plan.skip)}; plan written to {out}")
+        linear = f", linear maps for layers {list(plan.linear)}" if plan.linear else ""
+        console.print(f"skip attention of layers {list(plan.skip)}{linear}; plan written to {out}")
     return plan
 
 
@@ -138,7 +141,9 @@ def prepare(
     """Load the model on the chosen device, build the calibration data, run the teacher."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    placement = plan_placement(source.spec, options, distributed.local_gpus(), distributed.processes_on_node())
+    placement = plan_placement(
+        source.spec, options, distributed.local_gpus(), distributed.processes_on_node(), source.kind
+    )
     check(placement.needs)
     console.print(f"estimated need: {one_line(placement.needs)} (--dry-run for details)", highlight=False)
     if placement.notice:
@@ -205,75 +210,120 @@ def search_workspace(
     """Greedy steps (saving a partial plan after each), final training, held-out report."""
     o = options
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
+    base = original_loss(ws, o)
 
     def save_partial(s: SearchState) -> None:
         if main:
-            _plan(ref, s.order, s.scales, ws, o, candidates, s.steps, complete=False).save(out, force=True)
+            _plan(ref, s, s.scales, s.maps, ws, o, candidates, base, complete=False).save(out, force=True)
 
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
         save_partial(state)
     Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, save_partial)
     t = time.perf_counter()
-    final = final_training(ws, o, state.order, state.scales, progress)
+    final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps)
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
-    heldout = evaluate(ws, state.order, final, o.batch_size)
+    heldout = evaluate(ws, state, final, maps, o.batch_size)
     ws.seconds["eval"] = time.perf_counter() - t
-    plan = _plan(ref, state.order, final, ws, o, candidates, state.steps, complete=True, heldout=heldout)
+    plan = _plan(ref, state, final, maps, ws, o, candidates, base, complete=True, heldout=heldout)
     if main:
         plan.save(out, force=True)
     return plan
 
 
 def final_training(
-    ws: Workspace, o: SearchOptions, order: list[int], scales: BranchScales, progress: Progress
-) -> BranchScales:
-    """The longer training of every scale for the chosen blocks (``scales`` is left as is)."""
+    ws: Workspace, o: SearchOptions, skip: list[int], scales: BranchScales, progress: Progress,
+    maps: dict[int, torch.Tensor] | None = None,
+) -> tuple[BranchScales, dict[int, torch.Tensor]]:  # fmt: skip
+    """The longer training of every scale for the chosen blocks, with the linear layers'
+    ``maps`` held as the steps left them; then, when there are maps, ``o.map_epochs`` of
+    the maps trained with the scales. ``scales`` and ``maps`` are left as they are.
+
+    Two phases rather than one joint run: a plan without maps trains exactly as before,
+    ``--linear-epochs 0`` gives the maps as the greedy steps fitted and trained them, and
+    the maps' phase starts from scales already settled on the chosen blocks."""
     final = copy.deepcopy(scales)
-    progress.begin("final training", o.final_epochs * len(batches(o.samples, o.batch_size)))
+    maps = {i: m.clone() for i, m in (maps or {}).items()}
+    map_epochs = o.map_epochs if maps else 0
+    progress.begin("final training", (o.final_epochs + map_epochs) * len(batches(o.samples, o.batch_size)))
     train_scales(
-        ws.stack, final, order, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
+        ws.stack, final, skip, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
         batch_size=o.batch_size, seed=o.seed * 1_000_003, where="in the final training", on_batch=progress.advance,
+        maps=maps,
     )  # fmt: skip
-    return final
+    if map_epochs:
+        train_scales(
+            ws.stack, final, skip, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=map_epochs,
+            batch_size=o.batch_size, seed=o.seed * 1_000_003 - 1, where="in the final training of the linear maps",
+            on_batch=progress.advance, maps=maps, map_lr=o.map_lr,
+        )  # fmt: skip
+    return final, maps
 
 
-def evaluate(ws: Workspace, order: list[int], scales: BranchScales, batch_size: int) -> dict[str, dict[str, float]]:
-    """Held-out metrics of the original model, of the skips alone, and of skips + scales."""
+def original_loss(ws: Workspace, o: SearchOptions) -> float:
+    """The original model's objective on the training sequences, from which the first
+    block's cost is counted: 0 for ``kl`` (the teacher is this model), computed for ``ce``."""
+    if o.objective == "kl":
+        return 0.0
+    ones = BranchScales(ws.stack.n_layers).to(ws.stack.device)
+    return mean_loss(
+        ws.stack, ones, [], ws.calib, ws.teacher, o.objective, n_rows=o.samples, batch_size=o.batch_size,
+        where="of the original model",
+    )  # fmt: skip
+
+
+def evaluate(
+    ws: Workspace, state: SearchState, scales: BranchScales, maps: dict[int, torch.Tensor], batch_size: int
+) -> dict[str, dict[str, float]]:
+    """Held-out metrics of the original model, of the removals alone (the maps as the steps
+    left them, scales = 1), and of the plan (final scales and maps)."""
     ones = BranchScales(*scales.attn.shape).to(scales.attn.device)  # (layers,) or (layers, hidden)
     return {
         "original": heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size),
-        "no_scales": plan_metrics(ws, order, ones, batch_size),
-        "final": plan_metrics(ws, order, scales, batch_size),
+        "no_scales": plan_metrics(ws, state.skip, ones, batch_size, state.maps),
+        "final": plan_metrics(ws, state.skip, scales, batch_size, maps),
     }
 
 
-def plan_metrics(ws: Workspace, order: list[int], scales: BranchScales, batch_size: int) -> dict[str, float]:
-    """Held-out metrics of the model with ``order`` skipped and ``scales`` applied."""
-    with scaled_model(ws.stack.model, scales, order):
+def plan_metrics(
+    ws: Workspace, skip: list[int], scales: BranchScales, batch_size: int,
+    maps: dict[int, torch.Tensor] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Held-out metrics of the model with ``skip`` skipped, ``maps`` in place and ``scales`` applied."""
+    with scaled_model(ws.stack.model, scales, skip, maps):
         return heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size)
 
 
 def _plan(
-    ref: ModelRef, order: list[int], scales: BranchScales, ws: Workspace, options: SearchOptions,
-    candidates: list[int], steps: list[Step], *, complete: bool, heldout: dict[str, Any] | None = None,
+    ref: ModelRef, state: SearchState, scales: BranchScales, maps: dict[int, torch.Tensor], ws: Workspace,
+    options: SearchOptions, candidates: list[int], base_loss: float, *, complete: bool,
+    heldout: dict[str, Any] | None = None,
 ) -> Plan:  # fmt: skip
     attn, mlp = scales.as_lists()
-    step_json = [s.to_json() for s in steps]
+    steps = state.steps
     seconds = dict(ws.seconds, steps=round(sum(s.seconds for s in steps), 3))
+    method = "Hopscotch greedy block selection with branch scales (arXiv 2506.03303)"
+    if options.replace != "skip":
+        method += "; removed blocks may be replaced by fitted linear maps (llama.cpp deci linear attention)"
+    search = {
+        "candidates": candidates, "order": state.order, "steps": [s.to_json() for s in steps],
+        "blocks": blocks(steps, ws.stack.config, base_loss),
+    }  # fmt: skip
     provenance: dict[str, Any] = {
         "tool": TOOL,
-        "method": "Hopscotch greedy block selection with branch scales (arXiv 2506.03303)",
+        "method": method,
         "options": options.to_json(),
         "data": ws.data,
         "device": ws.device,
         "processes": distributed.world_size(),
-        "search": {"candidates": candidates, "order": list(order), "steps": step_json},
+        "search": search,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
     if heldout is not None:
         provenance["heldout"] = heldout
-    return Plan(ref, tuple(sorted(order)), tuple(attn), tuple(mlp), provenance, complete)
+    linear = sorted(s.chosen for s in steps if s.kind == LINEAR)
+    arrays = {i: maps[i].detach().cpu().numpy() for i in linear}
+    return Plan(ref, tuple(sorted(state.skip)), tuple(attn), tuple(mlp), provenance, complete, tuple(linear), arrays)
 
 
 def _resumable(resume: Path, ref: ModelRef, options: SearchOptions) -> Plan:
@@ -304,9 +354,10 @@ def _recorded_data_file(prior: Plan, resume: Path | None) -> Path:
     return path
 
 
-def _initial_state(prior: Plan | None, ref: ModelRef, options: SearchOptions, device: torch.device) -> SearchState:
+def _initial_state(prior: Plan | None, ref: ModelRef, options: SearchOptions, stack: Stack) -> SearchState:
     if prior is None:
         hidden = ref.hidden_size if options.granularity == "channel" else None
-        return SearchState(BranchScales(ref.n_layers, hidden).to(device))
+        return SearchState(BranchScales(ref.n_layers, hidden).to(stack.device))
     steps = [Step.from_json(s) for s in prior.provenance["search"]["steps"]]
-    return SearchState(BranchScales.from_plan(prior).to(device), steps)
+    maps = {i: m.to(module_device(stack.layers[i])) for i, m in plan_maps(prior).items()}
+    return SearchState(BranchScales.from_plan(prior).to(stack.device), steps, maps)

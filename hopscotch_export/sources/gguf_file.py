@@ -105,11 +105,32 @@ class GgufFileSource(ModelSource):
         return self._fingerprint
 
     def load_torch(self, dtype: Any, device_map: Any = None, max_memory: Any = None) -> Any:
+        """Built tensor by tensor from the file: transformers' own GGUF loader dequantizes
+        every tensor to float32 first (32 GB for an 8B Q4_K_M file); here one tensor at a
+        time is float32, the model holds ``dtype``."""
+        import torch
+        from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+        from accelerate.utils import set_module_tensor_to_device
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            self.path.parent, gguf_file=self.path.name, dtype=dtype, device_map=device_map, max_memory=max_memory
-        )
+        with init_empty_weights():  # rotary buffers stay real: they are computed, not read
+            model = AutoModelForCausalLM.from_config(self.load_config(), dtype=dtype)
+        for name, _ in list(model.named_parameters()):
+            if name == "lm_head.weight" and self.spec.tie_embeddings:
+                continue  # the embedding, tied below
+            value = torch.from_numpy(np.require(self.hf_tensor(name).float32(), np.float32, "CW")).to(dtype)
+            set_module_tensor_to_device(model, name, "cpu", value=value)
+        if self.spec.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.eval()
+        if device_map in (None, "cpu"):
+            return model
+        if isinstance(device_map, dict) and set(device_map) == {""}:
+            return model.to(torch.device("cuda", device_map[""]) if isinstance(device_map[""], int) else device_map[""])
+        if device_map == "mps":
+            return model.to("mps")
+        placed = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
+        return dispatch_model(model, placed)
 
     def load_config(self) -> Any:
         """Built from the hyper-parameters already read: transformers' own GGUF config reader

@@ -8,7 +8,8 @@ from the source just before and dropped just after. The embedding is read only a
 window tokens' rows and the head in chunks of :data:`HEAD_ROWS` rows, so neither is ever
 whole in float32. The plan is applied by :func:`torch_plan.scaled_model`, the function
 the search trains through: a skipped attention block is not computed, and its weights are
-not even read.
+not even read; a linear layer's map comes from the plan, its source attention weights
+are not read either.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import HopscotchError
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
 from ..stack import Positions, Stack
-from ..torch_plan import BranchScales, scaled_model
+from ..torch_plan import BranchScales, LinearAttention, plan_maps, scaled_model
 
 #: Rows of the output head multiplied at once: 8192 x 4096 float32 is 128 MiB for an 8B model.
 HEAD_ROWS = 8192
@@ -61,7 +62,7 @@ def _final_hidden(
     embedded = _embed_rows(source, batches)
     state: list[tuple[torch.Tensor, Positions]] = [(h, stack.positions(h)) for h in embedded]
     scales = BranchScales.from_plan(plan).requires_grad_(False)
-    with scaled_model(model, scales, plan.skip), torch.no_grad():
+    with scaled_model(model, scales, plan.skip, plan_maps(plan)), torch.no_grad():
         for i in range(stack.n_layers):
             with _weights(stack.layers[i], source, f"model.layers.{i}."):
                 state = [(stack.run(h, at, i, i + 1), at) for h, at in state]
@@ -86,15 +87,27 @@ def _skeleton(source: ModelSource) -> nn.Module:
 def _weights(module: nn.Module, source: ModelSource, prefix: str) -> Iterator[None]:
     """Within the block ``module`` holds its float32 weights from ``source``; back to ``meta`` after.
 
-    Only the parameters ``module`` has now are read: under ``scaled_model`` a skipped
-    layer's attention is a parameter-free stand-in, so its weights stay on disk.
+    Only the source parameters ``module`` has now are read: under ``scaled_model`` a
+    skipped layer's attention is a parameter-free stand-in, so its weights stay on disk,
+    and a linear layer's map belongs to the plan (it is neither read nor dropped).
     """
-    names = [prefix + n for n, _ in module.named_parameters()]
-    module.load_state_dict({n[len(prefix):]: t for n, t in source.hf_state(names).items()}, assign=True)
+    names = _source_parameters(module)
+    state = source.hf_state([prefix + n for n in names])
+    module.load_state_dict({n[len(prefix):]: t for n, t in state.items()}, strict=False, assign=True)
     try:
         yield
     finally:
-        module.to("meta")  # drops the weights
+        for name in names:  # drops the weights
+            owner, _, leaf = name.rpartition(".")
+            sub = module.get_submodule(owner)
+            loaded = getattr(sub, leaf)
+            setattr(sub, leaf, nn.Parameter(loaded.to("meta"), requires_grad=loaded.requires_grad))
+
+
+def _source_parameters(module: nn.Module) -> list[str]:
+    """Names of ``module``'s parameters that come from the source: all but the plan's maps."""
+    plan_owned = [name + "." for name, m in module.named_modules() if isinstance(m, LinearAttention)]
+    return [n for n, _ in module.named_parameters() if not any(n.startswith(p) for p in plan_owned)]
 
 
 def _embed_rows(source: ModelSource, batches: list[torch.Tensor]) -> list[torch.Tensor]:

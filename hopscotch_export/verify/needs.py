@@ -59,7 +59,7 @@ def verify_needs(
         "two llama.cpp contexts": 2 * (kv + buffers),
     }
     if opts.plan is not None:
-        parity = parity_needs(spec, opts.parity_windows, min(opts.ctx, PARITY_TOKENS))[0]
+        parity = parity_needs(spec, opts.parity_windows, min(opts.ctx, PARITY_TOKENS), source.kind)[0]
         parts |= {f"parity: {k}": v for k, v in parity.parts.items() if k != "process"}
     else:
         parts["held-out logits"] = 2 * batch * spec.vocab_size * 4 + _KL_TEMPORARIES * spec.vocab_size

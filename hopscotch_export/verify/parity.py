@@ -18,11 +18,14 @@ import numpy as np
 from ..errors import HopscotchError
 from ..families import ModelSpec
 from ..plan import load_plan
-from ..resources import PROCESS_BASE, Need, check, parameter_count
+from ..resources import PROCESS_BASE, Need, check, parameter_count, source_overhead
 from ..sources import open_source
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
 from .runner import LlamaSession
+
+#: A transformers model with no weights (modules, rotary tables): measured 27 MiB for SmolLM2.
+SKELETON_BYTES = 32 * 2**20
 
 #: Tokens per window compared: conversion bugs show at any length, and torch's full
 #: logits (tokens x vocabulary) for a long window would take gigabytes.
@@ -74,7 +77,7 @@ def torch_parity(
             "(fingerprint mismatch); pass the model the plan was searched on"
         )
     cut = [list(w[:PARITY_TOKENS]) for w in windows]
-    check(parity_needs(source.spec, len(cut), max(map(len, cut))))
+    check(parity_needs(source.spec, len(cut), max(map(len, cut)), source.kind))
     steps = itertools.count(1)
     total = source.spec.n_layers + len(cut)
 
@@ -94,7 +97,7 @@ def torch_parity(
     return Parity(str(source_spec), str(plan_path), float(kl.mean()), float(top.mean()), len(kl))
 
 
-def parity_needs(spec: ModelSpec, windows: int, tokens: int) -> list[Need]:
+def parity_needs(spec: ModelSpec, windows: int, tokens: int, source_kind: str = "hf") -> list[Need]:
     """Memory of :func:`torch_parity` from the model's shapes: one decoder layer in float32,
     the windows' activations through it, one window's logits and one chunk of head rows.
 
@@ -106,22 +109,27 @@ def parity_needs(spec: ModelSpec, windows: int, tokens: int) -> list[Need]:
     q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
     tokens = min(tokens, PARITY_TOKENS)
     f32 = 4
-    largest = max(h * q, h * kv, h * inter)  # biggest matrix of a layer: read, dequantized, reordered
+    largest = max(h * q, h * kv, h * inter)  # biggest matrix of a layer
     return [
         Need(
             "ram",
             "parity with torch (float32, one layer at a time)",
             {
                 "process": PROCESS_BASE,
+                **source_overhead(source_kind, vocab),
+                "model skeleton (no weights)": SKELETON_BYTES,
                 "one decoder layer": p["layer"] * f32,
-                "reading a weight": 2 * largest * f32,
+                # the stored form of the tensor being read (f16/bf16, or a GGUF's blocks while
+                # they are dequantized), beside its float32 copy counted in the layer
+                "reading a weight": largest * f32,
                 # residual, normed input, branch output; q/k/v/o; gate, up, product; embeddings
                 "activations": windows * tokens * (4 * h + 2 * q + 2 * kv + 3 * inter) * f32,
                 "attention scores": windows * spec.n_heads * tokens * tokens * f32,
                 "logits (torch and llama.cpp, one window)": 2 * tokens * vocab * f32,
                 "KL temporaries": 4 * _KL_ROWS * vocab * 8,
-                # rows, their stored form and the dequantizer's temporaries; the chunk's logits
-                "head chunk": 3 * HEAD_ROWS * h * f32 + tokens * HEAD_ROWS * f32,
+                # the rows in float32 and in their stored form (2 bytes, or fewer for a GGUF's
+                # blocks); the chunk's logits
+                "head chunk": HEAD_ROWS * h * (f32 + 2) + tokens * HEAD_ROWS * f32,
             },
             fix="lower --parity-windows, or verify without --plan (no parity check)",
         )
