@@ -171,7 +171,10 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
     table.add_column("original", justify="right")
     table.add_column("exported", justify="right")
     n = plan.model.n_layers
-    table.add_row("attention blocks", str(n), f"{n - len(plan.skip)} (skipped {', '.join(map(str, plan.skip))})")
+    removed = [f"skipped {', '.join(map(str, plan.skip))}"] if plan.skip else []
+    removed += [f"linear {', '.join(map(str, plan.linear))}"] if plan.linear else []
+    kept = n - len(plan.skip) - len(plan.linear)
+    table.add_row("attention blocks", str(n), f"{kept} ({'; '.join(removed) or 'none removed'})")
     if report is not None:
         ref, mod = report.reference, report.model
         table.add_row("file size", _mib(ref.file_bytes), _mib(mod.file_bytes))
