@@ -295,14 +295,7 @@ def _validate(plan: Plan) -> None:
     n, hidden = plan.model.n_layers, plan.model.hidden_size
     if not _is_int(n) or n < 1 or not _is_int(hidden) or hidden < 1:
         raise PlanError("model.n_layers and model.hidden_size must be positive integers")
-    if not all(_is_int(i) for i in plan.skip):
-        raise PlanError(f"skipped layers must be integers, got {list(plan.skip)}")
-    bad = [i for i in plan.skip if not 0 <= i < n]
-    if bad:
-        raise PlanError(f"skipped layer(s) {bad} out of range: the model has layers 0..{n - 1}")
-    dup = sorted({i for i in plan.skip if plan.skip.count(i) > 1})
-    if dup:
-        raise PlanError(f"layer(s) {dup} listed more than once in 'skip'")
+    _check_layers(plan.skip, "skipped", "skip", n)
     if len(plan.skip) >= n:
         raise PlanError(f"the plan skips every one of the {n} attention blocks; keep at least layer 0")
     if 0 in plan.skip:
@@ -315,18 +308,23 @@ def _validate(plan: Plan) -> None:
             _check_scale(name, i, s, hidden)
 
 
+def _check_layers(layers: tuple[int, ...], adjective: str, key: str, n: int) -> None:
+    """A list of layer numbers (``skip`` or ``linear``): integers, in range, each once."""
+    if not all(_is_int(i) for i in layers):
+        raise PlanError(f"{adjective} layers must be integers, got {list(layers)}")
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise PlanError(f"{adjective} layer(s) {bad} out of range: the model has layers 0..{n - 1}")
+    dup = sorted({i for i in layers if layers.count(i) > 1})
+    if dup:
+        raise PlanError(f"layer(s) {dup} listed more than once in '{key}'")
+
+
 def _validate_linear(plan: Plan) -> None:
     """Linear layers: like ``skip`` (range, duplicates, never layer 0), disjoint from it,
     and one finite float32 ``(hidden, hidden)`` map for each."""
     n, hidden = plan.model.n_layers, plan.model.hidden_size
-    if not all(_is_int(i) for i in plan.linear):
-        raise PlanError(f"linear layers must be integers, got {list(plan.linear)}")
-    bad = [i for i in plan.linear if not 0 <= i < n]
-    if bad:
-        raise PlanError(f"linear layer(s) {bad} out of range: the model has layers 0..{n - 1}")
-    dup = sorted({i for i in plan.linear if plan.linear.count(i) > 1})
-    if dup:
-        raise PlanError(f"layer(s) {dup} listed more than once in 'linear'")
+    _check_layers(plan.linear, "linear", "linear", n)
     both = sorted(set(plan.linear) & set(plan.skip))
     if both:
         raise PlanError(f"layer(s) {both} are both skipped and linear; keep each in one list")

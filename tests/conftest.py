@@ -39,3 +39,13 @@ def tiny_llama_bias(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tied Qwen2 with q/k/v biases and GQA."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2", tied=True)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in prompts as a plain-text calibration file (no generation step)."""
+    from hopscotch_export.search.generate import builtin_prompts
+
+    path = tmp_path_factory.mktemp("data") / "prompts.txt"
+    path.write_text("\n\n".join(builtin_prompts()), encoding="utf-8")
+    return path

@@ -87,6 +87,21 @@ def make_tiny_model(
     return out
 
 
+def make_planted_model(out: Path, layers: int, planted: int) -> Path:
+    """A random Llama with peaked outputs (random init is near uniform: nothing to diverge
+    from) whose attention block ``planted`` is redundant (output projection ~0)."""
+    from transformers import AutoModelForCausalLM
+
+    path = make_tiny_model(out, layers=layers)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5)
+        model.model.layers[planted].self_attn.o_proj.weight.mul_(1e-4)
+    model.save_pretrained(path)
+    return path
+
+
 #: Shapes of real models, for benchmarks with random weights (config.json values).
 SHAPES: dict[str, dict[str, Any]] = {
     "llama-3.2-1b": dict(num_hidden_layers=16, hidden_size=2048, intermediate_size=8192, num_attention_heads=32,

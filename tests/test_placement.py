@@ -20,7 +20,6 @@ from hopscotch_export.plan import load_plan
 from hopscotch_export.resources import GiB, parameter_count, weight_bytes
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.search import placement as placement_mod
-from hopscotch_export.search.generate import builtin_prompts
 from hopscotch_export.search.placement import plan_placement, search_parts
 from hopscotch_export.sources import open_source
 
@@ -110,13 +109,6 @@ def test_a_large_teacher_cache_stays_in_ram(monkeypatch: pytest.MonkeyPatch) -> 
     placed = plan_placement(SPEC_8B, big)
     assert placed.cache_device == torch.device("cpu")
     assert "teacher cache" in next(n for n in placed.needs if n.where == "ram").parts
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "prompts.txt"
-    path.write_text("\n\n".join(builtin_prompts()), encoding="utf-8")
-    return path
 
 
 def test_search_refuses_before_loading_and_writes_nothing(

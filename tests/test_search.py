@@ -25,7 +25,7 @@ from hopscotch_export.stack import Stack
 from hopscotch_export.search.train import NonFiniteLoss
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import apply_plan
-from models import make_tiny_model
+from models import make_planted_model
 
 LAYERS = 5
 PLANTED = 3  # its attention output projection is ~0: skipping it changes nothing
@@ -36,23 +36,7 @@ TINY = dict(samples=6, heldout=2, seq_len=32, score_samples=2, batch_size=2, sho
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 5-layer random Llama with peaked outputs and one redundant attention block."""
-    from transformers import AutoModelForCausalLM
-
-    path = make_tiny_model(tmp_path_factory.mktemp("search") / "tiny", layers=LAYERS)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.5)  # random init is near uniform: nothing to diverge from
-        model.model.layers[PLANTED].self_attn.o_proj.weight.mul_(1e-4)
-    model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "prompts.txt"
-    path.write_text("\n\n".join(builtin_prompts()), encoding="utf-8")
-    return path
+    return make_planted_model(tmp_path_factory.mktemp("search") / "tiny", LAYERS, PLANTED)
 
 
 def quiet() -> Console:

@@ -19,10 +19,9 @@ from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import Plan, load_plan
 from hopscotch_export.search import SearchInterrupted, SearchOptions, run_search
 from hopscotch_export.search.command import search_command
-from hopscotch_export.search.generate import builtin_prompts
 from hopscotch_export.search.greedy import Selector
 from hopscotch_export.sources import open_source
-from models import make_tiny_model
+from models import make_planted_model, make_tiny_model
 
 #: as in test_search.py: 5 layers, layer 3's attention output ~0
 LAYERS, PLANTED = 5, 3
@@ -34,25 +33,9 @@ LINEAR_LAYER = 2
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "prompts.txt"
-    path.write_text("\n\n".join(builtin_prompts()), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """test_search.py's model, built the same way (its plans are compared with that file's)."""
-    from transformers import AutoModelForCausalLM
-
-    path = make_tiny_model(tmp_path_factory.mktemp("linear") / "tiny", layers=LAYERS)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.5)
-        model.model.layers[PLANTED].self_attn.o_proj.weight.mul_(1e-4)
-    model.save_pretrained(path)
-    return path
+    return make_planted_model(tmp_path_factory.mktemp("linear") / "tiny", LAYERS, PLANTED)
 
 
 @pytest.fixture(scope="module")
