@@ -2,8 +2,11 @@
 
 Runs search, convert and verify in turn and writes beside ``model.gguf``: the plan
 (``model.plan.json``), the verification report (``model.verify.json``) and an Ollama
-Modelfile (``model.Modelfile``). Every option of the search and verify stages is
-available; its signature is assembled from theirs, so each option is declared once.
+Modelfile (``model.Modelfile``); with ``--skips auto`` also the quality curve
+(``model.curve.json``, ``model.curve.png``). Every option of the search and verify stages
+is available; its signature is assembled from theirs, so each option is declared once.
+``--max-kl`` and ``--max-ppl-increase`` belong to both: they choose the count of removed
+blocks (``--skips auto``) and are the limits verify checks the file against.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .errors import HopscotchError
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
 from .search import distributed
-from .search.command import parse_layers, parse_shortlist, search_command
+from .search.command import parse_layers, parse_shortlist, parse_skips, search_command
 from .search.options import SearchOptions
 from .sources import ModelSource, open_source
 from .verify.command import EXIT_LIMIT, verify_command
@@ -33,7 +36,9 @@ console = Console(stderr=True)
 
 #: Parameters of the stage commands that the pipeline sets itself.
 _SEARCH_OWN = {"model", "output", "resume", "force"}
-_VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force", "dry_run"}
+#: limits both stages take: declared once (by search), given to both
+_SHARED = {"max_kl", "max_ppl_increase"}
+_VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force", "dry_run", *_SHARED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,11 @@ class Outputs:
     @property
     def modelfile(self) -> Path:
         return self.gguf.with_suffix(".Modelfile")
+
+    @property
+    def curve(self) -> Path:
+        """The quality curve's JSON (``--skips auto``); its plot is the same name in ``.png``."""
+        return self.gguf.with_suffix(".curve.json")
 
 
 def export(
@@ -93,7 +103,9 @@ def export(
     if plan is None:
         console.rule("[bold]1/3 search")
         resume = out.plan if out.plan.exists() and not force else None
-        plan = run_search(source, search, out.plan, resume=resume, force=force, console=console)
+        plan = run_search(
+            source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve
+        )
     else:
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
 
@@ -139,19 +151,28 @@ def _dry_run(
 
 
 def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force: bool) -> Plan | None:
-    """A complete plan from an earlier run that removed as many blocks, so a rerun is cheap."""
+    """A complete plan from an earlier run that removed as many blocks (or, with
+    ``--skips auto``, chose its count under the same limits), so a rerun is cheap."""
     if force or not path.exists():
         return None
     plan = load_plan(path)
+    if not plan.complete:
+        return None
     removed = len(plan.skip) + len(plan.linear)
-    if plan.complete and removed == search.skips:
-        plan.check_model(source.model_ref())
-        return plan
-    if plan.complete:
+    curve = plan.provenance.get("curve")
+    if search.curve:
+        limits = {"max_kl": search.max_kl, "max_ppl_increase": search.max_ppl_increase}
+        same = curve is not None and curve["limits"] == limits
+        wanted = "a count chosen under these limits"
+    else:
+        same, wanted = curve is None and removed == search.skips, f"{search.skips} blocks removed"
+    if not same:
         raise HopscotchError(
-            f"{path} holds a plan that removes {removed} blocks, not {search.skips}; pass --force to search again"
+            f"{path} holds a finished plan that removes {removed} blocks{' (--skips auto)' if curve else ''}, "
+            f"not {wanted}; pass --force to search again"
         )
-    return None
+    plan.check_model(source.model_ref())
+    return plan
 
 
 def _modelfile_text(gguf_path: Path) -> str:
@@ -198,6 +219,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         f"GGUF:      {out.gguf}",
         f"plan:      {out.plan}",
         *([f"report:    {out.report}"] if report is not None else []),
+        *([f"curve:     {out.curve}, {out.curve.with_suffix('.png')}"] if "curve" in plan.provenance else []),
         f"Modelfile: {out.modelfile}",
         "",
         f"llama.cpp: llama-cli -m {out.gguf} -fa on -cnv",
@@ -234,11 +256,14 @@ def export_command(**kwargs: Any) -> None:
     """Search, convert and verify in one go: MODEL --skips N -o model.gguf."""
     search_fields = {f.name for f in dataclasses.fields(SearchOptions)}
     search_kw = {k: v for k, v in kwargs.items() if k in search_fields}
+    search_kw |= parse_skips(kwargs["skips"], kwargs["max_skips"])
     search_kw["shortlist"] = parse_shortlist(search_kw["shortlist"])
     search_kw["protect"] = parse_layers(search_kw["protect"])
+    if not search_kw["curve"]:  # a fixed count: the limits are verify's alone
+        search_kw |= dict.fromkeys(_SHARED)
     verify_fields = {f.name for f in dataclasses.fields(VerifyOptions)}
     verify_kw = {k.removeprefix("verify_"): v for k, v in kwargs.items() if k.startswith("verify_")}
-    verify_kw |= {k: v for k, v in kwargs.items() if k in verify_fields and k not in search_fields}
+    verify_kw |= {k: v for k, v in kwargs.items() if k in verify_fields and (k not in search_fields or k in _SHARED)}
     code = export(
         kwargs["model"],
         kwargs["output"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from .run import run_search
 
 #: defaults come from SearchOptions, the one place that holds them
 D = SearchOptions(skips=1)
+#: ``--skips auto`` tries up to this many blocks unless told otherwise: a quarter of a
+#: 32-layer model, where the paper's losses start to climb
+MAX_SKIPS = 8
 
 
 def _budget(name: str) -> str:
@@ -29,7 +32,10 @@ def _budget(name: str) -> str:
 
 def search_command(
     model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name), .gguf file or bundled:smollm2"),
-    skips: int = typer.Option(..., "--skips", help="attention blocks to remove (skip, or replace: see --replace)"),
+    skips: str = typer.Option(
+        ..., "--skips", help="attention blocks to remove (skip, or replace: see --replace); auto: the most within "
+        "--max-kl / --max-ppl-increase, trying up to --max-skips, with the quality curve of every count"
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
     granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),
     objective: str = typer.Option(D.objective, help="kl: match the original model; ce: cross-entropy on the data"),
@@ -75,13 +81,24 @@ def search_command(
     ),
     max_linear: Optional[int] = typer.Option(None, help="at most this many blocks become linear maps (default: no bound)"),
     map_lr: float = typer.Option(D.map_lr, help="learning rate of the linear maps (brief and final training)"),
+    max_skips: int = typer.Option(
+        MAX_SKIPS, help="--skips auto: the most blocks tried (lowered to what the model offers)"
+    ),
+    max_kl: Optional[float] = typer.Option(
+        None, "--max-kl", help="--skips auto: the most held-out KL to the original model the plan may have "
+        "(the one command also checks the exported file against it)"
+    ),
+    max_ppl_increase: Optional[float] = typer.Option(
+        None, "--max-ppl-increase", help="--skips auto: the most held-out perplexity rise (percent) the plan may "
+        "have (the one command also checks the exported file against it)"
+    ),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the memory estimate and placement, then exit"),
 ) -> None:
     """Choose attention blocks to remove and train the branch scales (and linear maps) that repair the drift."""
     options = SearchOptions.sized_for_device(
-        skips=skips, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
+        **parse_skips(skips, max_skips), max_kl=max_kl, max_ppl_increase=max_ppl_increase, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
         protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
         batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
@@ -103,6 +120,16 @@ def print_estimate(source: ModelSource, options: SearchOptions, console: Console
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
     return placement
+
+
+def parse_skips(text: str, max_skips: int) -> dict[str, Any]:
+    """``--skips N`` or ``--skips auto`` (a curve up to ``max_skips``), as SearchOptions fields."""
+    if text.strip().lower() == "auto":
+        return {"skips": max_skips, "curve": True}
+    try:
+        return {"skips": int(text), "curve": False}
+    except ValueError:
+        raise HopscotchError(f"--skips must be a number or 'auto', got {text!r}") from None
 
 
 def parse_shortlist(text: str) -> int | None:

@@ -88,6 +88,14 @@ class SearchOptions:
     #: prototype's 1e-3: a map has n_embd^2 entries that Adam each moves by up to this much
     #: a step, a scale is one number)
     map_lr: float = 1e-3
+    #: ``--skips auto``: greedy steps up to ``skips`` (``--max-skips``), a final training and
+    #: held-out figures for every count on the way (the quality curve), and the plan of the
+    #: largest count within ``max_kl`` / ``max_ppl_increase``
+    curve: bool = False
+    #: the most held-out KL to the original model a ``--skips auto`` plan may have
+    max_kl: float | None = None
+    #: the most held-out perplexity rise, in percent, a ``--skips auto`` plan may have
+    max_ppl_increase: float | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -109,6 +117,7 @@ class SearchOptions:
             raise HopscotchError(
                 "--max-linear bounds linear maps, which --replace skip makes none of; add --replace auto"
             )
+        self._check_curve()
         positive = ("skips", "samples", "heldout", "seq_len", "batch_size", "epochs", "final_epochs",
                     "max_new_tokens")  # fmt: skip
         for name in positive:
@@ -125,6 +134,23 @@ class SearchOptions:
             if not (math.isfinite(value) and value > 0):
                 raise HopscotchError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
+    def _check_curve(self) -> None:
+        limits = {"max_kl": self.max_kl, "max_ppl_increase": self.max_ppl_increase}
+        for name, value in limits.items():
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise HopscotchError(f"--{name.replace('_', '-')} must be a number of at least 0, got {value}")
+        given = [f"--{n.replace('_', '-')}" for n, v in limits.items() if v is not None]
+        if self.curve and not given:
+            raise HopscotchError(
+                "--skips auto exports the most blocks removed within a limit; add --max-kl X and/or "
+                "--max-ppl-increase PERCENT"
+            )
+        if given and not self.curve:
+            raise HopscotchError(
+                f"{' and '.join(given)} choose how many blocks to remove; use them with --skips auto "
+                "(or drop them and give --skips N)"
+            )
+
     @property
     def scoring_samples(self) -> int:
         return self.score_samples if self.score_samples is not None else max(1, self.samples // 4)
@@ -133,6 +159,13 @@ class SearchOptions:
     def map_epochs(self) -> int:
         """Epochs of the maps' final training (``linear_epochs``, or ``final_epochs`` if unset)."""
         return self.final_epochs if self.linear_epochs is None else self.linear_epochs
+
+    def for_model(self, n_layers: int) -> SearchOptions:
+        """With ``--skips auto``, the most blocks tried lowered to what the model offers."""
+        if not self.curve:
+            return self
+        room = len([i for i in range(1, n_layers) if i not in self.protect]) - 1
+        return dataclasses.replace(self, skips=max(1, min(self.skips, room)))
 
     def candidates(self, n_layers: int) -> list[int]:
         """Layers whose attention may be skipped; raise if ``skips`` cannot be met."""

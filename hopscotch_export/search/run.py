@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 from rich.console import Console
 
 from ..errors import HopscotchError
-from ..files import check_writable
+from ..files import check_writable, write_text_atomic
 from ..plan import ModelRef, Plan, load_plan
 from ..progress import progress_bars
 from ..resources import check, one_line
@@ -22,6 +23,8 @@ from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, plan_maps, scaled_model
 from . import distributed
 from .calibration import Calibration, build_calibration, save_records
+from .curve import Point, Snapshot, curve_json, curve_table, point
+from .curve_plot import plot_curve
 from .data import read_records
 from .generate import generated_chats
 from .greedy import LINEAR, Progress, SearchState, Selector, Step
@@ -41,6 +44,14 @@ class SearchInterrupted(HopscotchError):
 
 class ProcessFailed(SearchInterrupted):
     """Under torchrun, another process of the search died, or torchrun stopped this one."""
+
+
+class NoCountWithinLimits(HopscotchError):
+    """``--skips auto``: even one removed block exceeds the limits; carries the curve."""
+
+    def __init__(self, curve: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.curve = curve
 
 
 @dataclass
@@ -64,6 +75,7 @@ def run_search(
     resume: Path | None = None,
     force: bool = False,
     console: Console | None = None,
+    curve_out: Path | None = None,
 ) -> Plan:
     """Search ``options.skips`` attention blocks to remove (skip, or replace by linear maps
     per ``options.replace``) and their scales; write the plan to ``out``.
@@ -71,11 +83,15 @@ def run_search(
     A partial plan (``complete=False``) is written after every greedy step; ``resume``
     continues one. Raises :class:`HopscotchError` for anything the user can fix. Under
     torchrun every process calls this with the same arguments: they share each step's
-    candidates, and rank 0 alone writes the files and reports.
+    candidates, and rank 0 alone writes the files and reports. With ``--skips auto`` the
+    quality curve goes to ``curve_out`` (default ``<plan>.curve.json``) and a plot beside it
+    (``.png``), also when no count is within the limits.
     """
     out = Path(out)
     ref = source.model_ref()
+    options = options.for_model(ref.n_layers)
     candidates = options.candidates(ref.n_layers)
+    curve_paths = _curve_paths(out, curve_out) if options.curve else ()
     state: SearchState | None = None
     with distributed.session(cuda=device_name(options.device) == "cuda"):
         main = distributed.rank() == 0
@@ -85,7 +101,7 @@ def run_search(
 
             logging.disable_progress_bar()
         try:
-            prior, data_file = distributed.shared(lambda: _outputs(out, resume, ref, options, force))
+            prior, data_file = distributed.shared(lambda: _outputs(out, resume, ref, options, force, curve_paths))
             ws = prepare(source, options, console, data_file=data_file, save_data=prior is None, force=force)
             if prior is not None and prior.provenance["data"]["hash"] != ws.calib.hash:
                 raise HopscotchError(
@@ -97,23 +113,47 @@ def run_search(
             state = _initial_state(prior, ref, options, ws.stack)
             with progress_bars(console) as bars:
                 progress = RichSteps(bars) if main else Silent()
-                plan = search_workspace(ws, options, candidates, state, ref, out, progress)
+                try:
+                    plan = search_workspace(ws, options, candidates, state, ref, out, progress)
+                except NoCountWithinLimits as e:
+                    if main:
+                        _write_curve(e.curve, curve_paths, console, force)
+                    raise
         except KeyboardInterrupt as e:  # Ctrl-C, or another process of a distributed search is gone
             raise _interrupted(e, state, out) from None
     if main:
         for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
             console.print(table)
+        if options.curve:
+            _write_curve(plan.provenance["curve"], curve_paths, console, force)
         linear = f", linear maps for layers {list(plan.linear)}" if plan.linear else ""
         console.print(f"skip attention of layers {list(plan.skip)}{linear}; plan written to {out}")
     return plan
 
 
+def _curve_paths(out: Path, curve_out: Path | None) -> tuple[Path, Path]:
+    """The curve's JSON and plot: ``curve_out`` (default ``<plan>.curve.json``) and its ``.png``."""
+    json_path = Path(curve_out) if curve_out is not None else out.with_name(out.stem + ".curve.json")
+    return json_path, json_path.with_suffix(".png")
+
+
+def _write_curve(curve: dict[str, Any], paths: tuple[Path, ...], console: Console, force: bool) -> None:
+    """The curve as a table, and its JSON and plot files."""
+    json_path, png_path = paths
+    console.print(curve_table(curve))
+    write_text_atomic(json_path, json.dumps(curve, indent=1) + "\n", force=force)
+    plot_curve(curve, png_path, force=force)
+    console.print(f"quality curve written to {json_path} and {png_path}", highlight=False)
+
+
 def _outputs(
-    out: Path, resume: Path | None, ref: ModelRef, options: SearchOptions, force: bool
+    out: Path, resume: Path | None, ref: ModelRef, options: SearchOptions, force: bool, also: tuple[Path, ...] = ()
 ) -> tuple[Plan | None, Path | None]:
     """The partial plan to continue and the calibration chats' file, after checking that no
-    output would overwrite what the user owns (before hours of work)."""
+    output (nor the files in ``also``) would overwrite what the user owns (before hours of work)."""
     prior = _resumable(resume, ref, options) if resume is not None else None
+    for path in also:
+        check_writable(path, force)
     if prior is None or out.resolve() != Path(resume).resolve():  # type: ignore[arg-type]
         check_writable(out, force)
     data_file = None
@@ -207,33 +247,73 @@ def search_workspace(
     ws: Workspace, options: SearchOptions, candidates: list[int], state: SearchState, ref: ModelRef,
     out: Path, progress: Progress,
 ) -> Plan:  # fmt: skip
-    """Greedy steps (saving a partial plan after each), final training, held-out report."""
+    """Greedy steps (saving a partial plan after each), final training, held-out report;
+    with ``--skips auto``, a final training and held-out figures for every count (the
+    curve, in the plan's provenance) and the plan of the largest count within the limits."""
     o = options
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
     base = original_loss(ws, o)
+    resumed = len(state.steps)
+    snapshots: dict[int, Snapshot] = dict.fromkeys(range(1, resumed + 1), Snapshot.of(state)) if o.curve else {}
 
-    def save_partial(s: SearchState) -> None:
+    def on_step(s: SearchState) -> None:
+        if o.curve:
+            snapshots[len(s.steps)] = Snapshot.of(s)
         if main:
             _plan(ref, s, s.scales, s.maps, ws, o, candidates, base, complete=False).save(out, force=True)
 
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
-        save_partial(state)
-    Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, save_partial)
+        on_step(state)
+    Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, on_step)
     t = time.perf_counter()
-    final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps)
+    curve = None
+    if o.curve:
+        state, final, maps, curve = _trace_curve(ws, o, state, snapshots, resumed, progress)
+    else:
+        final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps)
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
     heldout = evaluate(ws, state, final, maps, o.batch_size)
     ws.seconds["eval"] = time.perf_counter() - t
-    plan = _plan(ref, state, final, maps, ws, o, candidates, base, complete=True, heldout=heldout)
+    plan = _plan(ref, state, final, maps, ws, o, candidates, base, complete=True, heldout=heldout, curve=curve)
     if main:
         plan.save(out, force=True)
     return plan
 
 
+def _trace_curve(
+    ws: Workspace, o: SearchOptions, state: SearchState, snapshots: dict[int, Snapshot], resumed: int,
+    progress: Progress,
+) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any]]:  # fmt: skip
+    """A final training and held-out figures for every count of removed blocks; the state
+    of the largest count within the limits with its trained scales and maps, and the curve.
+    Raises, once the curve is in the provenance of the partial plan, if no count is within."""
+    original = heldout_metrics(ws.stack, ws.calib, ws.teacher, o.batch_size)
+    points: list[Point] = []
+    best: tuple[SearchState, BranchScales, dict[int, torch.Tensor]] | None = None
+    for k in range(1, len(state.steps) + 1):
+        steps = state.steps[:k]
+        scales, maps = snapshots[k].restore(state.scales, steps)
+        at_k = SearchState(scales, steps, maps)
+        final, trained = final_training(ws, o, at_k.skip, scales, progress, maps, label=f"final training {k}")
+        points.append(point(steps, plan_metrics(ws, at_k.skip, final, o.batch_size, trained), original,
+                            ws.stack.config, o))  # fmt: skip
+        if points[-1].within:
+            best = at_k, final, trained
+    curve = curve_json(points, original, o, resumed)
+    if best is None:
+        first = points[0]
+        raise NoCountWithinLimits(
+            curve,
+            f"no count of removed blocks stays within the limits: 1 block gives held-out KL {first.metrics['kl']:.4f} "
+            f"and perplexity {first.ppl_increase_pct:+.1f}%; raise --max-kl / --max-ppl-increase",
+        )
+    return *best, curve
+
+
 def final_training(
     ws: Workspace, o: SearchOptions, skip: list[int], scales: BranchScales, progress: Progress,
-    maps: dict[int, torch.Tensor] | None = None,
+    maps: dict[int, torch.Tensor] | None = None, label: str = "final training",
 ) -> tuple[BranchScales, dict[int, torch.Tensor]]:  # fmt: skip
     """The longer training of every scale for the chosen blocks, with the linear layers'
     ``maps`` held as the steps left them; then, when there are maps, ``o.map_epochs`` of
@@ -245,7 +325,7 @@ def final_training(
     final = copy.deepcopy(scales)
     maps = {i: m.clone() for i, m in (maps or {}).items()}
     map_epochs = o.map_epochs if maps else 0
-    progress.begin("final training", (o.final_epochs + map_epochs) * len(batches(o.samples, o.batch_size)))
+    progress.begin(label, (o.final_epochs + map_epochs) * len(batches(o.samples, o.batch_size)))
     train_scales(
         ws.stack, final, skip, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
         batch_size=o.batch_size, seed=o.seed * 1_000_003, where="in the final training", on_batch=progress.advance,
@@ -297,7 +377,7 @@ def plan_metrics(
 def _plan(
     ref: ModelRef, state: SearchState, scales: BranchScales, maps: dict[int, torch.Tensor], ws: Workspace,
     options: SearchOptions, candidates: list[int], base_loss: float, *, complete: bool,
-    heldout: dict[str, Any] | None = None,
+    heldout: dict[str, Any] | None = None, curve: dict[str, Any] | None = None,
 ) -> Plan:  # fmt: skip
     attn, mlp = scales.as_lists()
     steps = state.steps
@@ -321,6 +401,8 @@ def _plan(
     }
     if heldout is not None:
         provenance["heldout"] = heldout
+    if curve is not None:
+        provenance["curve"] = curve
     linear = sorted(s.chosen for s in steps if s.kind == LINEAR)
     arrays = {i: maps[i].detach().cpu().numpy() for i in linear}
     return Plan(ref, tuple(sorted(state.skip)), tuple(attn), tuple(mlp), provenance, complete, tuple(linear), arrays)

@@ -39,3 +39,13 @@ def blocks(steps: list[Step], config: Any, original_loss: float) -> list[dict[st
                      "loss": s.loss, "loss_added": s.loss - before})  # fmt: skip
         before = s.loss
     return rows
+
+
+def model_flops_per_token(config: Any) -> int:
+    """FLOPs per token of the whole model at short context (projections, MLPs and the
+    head; the attention over the context grows with it and is left out), the whole that
+    the blocks' ``flops_per_token`` are shares of."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    attention = block_savings(config, "skip")["flops_per_token"]
+    mlp = 2 * 3 * hidden * config.intermediate_size  # gate, up, down
+    return layers * (attention + mlp) + 2 * hidden * config.vocab_size

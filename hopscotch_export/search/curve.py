@@ -1,0 +1,131 @@
+"""The quality curve: one greedy run gives a plan for every number of removed blocks.
+
+Greedy plans are nested: the plan for k blocks is the first k steps of the plan for k + 1.
+With ``--skips auto`` the search runs up to ``--max-skips`` steps and keeps the scales and
+maps as each step left them (:class:`Snapshot`); every count then gets its own final
+training, started from its step's state, so that the point for k is the plan
+``--skips k`` would write, and its held-out figures. The largest count within
+``--max-kl`` / ``--max-ppl-increase`` becomes the plan.
+
+The held-out sequences choose the count, so the chosen point's figures are slightly
+optimistic; ``verify`` measures the exported file on other text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from ..torch_plan import BranchScales
+from .greedy import LINEAR, SearchState, Step
+from .options import SearchOptions
+from .savings import block_savings, model_flops_per_token
+
+
+@dataclass
+class Snapshot:
+    """The scales and linear maps as a greedy step left them, on the CPU."""
+
+    scales: dict[str, torch.Tensor]
+    maps: dict[int, torch.Tensor]
+
+    @classmethod
+    def of(cls, state: SearchState) -> Snapshot:
+        return cls(
+            {k: t.detach().cpu().clone() for k, t in state.scales.state_dict().items()},
+            {i: m.detach().cpu().clone() for i, m in state.maps.items()},
+        )
+
+    def restore(self, like: BranchScales, steps: list[Step]) -> tuple[BranchScales, dict[int, torch.Tensor]]:
+        """Scales shaped and placed like ``like``, and the maps of the linear layers among ``steps``."""
+        scales = BranchScales(*like.attn.shape).to(like.attn.device)
+        scales.load_state_dict(self.scales)
+        linear = [s.chosen for s in steps if s.kind == LINEAR]
+        return scales, {i: self.maps[i] for i in linear}
+
+
+@dataclass
+class Point:
+    """One count of removed blocks: which, as what, and what it keeps and saves."""
+
+    steps: list[Step]
+    #: held-out KL to the original model, cross-entropy and perplexity after final training
+    metrics: dict[str, float]
+    ppl_increase_pct: float
+    kv_saved_pct: float
+    compute_saved_pct: float
+    within: bool
+
+    @property
+    def removed(self) -> int:
+        return len(self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "removed": self.removed,
+            "layers": [s.chosen for s in self.steps],
+            "kinds": [s.kind for s in self.steps],
+            **{k: self.metrics[k] for k in ("kl", "ce", "ppl")},
+            "ppl_increase_pct": self.ppl_increase_pct,
+            "kv_saved_pct": self.kv_saved_pct,
+            "compute_saved_pct": self.compute_saved_pct,
+            "within_limits": self.within,
+        }
+
+
+def point(steps: list[Step], metrics: dict[str, float], original: dict[str, float], config: Any,
+          o: SearchOptions) -> Point:  # fmt: skip
+    """The curve's point for ``steps``, judged against ``o``'s limits."""
+    rise = 100.0 * (metrics["ppl"] / original["ppl"] - 1.0)
+    flops = sum(block_savings(config, s.kind)["flops_per_token"] for s in steps)
+    within = (o.max_kl is None or metrics["kl"] <= o.max_kl) and (
+        o.max_ppl_increase is None or rise <= o.max_ppl_increase
+    )
+    return Point(
+        list(steps), metrics, rise, 100.0 * len(steps) / config.num_hidden_layers,
+        100.0 * flops / model_flops_per_token(config), within,
+    )  # fmt: skip
+
+
+def chosen(points: list[Point]) -> Point | None:
+    """The point with the most blocks removed within the limits (None: not even one block)."""
+    return max((p for p in points if p.within), key=lambda p: p.removed, default=None)
+
+
+def curve_json(points: list[Point], original: dict[str, float], o: SearchOptions, resumed: int) -> dict[str, Any]:
+    """What ``<plan>.curve.json`` holds (and the plan's provenance, under ``curve``)."""
+    best = chosen(points)
+    return {
+        "replace": o.replace,
+        "limits": {"max_kl": o.max_kl, "max_ppl_increase": o.max_ppl_increase},
+        "max_skips": o.skips,
+        "heldout": f"{o.heldout} sequences of {o.seq_len} tokens, not trained on",
+        "original": {k: original[k] for k in ("kl", "ce", "ppl")},
+        "points": [p.to_json() for p in points],
+        "chosen": None if best is None else best.removed,
+        # points up to this count started their final training from the resumed plan's
+        # scales and maps, not from their own step's (those were not saved)
+        **({"resumed_at": resumed} if resumed else {}),
+    }
+
+
+def curve_table(curve: dict[str, Any]) -> Table:
+    """The curve as a table: one row per count, the chosen one marked."""
+    limits = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in curve["limits"].items() if v is not None)
+    t = Table(title=f"quality curve on held-out tokens ({limits})")
+    for col in ("removed", "layers", "KL", "perplexity", "ppl rise", "KV saved", "compute saved", ""):
+        t.add_column(col, justify="right")
+    o = curve["original"]
+    t.add_row("0", "", "0", f"{o['ppl']:.2f}", "", "", "", "")
+    for p in curve["points"]:
+        names = [f"{i}{'L' if k == LINEAR else ''}" for i, k in zip(p["layers"], p["kinds"])]
+        mark = "chosen" if p["removed"] == curve["chosen"] else ("" if p["within_limits"] else "over")
+        t.add_row(
+            str(p["removed"]), ",".join(names), f"{p['kl']:.4f}", f"{p['ppl']:.2f}", f"{p['ppl_increase_pct']:+.1f}%",
+            f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%", mark,
+        )  # fmt: skip
+    t.caption = "L: replaced by a linear map; the others are skipped"
+    return t

@@ -1,0 +1,59 @@
+"""The quality curve as a picture (``model.curve.png``): what each count of removed blocks
+costs on held-out tokens, and what it saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_output
+
+
+def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
+    """Left: held-out KL and perplexity rise against blocks removed, the limits dashed and
+    the chosen count ringed; points whose plan has linear maps are squares. Right: the KV
+    cache and compute per token saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    points = curve["points"]
+    ks = [0] + [p["removed"] for p in points]
+    kl = [0.0] + [p["kl"] for p in points]
+    rise = [0.0] + [p["ppl_increase_pct"] for p in points]
+    linear = [False] + ["linear" in p["kinds"] for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    right_kl = left.twinx()
+    left.plot(ks, kl, color="tab:blue", label="KL to original")
+    right_kl.plot(ks, rise, color="tab:orange", label="perplexity rise %")
+    for k, a, b, lin in zip(ks, kl, rise, linear):
+        marker = "s" if lin else "o"
+        left.plot(k, a, marker, color="tab:blue")
+        right_kl.plot(k, b, marker, color="tab:orange")
+    limits = curve["limits"]
+    for ax, values, limit, color in ((left, kl, limits.get("max_kl"), "tab:blue"),
+                                     (right_kl, rise, limits.get("max_ppl_increase"), "tab:orange")):  # fmt: skip
+        if limit is not None and limit <= 3 * max(map(abs, values)):  # a far-off limit would flatten the curve
+            ax.axhline(limit, color=color, linestyle="--", linewidth=1)
+    if curve.get("chosen"):
+        k = curve["chosen"]
+        left.plot(k, kl[k], "o", markersize=14, markerfacecolor="none", color="black", label=f"exported ({k})")
+    left.set_xlabel("attention blocks removed")
+    left.set_ylabel("held-out KL to original", color="tab:blue")
+    right_kl.set_ylabel("held-out perplexity rise (%)", color="tab:orange")
+    left.set_title(f"cost (--replace {curve['replace']}; squares: plan has linear maps)")
+    left.legend(loc="upper left")
+
+    right.plot(ks, [0.0] + [p["kv_saved_pct"] for p in points], "o-", label="KV cache")
+    right.plot(ks, [0.0] + [p["compute_saved_pct"] for p in points], "s-", label="compute per token")
+    right.set_xlabel("attention blocks removed")
+    right.set_ylabel("saved (%)")
+    right.set_title("savings (compute at short context)")
+    right.legend(loc="upper left")
+    for ax in (left, right):
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+    with atomic_output(path, force) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,139 @@
+"""The quality curve (``--skips auto``): nested plans, one final training per count, the
+largest count within the limits exported, the curve's files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hopscotch_export.errors import HopscotchError
+from hopscotch_export.plan import load_plan
+from hopscotch_export.search import SearchOptions, run_search
+from hopscotch_export.search.run import NoCountWithinLimits
+from hopscotch_export.sources import open_source
+from models import make_planted_model
+from test_search import TINY, quiet
+
+LAYERS = 5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_planted_model(tmp_path_factory.mktemp("curve") / "tiny", LAYERS, 3)
+
+
+@pytest.fixture(scope="module")
+def traced(tiny: Path, tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> tuple[dict, object]:
+    """A curve up to 3 blocks with a limit every count meets."""
+    out = tmp_path_factory.mktemp("traced") / "plan.json"
+    options = SearchOptions(skips=3, curve=True, max_kl=1e9, data=str(text_file), **TINY)  # type: ignore[arg-type]
+    plan = run_search(open_source(tiny), options, out, console=quiet())
+    curve = json.loads(out.with_name("plan.curve.json").read_text())
+    assert out.with_name("plan.curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return curve, plan
+
+
+def test_curve_points_are_nested_and_equal_the_plans_of_separate_searches(
+    traced: tuple[dict, object], tiny: Path, text_file: Path, tmp_path: Path
+) -> None:
+    curve, plan = traced
+    points = curve["points"]
+    assert [p["removed"] for p in points] == [1, 2, 3]
+    for a, b in zip(points, points[1:]):  # the plan for k is the first k steps of the plan for k + 1
+        assert b["layers"][: a["removed"]] == a["layers"]
+    assert curve["chosen"] == 3 and sorted(plan.skip) == sorted(points[-1]["layers"])  # type: ignore[attr-defined]
+    assert [p["kv_saved_pct"] for p in points] == pytest.approx([20.0, 40.0, 60.0])
+    # the point for 2 blocks is what --skips 2 writes: same blocks, same final figures
+    options = SearchOptions(skips=2, data=str(text_file), **TINY)  # type: ignore[arg-type]
+    two = run_search(open_source(tiny), options, tmp_path / "two.json", console=quiet())
+    assert two.provenance["search"]["order"] == points[1]["layers"]
+    assert two.provenance["heldout"]["final"]["kl"] == pytest.approx(points[1]["kl"], rel=1e-4, abs=1e-7)
+
+
+def test_skips_auto_exports_the_largest_count_within_the_limit(
+    traced: tuple[dict, object], tiny: Path, text_file: Path, tmp_path: Path
+) -> None:
+    kls = [p["kl"] for p in traced[0]["points"]]
+    limit = sorted(kls)[1]  # two of the three counts are within it
+    expected = max(k for k, kl in enumerate(kls, 1) if kl <= limit)
+    out = tmp_path / "plan.json"
+    options = SearchOptions(skips=3, curve=True, max_kl=limit, data=str(text_file), **TINY)  # type: ignore[arg-type]
+    plan = run_search(open_source(tiny), options, out, console=quiet(), curve_out=tmp_path / "m.curve.json")
+    saved = load_plan(out)
+    assert saved.complete and len(saved.skip) + len(saved.linear) == expected
+    assert saved.provenance["search"]["order"] == traced[0]["points"][expected - 1]["layers"]
+    assert saved.provenance["heldout"]["final"]["kl"] <= limit
+    curve = json.loads((tmp_path / "m.curve.json").read_text())
+    assert curve["chosen"] == expected == saved.provenance["curve"]["chosen"]
+    assert [p["within_limits"] for p in curve["points"]] == [kl <= limit for kl in kls]
+    assert (tmp_path / "m.curve.png").is_file() and plan.skip == saved.skip
+
+
+def test_no_count_within_the_limit_is_an_error_with_the_curve_written(
+    tiny: Path, text_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "plan.json"
+    # the planted block (removing it costs ~nothing) protected: every count costs some KL
+    options = SearchOptions(skips=2, curve=True, max_kl=0.0, protect=(3,), data=str(text_file), **TINY)  # type: ignore[arg-type]
+    with pytest.raises(NoCountWithinLimits, match="no count of removed blocks stays within the limits.*raise --max-kl"):
+        run_search(open_source(tiny), options, out, console=quiet())
+    curve = json.loads(out.with_name("plan.curve.json").read_text())
+    assert curve["chosen"] is None and len(curve["points"]) == 2
+    assert not load_plan(out).complete  # the partial plan stays, nothing claims to be the answer
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (dict(skips=2, max_kl=0.1), "--max-kl choose how many blocks to remove; use them with --skips auto"),
+        (dict(skips=2, curve=True), "--skips auto exports the most blocks removed within a limit; add --max-kl"),
+        (dict(skips=2, curve=True, max_kl=-1.0), "--max-kl must be a number of at least 0"),
+    ],
+)
+def test_curve_options_are_checked(given: dict, message: str) -> None:
+    with pytest.raises(HopscotchError, match=message):
+        SearchOptions(**given)  # type: ignore[arg-type]
+
+
+def test_max_skips_is_lowered_to_what_the_model_offers() -> None:
+    o = SearchOptions(skips=8, curve=True, max_kl=0.1, protect=(2,)).for_model(LAYERS)
+    assert o.skips == 2 and o.candidates(LAYERS) == [1, 3, 4]
+
+
+def test_cli_skips_must_be_a_number_or_auto(tiny: Path, tmp_path: Path) -> None:
+    from hopscotch_export.cli import app
+
+    result = CliRunner().invoke(app, ["search", str(tiny), "--skips", "four", "-o", str(tmp_path / "p.json")])
+    assert result.exit_code != 0 and "--skips must be a number or 'auto', got 'four'" in str(result.exception or result.output)
+
+
+def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny: Path, text_file: Path,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    from test_cli import run_cli
+
+    out = tmp_path / "m.gguf"
+    code, printed, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "1e9", "--max-skips", "2", "-o", str(out),
+        "--data", str(text_file), "--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2",
+        "--batch-size", "2", "--final-epochs", "1", "--device", "cpu", "--no-verify", "--outtype", "f32",
+    )  # fmt: skip
+    assert code == 0, err
+    curve = json.loads((tmp_path / "m.curve.json").read_text())
+    assert curve["chosen"] == 2 and (tmp_path / "m.curve.png").is_file()
+    assert len(load_plan(tmp_path / "m.plan.json").skip) == 2 and out.is_file()
+    assert "m.curve.json" in printed and "quality curve" in err
+
+
+def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:
+    from hopscotch_export import pipeline
+
+    seen: dict = {}
+    monkeypatch.setattr(pipeline, "export", lambda model, output, search, verify, **kw: seen.update(s=search, v=verify) or 0)
+    for skips, curve in (("auto", True), ("3", False)):
+        with pytest.raises(SystemExit):
+            pipeline.export_app(args=["m", "--skips", skips, "--max-kl", "0.2", "-o", "x.gguf"], prog_name="h")
+        assert seen["v"].max_kl == 0.2 and seen["s"].curve is curve
+        assert seen["s"].max_kl == (0.2 if curve else None)  # a fixed count: the limit is verify's alone
