@@ -31,6 +31,7 @@ from .search.options import SearchOptions
 from .sources import ModelSource, open_source
 from .verify.command import EXIT_LIMIT, verify_command
 from .verify.pipeline import VerifyOptions
+from .verify.reference import check_reference_outtype
 
 console = Console(stderr=True)
 
@@ -77,7 +78,8 @@ def export(
     dry_run: bool = False,
     work_dir: Path | None = None,
 ) -> int:
-    """Search, convert, verify; returns the exit code (1 when a verify limit is exceeded).
+    """Search, convert, verify; returns the exit code: 1 when a gate fails (the file does not
+    match torch under the plan, or a quality limit the user set is exceeded).
 
     ``dry_run`` prints what each stage will need and where it will run, and stops."""
     from .converters import convert
@@ -93,6 +95,8 @@ def export(
     if out.gguf.suffix.lower() != ".gguf":
         raise HopscotchError(f"-o {output} should end in .gguf (the plan, report and Modelfile go beside it)")
     source = open_source(model)
+    if verify is not None:
+        check_reference_outtype(source, verify.reference_outtype)  # before hours of search
     if dry_run:
         _dry_run(source, model, out, search, verify, outtype, work_dir)
         return 0
@@ -123,7 +127,11 @@ def export(
         report.save(out.report, force=force)
 
     _summary(out, plan, summary.bytes_written, report, source)
-    return EXIT_LIMIT if report is not None and not report.passed else 0
+    if report is not None and report.passed is False:
+        failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
+        console.print(f"[bold red]failed:[/] {failed} (figures in {out.report})", highlight=False, soft_wrap=True)
+        return EXIT_LIMIT
+    return 0
 
 
 def _dry_run(

@@ -6,6 +6,7 @@ numpy log-softmax); task log-likelihoods with torch on the Hugging Face model.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from hopscotch_export.cli import app
@@ -121,6 +123,11 @@ def test_skip_plan_diverges_and_passes_parity(tiny):
     data = r.to_json()
     assert data["passed"] and data["parity"]["mean_kl"] == r.parity.mean_kl
     assert data["comparison"]["divergence"]["mean_kl"] == d.mean_kl
+    # the parity gate: the unmodified file's floor measured on the same tokens, the limit from it
+    assert r.parity.floor is not None and 0 <= r.parity.floor < 1e-3
+    assert [c.name.split(":")[0] for c in r.limits] == ["parity with torch under the plan"]
+    assert r.limits[0].limit == pytest.approx(4 * r.parity.floor + 5e-4)
+    assert {"parity with torch", "parity floor (unmodified file)", "task", "speed"} <= set(data["checks_run"])
 
 
 def test_parity_catches_a_file_that_does_not_match_the_plan(tiny):
@@ -177,6 +184,28 @@ def test_smollm2_with_skips_diverges(smollm2, tmp_path):
     r = run_verify(out, smollm2, options(ctx=128, chunks=2))
     assert r.divergence.mean_kl > 1e-2 and r.divergence.same_top < 1.0
     assert r.model.kv_cache.bytes * 30 == r.reference.kv_cache.bytes * 27
+
+
+def test_no_gate_means_no_verdict(tiny, capsys):
+    """Without --plan or a limit nothing is checked against anything: ``passed`` is null, not true."""
+    r = run_verify(tiny["skip"], str(tiny["hf"]), options(chunks=2))
+    assert r.limits == [] and r.passed is None and r.to_json()["passed"] is None
+    assert "parity with torch" not in r.checks_run
+    console = Console(file=io.StringIO(), width=200)
+    r.render(console)
+    assert "no gate ran" in console.file.getvalue()
+
+
+def test_cli_parity_gate_fails_a_file_that_does_not_match_its_plan(tiny, tmp_path):
+    base = ["verify", str(tiny["skip"]), "--reference", str(tiny["hf"]), "--ctx", "64", "--chunks", "2",
+            "--no-speed", "--threads", str(THREADS), "--parity-windows", "1"]
+    good = CliRunner().invoke(app, [*base, "--plan", str(tiny["skip_plan"])])
+    assert good.exit_code == 0, good.output
+    report = tmp_path / "r.json"
+    wrong = CliRunner().invoke(app, [*base, "--plan", str(tiny["empty_plan"]), "--json", str(report)])
+    assert wrong.exit_code == 1 and "FAIL" in wrong.output
+    gate = json.loads(report.read_text())["limits"][0]
+    assert not gate["passed"] and gate["value"] > gate["limit"]
 
 
 def test_cli_limits_become_exit_codes(tiny, tmp_path):

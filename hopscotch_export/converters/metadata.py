@@ -78,8 +78,9 @@ def copy_gguf_metadata(writer: GGUFWriter, source: GgufFileSource) -> None:
 
 
 def write_general(writer: GGUFWriter, source: ModelSource, name: str | None) -> None:
-    """``general.name`` for Hugging Face sources (GGUF sources keep theirs)."""
-    if isinstance(source, GgufFileSource):
+    """``general.name``: ``name`` when given; else a Hugging Face source's folder name, and
+    a GGUF source keeps its own (copied later, after the keys written here)."""
+    if name is None and isinstance(source, GgufFileSource):
         return
     writer.add_name(name or Path(source.path).name)
 

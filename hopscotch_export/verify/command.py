@@ -13,7 +13,7 @@ from ..files import check_writable
 from .pipeline import VerifyOptions, run_verify
 from .tasks import DEFAULT_TEMPLATE
 
-#: Exit codes: 0 all limits met, 1 a limit exceeded, 2 a user error.
+#: Exit codes: 0 every gate passed (or none ran), 1 a gate failed, 2 a user error.
 EXIT_LIMIT, EXIT_USER_ERROR = 1, 2
 
 
@@ -111,5 +111,5 @@ def verify_command(
     except HopscotchError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    if not report.passed:
+    if report.passed is False:
         raise typer.Exit(EXIT_LIMIT)

@@ -17,7 +17,7 @@ from ..resources import check, one_line
 from .data import load_text
 from .heldout import compare_windows
 from .needs import verify_needs
-from .parity import torch_parity
+from .parity import FLOOR_MULTIPLE, SLACK, torch_parity
 from .perplexity import first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
@@ -71,7 +71,8 @@ def run_verify(
     """Measure ``model_gguf`` against ``reference`` in llama.cpp and return the report.
 
     User mistakes (missing files, too little text, bad task file) raise
-    :class:`HopscotchError`; the limits are reported in ``report.limits``, not raised.
+    :class:`HopscotchError`; the gates (parity, and the limits set) are reported in
+    ``report.limits``, not raised.
     """
     opts = options or VerifyOptions()
     console = console or Console(stderr=True)
@@ -119,7 +120,7 @@ def run_verify(
                 bar = progress.add_task("parity with torch", total=None)
                 parity = torch_parity(
                     model_s, opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
-                    lambda done, total: progress.update(bar, completed=done, total=total),
+                    lambda done, total: progress.update(bar, completed=done, total=total), reference=ref_s,
                 )
 
             speeds: list[Speed | None] = [None, None]
@@ -179,6 +180,14 @@ def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
 
 
 def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:
+    """The gates: parity whenever it was measured (a file that does not compute what its plan
+    says is a fault, not a trade-off), and the quality limits the user set."""
+    parity = report.parity
+    if parity is not None and parity.limit is not None:
+        yield LimitCheck(
+            f"parity with torch under the plan: mean KL (at most {FLOOR_MULTIPLE:g} x the unmodified file's "
+            f"{parity.floor:.3g} + {SLACK:g})", parity.mean_kl, parity.limit,
+        )  # fmt: skip
     if opts.max_kl is not None:
         yield LimitCheck("mean KL (--max-kl)", report.divergence.mean_kl, opts.max_kl)
     if opts.max_ppl_increase is not None:

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from ..errors import HopscotchError
 from ..resources import check
+from ..sources import ModelSource
 from .runner import gguf_metadata
 
 #: ``general.file_type`` -> the converter's ``outtype`` that writes it.
@@ -65,6 +66,15 @@ def outtype_of(gguf_path: Path) -> str:
         ) from None
 
 
+def check_reference_outtype(source: ModelSource, outtype: str | None) -> None:
+    """A GGUF reference is used as it is: an output type for it would be silently ignored."""
+    if outtype is not None and source.kind == "gguf":
+        raise HopscotchError(
+            f"--reference-outtype {outtype}: the reference {source.describe()} is a GGUF already and is used as "
+            "it is; drop --reference-outtype (it is for converting a Hugging Face reference)"
+        )
+
+
 @contextlib.contextmanager
 def reference_gguf(
     spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None,
@@ -80,6 +90,7 @@ def reference_gguf(
     from ..sources import open_source
 
     source = open_source(spec)
+    check_reference_outtype(source, outtype)
     if source.kind == "gguf":  # a path, or a name such as bundled:smollm2, that is a GGUF
         yield Reference(source.path, None)
         return

@@ -92,8 +92,19 @@ class VerifyReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.limits)
+    def passed(self) -> bool | None:
+        """Whether every gate passed; None when no gate ran (nothing to pass or fail)."""
+        return all(c.passed for c in self.limits) if self.limits else None
+
+    @property
+    def checks_run(self) -> list[str]:
+        """What was measured, gates or not."""
+        run = ["perplexity", "KL from reference", "KV cache"]
+        run += ["task"] if self.model.task else []
+        run += ["speed"] if self.model.speed else []
+        if self.parity:
+            run += ["parity with torch"] + (["parity floor (unmodified file)"] if self.parity.floor is not None else [])
+        return run
 
     @property
     def ppl_increase_pct(self) -> float:
@@ -132,7 +143,9 @@ class VerifyReport:
         reference["converted_to"] = self.reference_converted_to
         return {
             "format": FORMAT,
+            # null when no gate ran: nothing was checked against a limit
             "passed": self.passed,
+            "checks_run": self.checks_run,
             "model": self.model.to_json(),
             "reference": reference,
             "comparison": self.comparison(),
@@ -197,7 +210,9 @@ class VerifyReport:
             )
         if self.parity:
             p = self.parity
-            table.add_row("parity with torch + plan: mean KL", "", f"{p.mean_kl:.5f}", "")
+            table.add_row("parity with torch + plan: mean KL", "", f"{p.mean_kl:.3g}", "")
+            if p.floor is not None:
+                table.add_row("parity floor: unmodified file vs torch", f"{p.floor:.3g}", "", "")
             table.add_row("parity: same top token", "", f"{100 * p.same_top:.2f}%", "")
         console.print(table)
         t = self.text
@@ -209,9 +224,12 @@ class VerifyReport:
         )
         if self.task_source:
             console.print(f"task: {self.task_source}, {self.task_questions} questions")
+        console.print(f"checks run: {', '.join(self.checks_run)}", highlight=False)
         for c in self.limits:
             verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
-            console.print(f"{c.name}: {c.value:.5g} (limit {c.limit:.5g}) {verdict}")
+            console.print(f"{c.name}: {c.value:.5g} (limit {c.limit:.5g}) {verdict}", highlight=False)
+        if not self.limits:
+            console.print("no gate ran (no --plan, --max-kl or --max-ppl-increase): nothing passed or failed")
 
 
 def _mib(n: int) -> str:
