@@ -114,6 +114,7 @@ def test_skip_plan_diverges_and_passes_parity(tiny):
     assert r.model.perplexity.ppl != pytest.approx(r.reference.perplexity.ppl, rel=1e-3)
     assert r.model.kv_cache.bytes * 6 == r.reference.kv_cache.bytes * 4  # 2 of 6 layers hold no K/V
     assert (r.model.kv_cache.layers, r.reference.kv_cache.layers) == (4, 6)
+    assert (r.model.layer_kinds, r.reference.layer_kinds) == ({"keep": 4, "skip": 2}, {"keep": 6})
     assert r.parity is not None and r.parity.mean_kl < 1e-3 and r.parity.same_top > 0.98
     assert r.task_questions == 3 and r.model.task is not None and r.reference.task is not None
     speed = r.comparison()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from ..converters.convert import check_work_dir
 from ..errors import HopscotchError
+from ..inspect import gguf_summary
 from ..progress import progress_bars
 from ..resources import check, one_line
 from .data import load_text
@@ -135,7 +137,7 @@ def run_verify(
         # a converted reference lives in a temporary folder: name it by what the user passed
         ref_label = str(ref_s.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
         sides = [
-            Side(label, s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i])
+            Side(label, s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i], _layer_kinds(s.path))
             for i, (label, s, ppl) in enumerate(
                 ((ref_label, ref_s, heldout.reference), (str(model_s.path), model_s, heldout.model))
             )
@@ -154,6 +156,11 @@ def run_verify(
             settings=_settings(opts, threads),
         )
     return dataclasses.replace(report, limits=list(_limits(report, opts)))
+
+
+def _layer_kinds(path: Path) -> dict[str, int]:
+    """How many layers keep their attention, skip it, or hold a linear map instead."""
+    return dict(Counter(gguf_summary(path)["layer_kinds"]))
 
 
 def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:

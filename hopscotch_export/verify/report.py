@@ -31,11 +31,14 @@ class Side:
     perplexity: Perplexity
     task: TaskScore | None = None
     speed: Speed | None = None
+    #: attention layers by kind: keep (KV cache), skip and linear (neither holds one)
+    layer_kinds: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "file_bytes": self.file_bytes,
+            "layer_kinds": self.layer_kinds,
             "kv_cache": self.kv_cache.to_json(),
             "perplexity": self.perplexity.to_json(),
             "task": self.task.to_json() if self.task else None,
@@ -169,6 +172,8 @@ class VerifyReport:
         table.add_column("model", justify="right")
         table.add_column("difference", justify="right")
         table.add_row("file size", _mib(r.file_bytes), _mib(m.file_bytes), _pct(m.file_bytes, r.file_bytes))
+        if m.layer_kinds:
+            table.add_row("attention layers", _kinds(r.layer_kinds), _kinds(m.layer_kinds), "")
         table.add_row(
             f"KV cache at {self.text.ctx} tokens",
             _mib(r.kv_cache.bytes),
@@ -230,6 +235,11 @@ class VerifyReport:
             console.print(f"{c.name}: {c.value:.5g} (limit {c.limit:.5g}) {verdict}", highlight=False)
         if not self.limits:
             console.print("no gate ran (no --plan, --max-kl or --max-ppl-increase): nothing passed or failed")
+
+
+def _kinds(kinds: dict[str, int]) -> str:
+    """``26 keep, 2 skip, 2 linear``."""
+    return ", ".join(f"{kinds[k]} {k}" for k in ("keep", "skip", "linear") if kinds.get(k))
 
 
 def _mib(n: int) -> str:
