@@ -101,4 +101,4 @@ class ModelSpec:
                 rope_scaling=rope_scaling if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default") else None,
             )
         except KeyError as e:
-            raise SourceError(f"config.json lacks {e}; is this a complete Hugging Face model folder?") from None
+            raise SourceError(f"config.json lacks {e}; add it or re-download the complete model folder") from None

@@ -137,3 +137,19 @@ def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:
             pipeline.export_app(args=["m", "--skips", skips, "--max-kl", "0.2", "-o", "x.gguf"], prog_name="h")
         assert seen["v"].max_kl == 0.2 and seen["s"].curve is curve
         assert seen["s"].max_kl == (0.2 if curve else None)  # a fixed count: the limit is verify's alone
+
+
+def test_plot_draws_a_curve_with_limits_and_the_chosen_count(tmp_path: Path) -> None:
+    from hopscotch_export.search.curve_plot import plot_curve
+
+    points = [
+        {"removed": k, "layers": list(range(1, k + 1)), "kinds": ["skip"] * (k - 1) + ["linear"], "kl": 0.05 * k,
+         "ppl_increase_pct": 4.0 * k, "kv_saved_pct": 10.0 * k, "compute_saved_pct": 3.0 * k, "within_limits": k < 3}
+        for k in (1, 2, 3)
+    ]  # fmt: skip
+    curve = {"replace": "auto", "limits": {"max_kl": 0.12, "max_ppl_increase": None}, "points": points, "chosen": 2}
+    plot_curve(curve, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(HopscotchError, match="already exists"):
+        plot_curve(curve, tmp_path / "c.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left

@@ -2,11 +2,13 @@
 
 A record is plain text (``str``) or a chat (a list of ``{"role", "content"}`` messages).
 Files other than ``.txt`` go through the ``datasets`` library, like hub datasets, so the
-JSON and parquet variants it accepts (JSON lines, a JSON array, ...) all work.
+JSON and parquet variants it accepts (JSON lines, a JSON array, ...) all work. Datasets are
+streamed: a search takes a few hundred rows, and must not download a whole split for them.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ Record = Union[str, list[Message]]
 FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 #: columns tried, in order, when ``--data-field`` is not given
 AUTO_FIELDS = ("messages", "conversations", "text", "content")
+#: what to check when a hub dataset cannot be read
+HUB_FIX = "check the name, config and split, or pass a local file"
 #: ShareGPT-style speaker names
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -40,8 +44,9 @@ def read_records(spec: str, config: str | None, split: str, field: str | None) -
             raise HopscotchError(f"--data {path}: unsupported file type; use {', '.join(FILE_KINDS)}")
         if kind == "text":
             return _paragraphs(path)
-        return _rows(_load(str(path), kind, data_files=str(path), split="train"), field, str(path))
-    return _rows(_load(spec, spec, name=config, split=split), field, spec)
+        fix = "check that it is JSON lines, a JSON array or parquet"
+        return _rows(stream_rows(f"--data {path}", fix, kind, data_files=str(path), split="train"), field, str(path))
+    return _rows(stream_rows(f"--data {spec}", HUB_FIX, spec, name=config, split=split), field, spec)
 
 
 def _paragraphs(path: Path) -> Iterator[Record]:
@@ -53,29 +58,42 @@ def _paragraphs(path: Path) -> Iterator[Record]:
     return (p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
 
 
-def _load(name: str, path: str, **kwargs: Any) -> Any:
-    """``datasets.load_dataset(path, **kwargs)``; its errors name ``name`` and the root cause."""
+def stream_rows(label: str, fix: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Rows of ``datasets.load_dataset(path, **kwargs)``, streamed: only the rows the caller
+    takes are read. Offline, a hub dataset is read from the local cache instead (streaming
+    needs the hub). Any failure, at loading or while reading, is one line: ``label``, the
+    root cause, ``fix``."""
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()  # its own log repeats the error we raise
     try:
-        return datasets.load_dataset(path, **kwargs)
+        try:
+            dataset = datasets.load_dataset(path, streaming=True, **kwargs)
+        except ConnectionError:  # offline or the hub unreachable: a cached copy may exist
+            dataset = datasets.load_dataset(path, **kwargs)
+        yield from dataset
     except Exception as e:  # datasets raises many types (hub, parsing, split); all are user-fixable
         while e.__cause__ is not None:  # "error while generating the dataset" hides the reason
             e = e.__cause__  # type: ignore[assignment]
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HopscotchError(f"--data {name}: cannot load it ({what})") from None
+        raise HopscotchError(f"{label}: cannot load it ({what}); {fix}") from None
 
 
-def _rows(dataset: Any, field: str | None, name: str) -> Iterator[Record]:
-    columns = list(dataset.column_names)
+def _rows(rows: Iterator[dict[str, Any]], field: str | None, name: str) -> Iterator[Record]:
+    """The records of ``field`` (or the first of :data:`AUTO_FIELDS` present); the first row
+    is read now, so a wrong column is named before any work."""
+    first = next(rows, None)
+    if first is None:
+        raise HopscotchError(f"--data {name} has no rows; pass a file or split that holds data")
+    columns = list(first)
     if field is None:
         field = next((f for f in AUTO_FIELDS if f in columns), None)
         if field is None:
             raise HopscotchError(f"--data {name} has columns {columns}; choose the text or chat one with --data-field")
     elif field not in columns:
         raise HopscotchError(f"--data-field {field!r} is not a column of {name}; columns: {columns}")
-    return (_record(row[field], field, name) for row in dataset)
+    return (_record(row[field], field, name) for row in itertools.chain([first], rows))
 
 
 def _record(value: Any, field: str, name: str) -> Record:
@@ -87,8 +105,9 @@ def _record(value: Any, field: str, name: str) -> Record:
 
 
 def _message(m: dict[str, Any], field: str, name: str) -> Message:
-    role = m.get("role", m.get("from"))
-    content = m.get("content", m.get("value"))
+    # datasets may unify mixed rows' schemas: a ShareGPT message then has role=None too
+    role = m.get("role") if m.get("role") is not None else m.get("from")
+    content = m.get("content") if m.get("content") is not None else m.get("value")
     if role not in _ROLES or not isinstance(content, str):
         raise HopscotchError(
             f"{name}: column {field!r} has a message {m!r}; expected role user/assistant/system and text content"

@@ -26,7 +26,7 @@ from .calibration import Calibration, build_calibration, save_records
 from .curve import Point, Snapshot, curve_json, curve_table, point
 from .curve_plot import plot_curve
 from .data import read_records
-from .generate import generated_chats
+from .generate import BASE_MODEL_NOTICE, describe_generation, generated_records
 from .greedy import LINEAR, Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
@@ -206,16 +206,18 @@ def prepare(
                 "kind": "dataset", "source": options.data, "config": options.data_config,
                 "split": options.data_split, "field": options.data_field,
             }  # fmt: skip
-        elif save_data:
-            records = generated_chats(
-                model, tokenizer, seed=options.seed, max_new_tokens=options.max_new_tokens,
-                batch_size=max(8, options.batch_size), device=stack.device,
-            )  # fmt: skip
-            data = {"kind": "generated", "prompts": "hopscotch_export/search/prompts.txt", "seed": options.seed}
         else:
-            assert data_file is not None
-            records = read_records(str(data_file), None, "train", "messages")
-            data = {"kind": "generated", "prompts": "hopscotch_export/search/prompts.txt", "seed": options.seed}
+            data = describe_generation(tokenizer, options.seed)
+            if data["kind"] == "generated-text":
+                console.print(f"[yellow]note:[/] {BASE_MODEL_NOTICE}", highlight=False)
+            if save_data:
+                records = generated_records(
+                    model, tokenizer, seed=options.seed, max_new_tokens=options.max_new_tokens,
+                    batch_size=max(8, options.batch_size), device=stack.device,
+                )  # fmt: skip
+            else:  # resumed: the records the model wrote, chats or plain text
+                assert data_file is not None
+                records = read_records(str(data_file), None, "train", None)
         # rank 0 packs the sequences for every process (records are lazy: the model writes its chats there alone)
         calib = distributed.shared(
             lambda: build_calibration(records, tokenizer, options.samples, options.heldout, options.seq_len)

@@ -31,15 +31,18 @@ class HfFolderSource(ModelSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise SourceError(f"{path} has no config.json; point at a Hugging Face model folder or a .gguf file")
-        self.config: dict[str, Any] = json.loads(cfg_path.read_text())
+        self.config: dict[str, Any] = read_config(path)
         self.spec = ModelSpec.from_hf_config(self.config)
         self.files = sorted(path.glob("*.safetensors"))
         if not self.files:
             raise SourceError(
                 f"{path} has no .safetensors weights; save the model with safe_serialization=True"
+            )
+        _check_shards(path, self.files)
+        if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+            raise SourceError(
+                f"{path} has no tokenizer ({', '.join(_TOKENIZER_FILES)}); "
+                "copy the tokenizer files from the original Hugging Face repository"
             )
         self._headers = {f: _read_header(f) for f in self.files}
         self._fingerprint: str | None = None
@@ -100,7 +103,14 @@ class HfFolderSource(ModelSource):
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path)
+        try:
+            return AutoTokenizer.from_pretrained(self.path)
+        except Exception as e:  # transformers raises many kinds for damaged tokenizer files
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise SourceError(
+                f"transformers cannot load the tokenizer in {self.path} ({type(e).__name__}: {reason}); "
+                "re-download tokenizer.json and tokenizer_config.json from the original repository"
+            ) from None
 
 
 def _read(path: Path, start: int, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> np.ndarray:
@@ -127,11 +137,88 @@ def _to_f32(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return torch.from_numpy(data).float().numpy()
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of the folder ``path``, checked for the values :class:`ModelSpec` reads,
+    so that a damaged file is named here rather than failing later inside transformers."""
+    cfg_path = path / "config.json"
+    fix = "correct it or re-download the model folder"
+    if not cfg_path.is_file():
+        raise SourceError(f"{path} has no config.json; point at a Hugging Face model folder or a .gguf file")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SourceError(f"cannot read {cfg_path} ({e.strerror}); check its permissions") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise SourceError(f"{cfg_path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from None
+    if not isinstance(cfg, dict):
+        raise SourceError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not an object; {fix}")
+    archs = cfg.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
+        raise SourceError(f'{cfg_path}: "architectures" is {archs!r}, expected a list like ["LlamaForCausalLM"]; {fix}')
+    for key, kind in _CONFIG_TYPES.items():
+        value = cfg.get(key)
+        if value is None:
+            continue  # a missing required key is named by ModelSpec, after the family check
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is not dict and value <= 0):
+            expected = "an object" if kind is dict else "a positive number"
+            raise SourceError(f'{cfg_path}: "{key}" is {value!r}, expected {expected}; {fix}')
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    if heads and kv_heads and heads % kv_heads:
+        raise SourceError(f"{cfg_path}: {heads} attention heads do not split into {kv_heads} KV head groups; {fix}")
+    if heads and cfg.get("hidden_size") and not cfg.get("head_dim") and cfg["hidden_size"] % heads:
+        raise SourceError(f"{cfg_path}: hidden_size {cfg['hidden_size']} is not a multiple of {heads} heads; {fix}")
+    return cfg
+
+
+#: config.json values ModelSpec reads, and their JSON types (numbers must be positive)
+_CONFIG_TYPES: dict[str, Any] = {
+    **dict.fromkeys(("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"), int),
+    **dict.fromkeys(("num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings"), int),
+    **dict.fromkeys(("rms_norm_eps", "rope_theta"), (int, float)),
+    **dict.fromkeys(("rope_scaling", "rope_parameters"), dict),
+}
+#: any one of these makes a tokenizer (SentencePiece, tokenizers' JSON, GPT-2 style BPE)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_INDEX = "model.safetensors.index.json"
+
+
+def _check_shards(path: Path, files: list[Path]) -> None:
+    """Every shard the index names is present (a download cut short leaves some out)."""
+    index_path = path / _INDEX
+    if not index_path.is_file():
+        return
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        wanted = set(weight_map.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SourceError(f"{index_path} is damaged (no readable weight_map); re-download it") from None
+    missing = sorted(wanted - {f.name for f in files})
+    if missing:
+        raise SourceError(
+            f"{path} lacks {len(missing)} of the {len(wanted)} weight files {_INDEX} names ({missing[0]}, ...); "
+            "re-download the model (an interrupted download leaves shards out)"
+        )
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The safetensors JSON header and the offset where tensor data starts."""
+    """The safetensors JSON header and the offset where tensor data starts; a damaged or
+    truncated file is named with the fix."""
+    size = path.stat().st_size
+    damaged = f"{path} is not a complete safetensors file"
+    fix = "re-download it (or save the model again)"
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)), 8 + n
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if n > size - 8:
+            raise SourceError(f"{damaged} (its header runs past the end); {fix}")
+        try:
+            header = json.loads(f.read(n))
+            end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise SourceError(f"{damaged} (unreadable header); {fix}") from None
+    if 8 + n + end > size:
+        raise SourceError(f"{damaged} ({size} bytes, its header describes {8 + n + end}); {fix}")
+    return header, 8 + n
 
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")

@@ -1,14 +1,16 @@
 """Where verification text and questions come from: the built-in sample, a local file, or
-a Hugging Face dataset (through ``datasets``; offline it must already be in the cache)."""
+a Hugging Face dataset (streamed through ``datasets``; offline it must already be in the cache)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import HopscotchError
+from ..search.data import HUB_FIX, stream_rows
 
 BUILTIN_NAME = "built-in sample (hopscotch_export/verify/heldout.txt)"
 
@@ -43,21 +45,11 @@ def load_text(data: str | None, config: str | None = None, split: str = "test") 
     return HeldOutText(text, label, False)
 
 
-def load_rows(name: str, config: str | None, split: str, what: str) -> list[dict[str, Any]]:
-    """All rows of a Hugging Face dataset split, with a one-line error when unavailable."""
+def load_rows(name: str, config: str | None, split: str, what: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows (all when None) of a Hugging Face dataset split, streamed so
+    that no more is downloaded, with a one-line error when unavailable."""
     looks_like_path = name.startswith((".", "/", "~")) or name.endswith((".txt", ".json", ".jsonl"))
     if looks_like_path:
         raise HopscotchError(f"{what} {name}: file not found")
-    try:
-        import datasets
-    except ImportError:
-        raise HopscotchError(f"{what} {name}: the `datasets` package is needed; pip install datasets") from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # datasets raises many types (hub, config, split, offline)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HopscotchError(
-            f"{what} {name}: could not load the dataset ({first}); check the name, config and split, "
-            "or pass a local file"
-        ) from None
-    return [dict(r) for r in ds]
+    rows = stream_rows(f"{what} {name}", HUB_FIX, name, name=config, split=split)
+    return [dict(r) for r in itertools.islice(rows, limit)]

@@ -1,10 +1,11 @@
 """One GGUF in llama.cpp (through llama-cpp-python's C API): tokenize, decode, logits.
 
 The low-level API is used rather than ``llama_cpp.Llama`` because verification needs
-logits for chosen positions only (as ``llama-perplexity`` asks for them), two contexts
-advanced batch by batch side by side, and the KV cache size llama.cpp reports when it
-creates a context. Flash attention is always on: without it llama.cpp pads the V cache of
-every layer and skipped blocks would save no KV memory (DESIGN.md section 2).
+logits for chosen positions only (as ``llama-perplexity`` asks for them) and two contexts
+advanced batch by batch side by side. The KV cache size is computed from the file's own
+metadata and only cross-checked against the figure llama.cpp logs. Flash attention is
+always on: without it llama.cpp pads the V cache of every layer and skipped blocks would
+save no KV memory (DESIGN.md section 2).
 """
 
 from __future__ import annotations
@@ -31,17 +32,18 @@ DEFAULT_BATCH = 512
 
 #: ggml.h log levels (llama-cpp-python's _logger.py has an older numbering).
 _GGML_LOG_DEBUG, _GGML_LOG_CONT = 1, 5
-_KV_LINE = re.compile(
-    r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +\d+ layers.*K \((\w+)\): +[\d.]+ MiB, V \((\w+)\)"
-)
+#: llama.cpp's report of a new context's KV cache (``llama_kv_cache: size = 11.25 MiB (512
+#: cells, ...``); only a cross-check: a changed message must not break verification.
+_KV_LINE = re.compile(r"kv_cache\w*: size = +([\d.]+) MiB \( *(\d+) cells")
 
 
 @dataclass(frozen=True)
 class KvCacheInfo:
-    """The KV cache of one context, as llama.cpp reports it when creating the context.
+    """The KV cache of one context, computed from the file's own metadata: per-layer K/V
+    widths x the context's cells x the cache type's size.
 
-    ``bytes`` is exact: the cells and layers llama.cpp reports times each layer's K/V
-    width from the file; it is checked against llama.cpp's own (rounded) MiB figure.
+    Where llama.cpp logs its own (rounded) figure, the two are compared: a difference is
+    kept in ``warning`` for the report rather than failing the verification.
     """
 
     bytes: int
@@ -50,7 +52,9 @@ class KvCacheInfo:
     layers: int
     type_k: str
     type_v: str
-    llama_mib: float
+    #: what llama.cpp logged, or None when no such line was found
+    llama_mib: float | None
+    warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,7 @@ class KvCacheInfo:
             "type_k": self.type_k,
             "type_v": self.type_v,
             "llama_cpp_mib": self.llama_mib,
+            "warning": self.warning,
         }
 
 
@@ -225,7 +230,9 @@ class LlamaSession:
                     f"{_last_error(log.since(mark))}"
                 )
             self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
-            self.kv_cache = _kv_cache_info(self.path, log.since(mark))
+            self.kv_cache = _kv_cache_info(
+                self.path, self.n_ctx, _type_name(cparams.type_k), _type_name(cparams.type_v), log.since(mark)
+            )
             self._memory = llama_cpp.llama_get_memory(self._ctx)
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         except BaseException:
@@ -332,33 +339,43 @@ def _last_error(lines: list[str]) -> str:
     return "see llama.cpp's log (no error line captured); is it a complete GGUF?"
 
 
-def _kv_cache_info(path: Path, lines: list[str]) -> KvCacheInfo:
-    """Read the KV cache line llama.cpp logged and compute its exact size in bytes."""
-    for line in lines:
-        m = _KV_LINE.search(line)
-        if m:
-            mib, cells, type_k, type_v = float(m[1]), int(m[2]), m[3], m[4]
-            per_cell, layers = _kv_bytes_per_cell(path, type_k, type_v)
-            exact = cells * per_cell
-            if abs(exact / 2**20 - mib) > 0.006:  # llama.cpp prints two decimals
-                exact = round(mib * 2**20)  # trust llama.cpp over our reading of the file
-            return KvCacheInfo(exact, cells, layers, type_k, type_v, mib)
-    raise RuntimeError(f"llama.cpp did not report a KV cache for {path}")
+def _kv_cache_info(path: Path, cells: int, type_k: str, type_v: str, lines: list[str]) -> KvCacheInfo:
+    """The KV cache of ``cells`` positions from the file's metadata, checked against the size
+    llama.cpp logged in ``lines`` when it did."""
+    per_cell, layers = kv_bytes_per_cell(gguf_metadata(path), type_k, type_v)
+    exact = cells * per_cell
+    reported = next((m for m in map(_KV_LINE.search, lines) if m), None)
+    if reported is None:
+        return KvCacheInfo(exact, cells, layers, type_k, type_v, None)
+    mib, llama_cells = float(reported[1]), int(reported[2])
+    warning = None
+    if llama_cells != cells or abs(exact / 2**20 - mib) > 0.006:  # llama.cpp prints two decimals
+        warning = (
+            f"llama.cpp reports a KV cache of {mib:.2f} MiB for {llama_cells} cells, the file's metadata gives "
+            f"{exact / 2**20:.2f} MiB for {cells}; the metadata figure is reported"
+        )
+    return KvCacheInfo(exact, cells, layers, type_k, type_v, mib, warning)
 
 
-def _kv_bytes_per_cell(path: Path, type_k: str, type_v: str) -> tuple[int, int]:
-    """Bytes of K and V per token position over the layers that have attention, and their count."""
-    meta = gguf_metadata(path)
+def kv_bytes_per_cell(meta: dict[str, Any], type_k: str, type_v: str) -> tuple[int, int]:
+    """Bytes of K and V per token position over the layers that have attention, and their
+    count, from GGUF metadata (``deci`` gives per-layer head counts: 0 for skipped and
+    linear layers)."""
     arch = meta["general.architecture"]
     n_layers = int(meta[f"{arch}.block_count"])
     heads = meta[f"{arch}.attention.head_count"]
     kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
     per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * n_layers
-    n_head0 = heads[0] if isinstance(heads, list) else heads
-    head_k = meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head0
+    n_head = max(heads) if isinstance(heads, list) else heads  # a skipped layer 0 has none
+    head_k = meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head
     head_v = meta.get(f"{arch}.attention.value_length") or head_k
     per_cell = sum(n * (head_k * _type_bytes(type_k) + head_v * _type_bytes(type_v)) for n in per_layer)
     return int(per_cell), sum(1 for n in per_layer if n)
+
+
+def _type_name(ggml_type: int) -> str:
+    """``f16`` for GGML type 1: the names llama.cpp prints and gguf-py knows."""
+    return gguf.GGMLQuantizationType(ggml_type).name.lower()
 
 
 def _type_bytes(name: str) -> float:

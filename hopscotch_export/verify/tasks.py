@@ -62,7 +62,7 @@ def load_task(
     if path.is_file():
         rows, source = _read_jsonl(path), str(path)
     else:
-        rows = load_rows(spec, config, split, what="--task")
+        rows = load_rows(spec, config, split, what="--task", limit=limit)
         source = spec + (f" ({config})" if config else "") + f" [{split}]"
     if limit is not None:
         rows = rows[:limit]

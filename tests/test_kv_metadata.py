@@ -1,0 +1,52 @@
+"""The KV cache size comes from the GGUF's own metadata; llama.cpp's log line only cross-checks it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hopscotch_export.converters.convert import convert
+from hopscotch_export.sources import open_source
+from hopscotch_export.verify import runner
+from hopscotch_export.verify.runner import LlamaSession, gguf_metadata, kv_bytes_per_cell
+from test_linear_layers import linear_plan
+
+
+@pytest.fixture(scope="module")
+def deci(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama (6 layers, 2 KV heads of 16) with layer 2 skipped and layers 1, 4 linear."""
+    out = tmp_path_factory.mktemp("kv") / "m.gguf"
+    convert(open_source(tiny_llama), linear_plan(open_source(tiny_llama), skip=(2,), linear=(1, 4)), out, outtype="f32")
+    return out
+
+
+def test_metadata_size_equals_what_llama_cpp_logs(deci: Path) -> None:
+    per_cell, layers = kv_bytes_per_cell(gguf_metadata(deci), "f16", "f16")
+    assert (per_cell, layers) == (3 * 2 * 2 * 16 * 2, 3)  # 3 attention layers x K,V x 2 heads x 16 x f16
+    with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
+        kv = s.kv_cache
+    assert kv.llama_mib is not None and kv.warning is None  # the log line was found and agrees
+    assert kv.bytes == per_cell * kv.cells == per_cell * 256
+    assert kv.bytes / 2**20 == pytest.approx(kv.llama_mib, abs=0.006)
+    assert (kv.type_k, kv.type_v, kv.layers) == ("f16", "f16", 3)
+
+
+def test_without_the_log_line_the_metadata_value_is_used(deci: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
+        logged = s.kv_cache
+    monkeypatch.setattr(runner._LlamaLog, "since", lambda self, mark: ["llama_kv_cache: a reworded message"])
+    with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
+        kv = s.kv_cache
+        assert s.decode([1, 2, 3], 0, [False, False, True]).shape == (1, s.n_vocab)  # verification goes on
+    assert kv.llama_mib is None and kv.warning is None
+    assert (kv.bytes, kv.cells, kv.layers) == (logged.bytes, logged.cells, logged.layers)
+
+
+def test_a_disagreeing_log_line_is_a_warning_not_a_crash(deci: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    line = "llama_kv_cache: size =   99.00 MiB (   256 cells,   6 layers,  1/1 seqs), K (f16): 49.50 MiB"
+    monkeypatch.setattr(runner._LlamaLog, "since", lambda self, mark: [line])
+    with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
+        kv = s.kv_cache
+    assert kv.bytes == 3 * 2 * 2 * 16 * 2 * 256 and kv.llama_mib == 99.0
+    assert kv.warning is not None and "99.00 MiB" in kv.warning and kv.to_json()["warning"] == kv.warning
