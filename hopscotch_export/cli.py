@@ -62,6 +62,9 @@ def convert_command(
         "(default: beside the output)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory and disk estimate, then exit."),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete", help="Convert the partial plan of an interrupted search as it is."
+    ),
 ) -> None:
     """Fold a plan into the weights and write a `deci` GGUF that llama.cpp and Ollama run."""
     from .converters import convert
@@ -80,7 +83,7 @@ def convert_command(
         return
     summary = convert(
         source, loaded, output, outtype=outtype, force=force, force_plan=force, name=name, console=console,
-        work_dir=work_dir,
+        work_dir=work_dir, allow_incomplete=allow_incomplete,
     )
     print_rows("converted", summary.rows())
 

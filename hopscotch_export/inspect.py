@@ -12,10 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from .errors import HopscotchError
 from .plan import load_plan
+from .sources.gguf_file import read_gguf
 
 #: llama.cpp's default KV cache type is f16.
 KV_BYTES_PER_VALUE = 2
@@ -23,7 +22,7 @@ KV_BYTES_PER_VALUE = 2
 
 def gguf_tensor_types(path: Path | str) -> dict[str, str]:
     """Tensor name -> GGML type name."""
-    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path, "r").tensors}
+    return {t.name: t.tensor_type.name for t in read_gguf(Path(path)).tensors}
 
 
 def _per_layer(value: Any, n: int) -> list[int]:
@@ -40,23 +39,28 @@ def layer_kind(heads: int, kv_heads: int) -> str:
 def gguf_summary(path: Path | str) -> dict[str, Any]:
     """Architecture, attention layers, tensor types, size and KV cache bytes per token."""
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as e:  # gguf-py raises assorted errors on non-GGUF input
-        raise HopscotchError(f"{path} is not a readable GGUF file ({e})") from None
+    reader = read_gguf(path)
 
     def get(key: str, default: Any = None) -> Any:
         f = reader.fields.get(key)
         return default if f is None else f.contents()
 
     arch = get("general.architecture")
-    n = int(get(f"{arch}.block_count", 0))
-    heads = _per_layer(get(f"{arch}.attention.head_count", 0), n)
-    kv_heads = _per_layer(get(f"{arch}.attention.head_count_kv", heads), n)
-    hidden = int(get(f"{arch}.embedding_length", 0))
-    first = next((h for h in heads if h), 1)
-    k_len = int(get(f"{arch}.attention.key_length", hidden // first))
-    v_len = int(get(f"{arch}.attention.value_length", k_len))
+    try:  # a value of the wrong type or an impossible one (no heads) is the file's fault
+        n = int(get(f"{arch}.block_count", 0))
+        if not 0 <= n <= len(reader.tensors):  # each block has tensors; a damaged count is not a list size
+            raise ValueError(f"block_count {n}")
+        heads = _per_layer(get(f"{arch}.attention.head_count", 0), n)
+        kv_heads = _per_layer(get(f"{arch}.attention.head_count_kv", heads), n)
+        hidden = int(get(f"{arch}.embedding_length", 0))
+        first = next((h for h in heads if h), 1)
+        k_len = int(get(f"{arch}.attention.key_length", hidden // first))
+        v_len = int(get(f"{arch}.attention.value_length", k_len))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise HopscotchError(
+            f"{path} has malformed {arch}.* attention metadata ({type(e).__name__}: {str(e)[:60]}); "
+            "re-download or re-convert it"
+        ) from None
     kv_per_token = sum(kv * (k_len + v_len) * KV_BYTES_PER_VALUE for kv in kv_heads)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     kinds = [layer_kind(h, kv) for h, kv in zip(heads, kv_heads)]
@@ -113,6 +117,6 @@ def summarize(path: Path | str) -> dict[str, Any]:
         return gguf_summary(path)
     try:
         json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or past the parser's limits
         raise HopscotchError(f"{path} is neither a GGUF file nor a JSON plan") from None
     return plan_summary(path)

@@ -88,6 +88,8 @@ class Plan:
     complete: bool = True
     linear: tuple[int, ...] = ()
     maps: Mapping[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    #: where the plan was read from (its file), for messages about it; None when made in memory
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # float32 (out, in) is the one form every consumer reads; convert once, here
@@ -202,8 +204,10 @@ def load_plan(path: Path | str) -> Plan:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PlanError(f"plan file {path} not found; make one with `hopscotch-export search`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"plan file {path} is not valid JSON ({e}); regenerate it with search") from None
+    except OSError as e:  # a folder, no permission
+        raise PlanError(f"cannot read plan file {path} ({e.strerror}); pass the plan's .json file") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, numbers or nesting past the parser's limits
+        raise PlanError(f"plan file {path} is not valid JSON ({str(e)[:100]}); regenerate it with search") from None
     return plan_from_json(data, source=str(path), folder=path.parent)
 
 
@@ -246,6 +250,7 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
             bool(data.get("complete", True)),
             linear,
             maps,
+            origin=source,
         )
     except PlanError as e:
         raise PlanError(f"{source}: {e}") from None
@@ -274,6 +279,8 @@ def _linear_from_json(
         raise PlanError(
             f"{source}: its linear maps file {path} is missing; copy it beside the plan or rerun search"
         ) from None
+    except OSError as e:  # a folder (an empty name), no permission
+        raise PlanError(f"{source}: cannot read its linear maps file {path} ({e.strerror}); rerun search") from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise PlanError(
             f"{source}: {path} does not hold this plan's maps (sha256 mismatch); "
@@ -357,8 +364,16 @@ def _check_scale(name: str, layer: int, s: Any, hidden: int) -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise PlanError(f"{where} must be a number or a list of numbers, got {v!r}")
-        if not math.isfinite(v):
-            raise PlanError(f"{where} is not finite ({v}); the search diverged, rerun it")
+        if not _finite(v):
+            raise PlanError(f"{where} is not finite ({str(v)[:20]}); the search diverged, rerun it")
+
+
+def _finite(v: float) -> bool:
+    """Whether ``v`` is a finite float64 (an integer too large for one is not)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _is_int(v: Any) -> bool:

@@ -9,7 +9,8 @@ import pytest
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import runner
-from hopscotch_export.verify.runner import LlamaSession, gguf_metadata, kv_bytes_per_cell
+from hopscotch_export.sources.gguf_file import scan_gguf
+from hopscotch_export.verify.runner import LlamaSession, kv_bytes_per_cell
 from test_linear_layers import linear_plan
 
 
@@ -22,7 +23,7 @@ def deci(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_metadata_size_equals_what_llama_cpp_logs(deci: Path) -> None:
-    per_cell, layers = kv_bytes_per_cell(gguf_metadata(deci), "f16", "f16")
+    per_cell, layers = kv_bytes_per_cell(scan_gguf(deci).metadata, "f16", "f16")
     assert (per_cell, layers) == (3 * 2 * 2 * 16 * 2, 3)  # 3 attention layers x K,V x 2 heads x 16 x f16
     with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
         kv = s.kv_cache

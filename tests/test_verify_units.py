@@ -13,7 +13,7 @@ from hopscotch_export.verify.data import BUILTIN_NAME, load_text
 from hopscotch_export.verify.divergence import Divergence, log_softmax, token_kl
 from hopscotch_export.verify.heldout import window_outputs
 from hopscotch_export.verify.perplexity import Perplexity, make_windows
-from hopscotch_export.verify.runner import gguf_metadata
+from hopscotch_export.sources.gguf_file import scan_gguf
 from hopscotch_export.verify.tasks import load_task, parse_row
 
 
@@ -116,7 +116,7 @@ def test_builtin_text_is_used_and_named_when_no_data():
     assert text.builtin and text.source == BUILTIN_NAME and len(text.text) > 10_000
 
 
-def test_gguf_metadata_reads_every_value_type(tmp_path):
+def test_scan_gguf_reads_every_value_type(tmp_path):
     path = tmp_path / "meta.gguf"
     w = gguf.GGUFWriter(path, "deci")
     w.add_block_count(3)
@@ -132,7 +132,7 @@ def test_gguf_metadata_reads_every_value_type(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    meta = gguf_metadata(path)
+    meta = scan_gguf(path).metadata
     assert meta["general.architecture"] == "deci"
     assert meta["deci.block_count"] == 3
     assert meta["deci.attention.head_count"] == [4, 0, 4]

@@ -10,8 +10,6 @@ is checked against the estimate (:mod:`.needs`) before anything is written.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,8 @@ import numpy as np
 from gguf import GGUFWriter
 from rich.console import Console
 
-from ..errors import HopscotchError
-from ..files import atomic_output, check_writable
+from ..errors import HopscotchError, PlanError
+from ..files import atomic_output, check_writable, disk_errors, temp_file
 from ..plan import Plan
 from ..progress import progress_bars
 from ..resources import check, one_line
@@ -71,13 +69,15 @@ def convert(
     name: str | None = None,
     console: Console | None = None,
     work_dir: Path | None = None,
+    allow_incomplete: bool = False,
 ) -> ConvertSummary:
     """Write ``source`` with ``plan`` folded in as a ``deci`` GGUF at ``out``.
 
     ``force`` allows replacing ``out``; ``force_plan`` accepts a plan whose fingerprint
     does not match the source; ``work_dir`` holds the f16 intermediate of a
-    llama.cpp-quantized type (default: beside ``out``). Nothing is left under ``out`` or
-    in ``work_dir`` if anything fails, Ctrl-C included.
+    llama.cpp-quantized type (default: beside ``out``); ``allow_incomplete`` accepts the
+    partial plan of an interrupted search. Nothing is left under ``out`` or in
+    ``work_dir`` if anything fails, Ctrl-C included.
     """
     console = console or Console(stderr=True)
     out = Path(out)
@@ -85,6 +85,8 @@ def convert(
     check_work_dir(work_dir)
     if plan is not None:
         plan.check_model(source.model_ref(), force=force_plan)
+        if not plan.complete and not allow_incomplete:
+            raise _incomplete(plan, source)
     choice = choose_outtype(source, outtype)
     needs = convert_needs(source, choice, out, work_dir, plan)
     check(needs)
@@ -94,19 +96,33 @@ def convert(
         if choice.quantizer is None:
             written, dropped = _write(source, plan, choice, tmp, name, console)
         else:
-            fd, mid_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".f16.tmp", dir=work_dir or out.parent)
-            mid = Path(mid_name)
+            fix = "pass --work-dir on another disk"
+            mid = temp_file(out, work_dir, ".f16.tmp", fix)
             try:
-                written, dropped = _write(source, plan, choice, mid, name, console)
+                with disk_errors(mid, fix, what="the f16 intermediate"):
+                    written, dropped = _write(source, plan, choice, mid, name, console)
                 with console.status(f"llama.cpp quantizing to {choice.name}"):
                     llama_quantize(mid, tmp, choice.quantizer)
             finally:
-                os.close(fd)
                 mid.unlink(missing_ok=True)
         size = tmp.stat().st_size
     return ConvertSummary(
         out, choice.name, written, dropped, size, time.perf_counter() - start,
         list(plan.skip) if plan else [], sorted(plan.linear) if plan else [],
+    )
+
+
+def _incomplete(plan: Plan, source: ModelSource) -> PlanError:
+    """The refusal of a partial plan: which one, how far its search got, how to finish it."""
+    options = plan.provenance.get("options")
+    asked = options.get("skips") if isinstance(options, dict) else None
+    removed = len(plan.skip) + len(plan.linear)
+    progress = f"{removed} of {asked} blocks" if isinstance(asked, int) else f"{removed} block(s)"
+    where = plan.origin or "PLAN"
+    return PlanError(
+        f"{plan.origin or 'the plan'} is partial (complete: false): an interrupted search saved it after choosing "
+        f"{progress}; finish it with `hopscotch-export search {source.describe()} --resume {where} -o {where}` "
+        "and the same options, or pass --allow-incomplete to convert it as it is"
     )
 
 

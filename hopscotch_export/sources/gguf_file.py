@@ -1,8 +1,19 @@
-"""Existing ``llama`` / ``qwen2`` GGUF files, in any quantization."""
+"""Existing ``llama`` / ``qwen2`` GGUF files, in any quantization.
+
+gguf-py's reader trusts every count and length in a file: a damaged array count makes it
+loop for ever, a damaged string its callers fail far from the cause. :func:`scan_gguf`
+walks the header first and checks each against the file's size, so a damaged or truncated
+file is refused in one line before gguf-py sees it.
+"""
 
 from __future__ import annotations
 
+import math
+import mmap
+import re
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +33,7 @@ class GgufFileSource(ModelSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.reader = gguf.GGUFReader(path, "r")
-        except Exception as e:  # gguf-py raises bare ValueError/struct errors on junk
-            raise SourceError(f"{path} is not a readable GGUF file ({e})") from None
+        self.reader = read_gguf(path)
         arch = self.field("general.architecture")
         if arch not in ("llama", "qwen2"):
             raise SourceError(
@@ -52,10 +60,10 @@ class GgufFileSource(ModelSource):
     def _spec(self, family: Family) -> ModelSpec:
         a = self.arch
         names = {t.name for t in self.reader.tensors}
-        heads = self.per_model(f"{a}.attention.head_count")
-        hidden = self.field(f"{a}.embedding_length")
         try:
-            return ModelSpec(
+            heads = self.per_model(f"{a}.attention.head_count")
+            hidden = self.field(f"{a}.embedding_length")
+            spec = ModelSpec(
                 family=family,
                 n_layers=self.field(f"{a}.block_count"),
                 hidden_size=hidden,
@@ -71,8 +79,22 @@ class GgufFileSource(ModelSource):
                 attention_bias="blk.0.attn_q.bias" in names,
                 mlp_bias="blk.0.ffn_down.bias" in names,
             )
-        except TypeError:
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):  # absent, or of the wrong type
             raise SourceError(f"{self.path} lacks {a}.* hyper-parameters; is it a complete model GGUF?") from None
+        sizes = ("n_layers", "hidden_size", "intermediate_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size")
+        bad = [k for k in sizes if not _positive_int(getattr(spec, k))]
+        if bad or spec.context_length < 1 or not math.isfinite(spec.rms_eps) or not math.isfinite(spec.rope_theta):
+            raise SourceError(
+                f"{self.path} has impossible hyper-parameters ({', '.join(bad) or 'context, eps or rope'}); "
+                "re-download or re-convert it"
+            )
+        blocks = {int(m.group(1)) for m in map(_BLOCK.match, names) if m}
+        if len(blocks) != spec.n_layers or max(blocks) != spec.n_layers - 1:  # blocks 0..n-1
+            raise SourceError(
+                f"{self.path} says {a}.block_count={spec.n_layers} but has tensors for {len(blocks)} blocks; "
+                "it is damaged or incomplete, re-download or re-convert it"
+            )
+        return spec
 
     @property
     def q_k_rope_neox(self) -> bool:
@@ -151,3 +173,157 @@ class GgufFileSource(ModelSource):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+
+
+#: GGUF value types: struct format of each scalar type; 8 is a string, 9 an array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+#: ggml's limit on tensor dimensions, and the deepest array of arrays read.
+_MAX_DIMS, _MAX_NESTING = 4, 4
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """What a GGUF header holds, every count and extent checked against the file."""
+
+    #: key -> value; string arrays (the vocabulary) and nested arrays as their length
+    metadata: dict[str, Any]
+    #: tensor name -> (type, shape in GGUF order, byte offset in the file, bytes)
+    tensors: dict[str, tuple[gguf.GGMLQuantizationType, tuple[int, ...], int, int]]
+
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+class _Damaged(Exception):
+    """The header contradicts itself or the file's size."""
+
+
+def read_gguf(path: Path) -> gguf.GGUFReader:
+    """gguf-py's reader for ``path``, after :func:`scan_gguf` has found its header sound."""
+    scan_gguf(path)
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as e:  # anything the scan did not foresee: still the file's fault
+        raise SourceError(
+            f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); re-download or re-convert it"
+        ) from None
+
+
+def scan_gguf(path: Path) -> GgufHeader:
+    """Walk the header of ``path`` without trusting it; raise :class:`SourceError` (one
+    line) on a truncated or damaged file. Reads the header only (the vocabulary's strings
+    are checked to be UTF-8, as gguf-py decodes them), never tensor data."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) < 24:
+                raise _Damaged("shorter than a GGUF header")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _Scanner(buf).header()
+    except _Damaged as e:
+        raise SourceError(f"{path} is not a readable GGUF file ({e}); re-download or re-convert it") from None
+    except OSError as e:
+        raise SourceError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
+
+
+class _Scanner:
+    """A cursor over a GGUF header that refuses any count or length the file cannot hold."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf, self.pos, self.order = buf, 0, "<"
+
+    def header(self) -> GgufHeader:
+        magic, version = struct.unpack_from("<4sI", self.buf, 0)
+        if magic != b"GGUF":
+            raise _Damaged("no GGUF magic at its start")
+        if version & 0xFFFF == 0:  # written on a big-endian machine
+            self.order, version = ">", struct.unpack_from(">I", self.buf, 4)[0]
+        if version not in (2, 3):
+            raise _Damaged(f"GGUF version {version}; versions 2 and 3 are read")
+        self.pos = 8
+        n_tensors, n_kv = self.take("Q"), self.take("Q")
+        self.room(n_kv, 13, "metadata entries")  # smallest entry: empty key, type, one byte
+        self.room(n_tensors, 24, "tensors")  # smallest tensor info: empty name, no dims, type, offset
+        metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self.string()
+            if key in metadata:
+                raise _Damaged(f"metadata key {key!r} appears twice")
+            metadata[key] = self.value(self.take("I"), 0)
+        infos = [self.tensor_info() for _ in range(n_tensors)]
+        alignment = metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise _Damaged(f"general.alignment {alignment!r} is not a power of two")
+        start = -(-self.pos // alignment) * alignment
+        tensors: dict[str, tuple[gguf.GGMLQuantizationType, tuple[int, ...], int, int]] = {}
+        for name, qtype, dims, offset, nbytes in infos:
+            if name in tensors:
+                raise _Damaged(f"tensor {name!r} appears twice")
+            if start + offset + nbytes > len(self.buf):
+                raise _Damaged(f"tensor {name!r} lies beyond the end of the file (truncated?)")
+            tensors[name] = (qtype, dims, start + offset, nbytes)
+        return GgufHeader(metadata, tensors)
+
+    def room(self, count: int, size: int, what: str) -> None:
+        if count * size > len(self.buf) - self.pos:
+            raise _Damaged(f"it claims {count} {what}, more than the file can hold (truncated or damaged)")
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise _Damaged("it ends inside its header (truncated?)")
+        (value,) = struct.unpack_from(self.order + fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.take("Q")
+        self.room(n, 1, "bytes in a string")
+        raw = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Damaged(f"a string at byte {self.pos - n} is not UTF-8") from None
+
+    def value(self, vtype: int, depth: int) -> Any:
+        if vtype == _STRING:
+            return self.string()
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype != _ARRAY or depth >= _MAX_NESTING:
+            raise _Damaged(f"unknown metadata value type {vtype} at byte {self.pos - 4}")
+        etype, count = self.take("I"), self.take("Q")
+        if etype in _SCALARS:
+            size = struct.calcsize(_SCALARS[etype])
+            self.room(count, size, "array items")
+            values = struct.unpack_from(f"{self.order}{count}{_SCALARS[etype]}", self.buf, self.pos)
+            self.pos += count * size
+            return list(values)
+        self.room(count, 8 if etype == _STRING else 12, "array items")  # a length, or a type and a count
+        for _ in range(count):
+            self.value(etype, depth + 1)
+        return count
+
+    def tensor_info(self) -> tuple[str, gguf.GGMLQuantizationType, tuple[int, ...], int, int]:
+        name = self.string()
+        n_dims = self.take("I")
+        if n_dims > _MAX_DIMS:
+            raise _Damaged(f"tensor {name!r} has {n_dims} dimensions, ggml allows {_MAX_DIMS}")
+        dims = tuple(self.take("Q") for _ in range(n_dims))
+        raw_type, offset = self.take("I"), self.take("Q")
+        try:
+            qtype = gguf.GGMLQuantizationType(raw_type)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise _Damaged(f"tensor {name!r} has unknown type {raw_type}") from None
+        if dims and dims[0] % block:
+            raise _Damaged(f"tensor {name!r} has rows of {dims[0]}, not whole {qtype.name} blocks of {block}")
+        nbytes = math.prod(dims) * type_size // block
+        if offset + nbytes > len(self.buf):
+            raise _Damaged(f"tensor {name!r} lies beyond the end of the file (truncated?)")
+        return name, qtype, dims, offset, nbytes

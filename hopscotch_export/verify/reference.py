@@ -23,7 +23,7 @@ from rich.console import Console
 from ..errors import HopscotchError
 from ..resources import check
 from ..sources import ModelSource
-from .runner import gguf_metadata
+from ..sources.gguf_file import scan_gguf
 
 #: ``general.file_type`` -> the converter's ``outtype`` that writes it.
 _OUTTYPE_OF_FILE_TYPE = {
@@ -56,7 +56,7 @@ class Reference:
 
 def outtype_of(gguf_path: Path) -> str:
     """The converter output type that reproduces ``gguf_path``'s ``general.file_type``."""
-    value = gguf_metadata(gguf_path).get("general.file_type")
+    value = scan_gguf(gguf_path).metadata.get("general.file_type")
     try:
         return _OUTTYPE_OF_FILE_TYPE[LlamaFileType(value)]
     except (ValueError, KeyError):

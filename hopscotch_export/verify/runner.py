@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import gguf
 import numpy as np
 
 from ..errors import HopscotchError
+from ..sources.gguf_file import scan_gguf
 
 #: Tokens per ``llama_decode`` call: one llama.cpp micro-batch, so that the logits held
 #: in memory at once stay small (rows x vocabulary x 4 bytes).
@@ -342,7 +342,7 @@ def _last_error(lines: list[str]) -> str:
 def _kv_cache_info(path: Path, cells: int, type_k: str, type_v: str, lines: list[str]) -> KvCacheInfo:
     """The KV cache of ``cells`` positions from the file's metadata, checked against the size
     llama.cpp logged in ``lines`` when it did."""
-    per_cell, layers = kv_bytes_per_cell(gguf_metadata(path), type_k, type_v)
+    per_cell, layers = kv_bytes_per_cell(scan_gguf(path).metadata, type_k, type_v)
     exact = cells * per_cell
     reported = next((m for m in map(_KV_LINE.search, lines) if m), None)
     if reported is None:
@@ -382,47 +382,3 @@ def _type_bytes(name: str) -> float:
     qtype = gguf.GGMLQuantizationType[name.upper()]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     return size / block
-
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-def gguf_metadata(path: Path) -> dict[str, Any]:
-    """A GGUF file's metadata, read from its header alone.
-
-    String arrays (the vocabulary) are skipped and reported as their length: gguf-py's
-    reader decodes every token, which takes seconds for a large vocabulary.
-    """
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise HopscotchError(f"{path} is not a GGUF file")
-        _version, _n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
-
-        def string() -> str:
-            (n,) = struct.unpack("<Q", f.read(8))
-            return f.read(n).decode("utf-8", errors="replace")
-
-        def scalar(vtype: int) -> Any:
-            if vtype == _STRING:
-                return string()
-            fmt = _SCALARS[vtype]
-            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
-
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = string()
-            (vtype,) = struct.unpack("<I", f.read(4))
-            if vtype != _ARRAY:
-                meta[key] = scalar(vtype)
-                continue
-            etype, count = struct.unpack("<IQ", f.read(12))
-            if etype == _STRING:
-                for _ in range(count):
-                    (n,) = struct.unpack("<Q", f.read(8))
-                    f.seek(n, 1)
-                meta[key] = count
-            else:
-                fmt = _SCALARS[etype]
-                meta[key] = list(struct.unpack(f"<{count}{fmt[1]}", f.read(count * struct.calcsize(fmt))))
-        return meta
