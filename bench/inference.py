@@ -1,4 +1,5 @@
-"""llama.cpp speed of SmolLM2 with 0, 4, 8 and 12 attention blocks skipped, in one run.
+"""llama.cpp speed of SmolLM2 with 0, 4, 8 and 12 attention blocks skipped, and with 4 and
+8 attention blocks replaced by linear layers (`--linear`), in one run.
 
 Every variant, the 0-skip baseline included, is written by the converter (a `deci` file).
 For each context length C all variants are loaded side by side (flash attention on) and
@@ -8,11 +9,13 @@ Reported: median tokens/s by wall clock, ratios to 0 skips by wall clock and by 
 of this process (steadier on a shared machine), llama.cpp's KV cache at C, and the limit a
 skip could reach: the share of work removed (compute for the prompt, compute and bytes
 read per token for generation; skipped blocks remove their q/k/v/o weights, their
-attention over the context and their K/V). The file's blocks are all the same size, so
-which blocks are skipped does not matter for speed; they are spread evenly.
+attention over the context and their K/V; a linear layer removes the same but for one
+`n_embd x n_embd` matrix, stored as the source's `attn_output`). The file's blocks are all
+the same size, so which blocks are removed does not matter for speed; they are spread
+evenly. A linear layer's map is random: its values do not change the speed.
 
-    python bench/inference.py                 # about 14 minutes on one busy core
-    python bench/inference.py --contexts 512 --skips 0 4 --rounds 2   # a quick look
+    python bench/inference.py                 # about 20 minutes on one busy core
+    python bench/inference.py --contexts 512 --skips 0 4 --linear --rounds 2   # a quick look
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -39,6 +43,9 @@ from hopscotch_export.verify.runner import LlamaSession  # noqa: E402
 from hopscotch_export.verify.speed import measure_speed  # noqa: E402
 
 _ATTN = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")
+SKIP, LINEAR = "skip", "linear"
+#: a file to measure: what replaces the removed attention blocks, and how many there are
+Variant = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Costs:
     layer_weight_elems: int  # every matrix of one layer
     attn_weight_bytes: int  # as stored (quantized), one layer, incl. attn_norm
     layer_weight_bytes: int
+    map_elems: int  # what a linear layer keeps: one attn_output-sized matrix
+    map_bytes: int
     head_bytes: int  # output projection read per generated token (tied: token_embd)
     head_elems: int
     n_head: int
@@ -65,6 +74,7 @@ class Costs:
         layer0 = [t for name, t in tensors.items() if name.startswith("blk.0.")]
         attn0 = [t for t in layer0 if t.name.split(".")[2] in _ATTN]
         head = tensors.get("output.weight", tensors["token_embd.weight"])
+        out = tensors["blk.0.attn_output.weight"]
         n_head, n_kv = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
         head_dim = meta[f"{arch}.embedding_length"] // n_head
 
@@ -77,6 +87,8 @@ class Costs:
             layer_weight_elems=matrices(layer0),
             attn_weight_bytes=sum(int(t.n_bytes) for t in attn0),
             layer_weight_bytes=sum(int(t.n_bytes) for t in layer0),
+            map_elems=int(out.n_elements),
+            map_bytes=int(out.n_bytes),
             head_bytes=int(head.n_bytes),
             head_elems=int(head.n_elements),
             n_head=n_head,
@@ -88,21 +100,27 @@ class Costs:
         """QK^T and AV for one query over ``span`` keys, one layer."""
         return 4.0 * span * self.n_head * self.head_dim
 
-    def prompt_share(self, skipped: int, n_prompt: int) -> float:
+    def removed_flops(self, kind: str, span: float) -> float:
+        """Compute one token's attention block gives up, over ``span`` keys, as ``kind``."""
+        kept = self.map_elems if kind == LINEAR else 0
+        return 2.0 * (self.attn_weight_elems - kept) + self.attention_flops(span)
+
+    def prompt_share(self, variant: Variant, n_prompt: int) -> float:
         """Share of prompt compute removed (logits for the last token only, as timed)."""
+        kind, k = variant
         span = (n_prompt + 1) / 2
         per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(span)
-        removed = 2.0 * self.attn_weight_elems + self.attention_flops(span)
-        return skipped * removed / (self.n_layers * per_layer)
+        return k * self.removed_flops(kind, span) / (self.n_layers * per_layer)
 
-    def gen_shares(self, skipped: int, depth: float) -> tuple[float, float]:
+    def gen_shares(self, variant: Variant, depth: float) -> tuple[float, float]:
         """(compute share, bytes-read share) removed per generated token at ``depth``."""
+        kind, k = variant
         per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(depth)
-        removed = 2.0 * self.attn_weight_elems + self.attention_flops(depth)
-        compute = skipped * removed / (self.n_layers * per_layer + 2.0 * self.head_elems)
+        compute = k * self.removed_flops(kind, depth) / (self.n_layers * per_layer + 2.0 * self.head_elems)
         kv_read = 2 * 2 * depth * self.kv_dim  # K and V, f16
         bytes_total = self.n_layers * (self.layer_weight_bytes + kv_read) + self.head_bytes
-        bytes_removed = skipped * (self.attn_weight_bytes + kv_read)
+        kept = self.map_bytes if kind == LINEAR else 0
+        bytes_removed = k * (self.attn_weight_bytes - kept + kv_read)
         return compute, bytes_removed / bytes_total
 
 
@@ -113,12 +131,30 @@ def spread(n_layers: int, k: int) -> tuple[int, ...]:
     return tuple(int(round(x)) for x in np.linspace(1, n_layers - 1, k + 2)[1:-1])
 
 
+def plan_for(source: Any, n_layers: int, variant: Variant) -> Plan:
+    """The plan of one variant: ``k`` spread blocks skipped, or linear with random maps."""
+    kind, k = variant
+    layers = spread(n_layers, k)
+    ref = source.model_ref()
+    if kind == SKIP:
+        return Plan.identity(ref, skip=layers)
+    rng = np.random.default_rng(0)
+    maps = {i: rng.normal(0, 0.02, (ref.hidden_size, ref.hidden_size)).astype(np.float32) for i in layers}
+    return Plan.identity(ref).with_fields(linear=layers, maps=maps)
+
+
+def label(variant: Variant) -> str:
+    kind, k = variant
+    return "none" if k == 0 else f"{k} {kind}"
+
+
 def main() -> None:
     from models import smollm2_gguf
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="base GGUF (default: SmolLM2-135M-Instruct Q4_1)")
     ap.add_argument("--skips", type=int, nargs="+", default=[0, 4, 8, 12])
+    ap.add_argument("--linear", type=int, nargs="*", default=[4, 8], help="linear-layer counts (none: no such rows)")
     ap.add_argument("--contexts", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--gen", type=int, default=32, help="generated tokens per run")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per context (default: 5 at 512, 2 at 4096)")
@@ -133,15 +169,15 @@ def main() -> None:
     costs = Costs.of(base)
     tokens: list[int] = []
     rows = []
+    variants: list[Variant] = [(SKIP, k) for k in args.skips] + [(LINEAR, k) for k in args.linear if k]
     with tempfile.TemporaryDirectory(prefix="hopscotch-bench-") as tmp:
         paths = {}
-        for k in args.skips:  # 0 too: the baseline is a converted `deci` file like the others
-            paths[k] = Path(tmp) / f"skip{k}.gguf"
-            plan = Plan.identity(source.model_ref(), skip=spread(costs.n_layers, k))
-            convert(source, plan, paths[k], outtype="source", console=console)
+        for v in variants:  # 0 too: the baseline is a converted `deci` file like the others
+            paths[v] = Path(tmp) / f"{v[0]}{v[1]}.gguf"
+            convert(source, plan_for(source, costs.n_layers, v), paths[v], outtype="source", console=console)
         for ctx in args.contexts:
             rounds = args.rounds or max(2, min(5, 8192 // ctx))
-            sessions = [LlamaSession(paths[k], n_ctx=ctx, n_threads=args.threads) for k in args.skips]
+            sessions = [LlamaSession(paths[v], n_ctx=ctx, n_threads=args.threads) for v in variants]
             try:
                 if not tokens:
                     tokens = sessions[0].tokenize(load_text(None).text)
@@ -155,14 +191,15 @@ def main() -> None:
             finally:
                 for s in sessions:
                     s.close()
-            i0 = args.skips.index(0)
+            i0 = variants.index((SKIP, 0))
             base_speed, base_kv = speeds[i0], kv[i0]
-            for k, sp, kv_bytes in zip(args.skips, speeds, kv):
-                gen_compute, gen_bytes = costs.gen_shares(k, ctx - args.gen / 2)
+            for v, sp, kv_bytes in zip(variants, speeds, kv):
+                gen_compute, gen_bytes = costs.gen_shares(v, ctx - args.gen / 2)
                 rows.append(
                     {
-                        "skipped": k,
-                        "layers": list(spread(costs.n_layers, k)),
+                        "kind": v[0],
+                        "removed": v[1],
+                        "layers": list(spread(costs.n_layers, v[1])),
                         "ctx": ctx,
                         "rounds": rounds,
                         "prompt_tokens": ctx - args.gen,
@@ -176,7 +213,7 @@ def main() -> None:
                         "runs": [r._asdict() for r in sp.runs],
                         "kv_bytes": kv_bytes,
                         "kv_ratio": kv_bytes / base_kv,
-                        "prompt_compute_removed": costs.prompt_share(k, ctx - args.gen),
+                        "prompt_compute_removed": costs.prompt_share(v, ctx - args.gen),
                         "gen_compute_removed": gen_compute,
                         "gen_bytes_removed": gen_bytes,
                     }
@@ -189,14 +226,14 @@ def main() -> None:
 def markdown(rows: list[dict]) -> str:
     """The table for docs/inference-benchmark.md: ratios to 0 skips, wall clock and CPU time."""
     head = (
-        "| ctx | skipped | prompt tok/s | prompt x wall | prompt x CPU | limit x | gen tok/s "
+        "| ctx | attention removed | prompt tok/s | prompt x wall | prompt x CPU | limit x | gen tok/s "
         "| gen x wall | gen x CPU | limit x compute / bytes | KV cache MiB | KV x |\n"
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['ctx']} | {r['skipped']} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
+            f"| {r['ctx']} | {label((r['kind'], r['removed']))} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
             f"| {r['prompt_cpu_ratio']:.3f} | {1 / (1 - r['prompt_compute_removed']):.3f} "
             f"| {r['gen_tps']:.1f} | {r['gen_ratio']:.3f} | {r['gen_cpu_ratio']:.3f} "
             f"| {1 / (1 - r['gen_compute_removed']):.3f} / {1 / (1 - r['gen_bytes_removed']):.3f} "

@@ -4,6 +4,7 @@ and ``--replace skip`` unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def test_an_exactly_linear_block_is_repaired_exactly_by_its_map(exact: Path, tex
                    **{**TINY, "samples": 8})  # fmt: skip
     linear = search(exact, tmp_path / "linear.json", replace="linear", **options)
     skip = search(exact, tmp_path / "skip.json", replace="skip", **options)
+    auto = search(exact, tmp_path / "auto.json", replace="auto", **options)
     assert linear.linear == (LINEAR_LAYER,) and linear.skip == ()
+    assert auto.linear == (LINEAR_LAYER,) and auto.provenance["heldout"]["final"]["kl"] < 1e-6
     assert linear.provenance["heldout"]["final"]["kl"] < 1e-6
     assert skip.provenance["heldout"]["final"]["kl"] > 0.1
     step = linear.provenance["search"]["steps"][0]
@@ -89,20 +92,71 @@ def test_an_exactly_linear_block_is_repaired_exactly_by_its_map(exact: Path, tex
     np.testing.assert_allclose(saved.maps[LINEAR_LAYER], truth.numpy(), atol=1e-4)
 
 
-def test_auto_is_never_worse_than_skip_and_records_both_kinds(
-    tiny: Path, text_file: Path, skip_plan: Plan, tmp_path: Path
+def test_nbl_baseline_linearises_the_blocks_a_linear_map_fits_best(exact: Path, text_file: Path) -> None:
+    from hopscotch_export.search.baselines import linear_fits, nbl
+    from hopscotch_export.search.run import prepare
+
+    options = SearchOptions(skips=1, data=str(text_file), **{**TINY, "samples": 8})
+    ws = prepare(open_source(exact), options, Console(file=io.StringIO()), data_file=None, save_data=False,
+                 force=False)  # fmt: skip
+    fits = linear_fits(ws.stack, ws.calib, [1, 2, 3, 4], batch_size=2)
+    assert fits[LINEAR_LAYER].error < 1e-8  # type: ignore[operator]
+    assert all(f.error > 1e-2 for c, f in fits.items() if c != LINEAR_LAYER)  # type: ignore[operator]
+    maps = nbl(fits, 2)
+    assert len(maps) == 2 and list(maps) == sorted(maps)
+    second = min((c for c in fits if c != LINEAR_LAYER), key=lambda c: fits[c].error)  # type: ignore[arg-type,return-value]
+    assert set(maps) == {LINEAR_LAYER, second} and maps[LINEAR_LAYER] is fits[LINEAR_LAYER].weight
+    with pytest.raises(HopscotchError, match="at least 4 --samples"):
+        small = dataclasses.replace(ws.calib, train_ids=ws.calib.train_ids[:3], train_targets=ws.calib.train_targets[:3])
+        linear_fits(ws.stack, small, [2], batch_size=2)
+
+
+def test_auto_compares_the_kinds_on_sequences_its_steps_did_not_fit_or_train_on(
+    tiny: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Maps overfit few tokens: auto fits, scores and trains on the first training
+    sequences and keeps the trial with the lowest loss on the last quarter."""
+    from hopscotch_export.search import greedy
+    from hopscotch_export.search.report import Silent
+    from hopscotch_export.search.run import prepare
+    from hopscotch_export.search.train import mean_loss
+    from hopscotch_export.torch_plan import BranchScales
+
+    seen: dict[str, list[torch.Tensor]] = {"fit": [], "train": [], "judge": []}
+
+    def spy(name: str, real: Any, at: int) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name].append(args[at].train_ids)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(greedy, "fit_maps", spy("fit", greedy.fit_maps, 5))
+    monkeypatch.setattr(greedy, "train_scales", spy("train", greedy.train_scales, 3))
+    monkeypatch.setattr(greedy, "mean_loss", spy("judge", greedy.mean_loss, 3))
+    options = SearchOptions(skips=1, replace="auto", data=str(text_file), **TINY)
+    ws = prepare(open_source(tiny), options, Console(file=io.StringIO()), data_file=None, save_data=False,
+                 force=False)  # fmt: skip
+    state = greedy.SearchState(BranchScales(LAYERS))
+    step = Selector(ws.stack, ws.calib, ws.teacher, options, options.candidates(LAYERS), Silent()).step(state)
+    rows = ws.calib.train_ids  # 6 sequences: the steps use 5, the choice the 6th
+    assert all(torch.equal(t, rows[:5]) for t in seen["fit"] + seen["train"]) and seen["fit"] and seen["train"]
+    assert all(torch.equal(t, rows[5:]) for t in seen["judge"]) and len(seen["judge"]) == len(seen["train"])
+    assert {kind for kind, ls in step.losses.items() if ls.trained} == {"skip", "linear"}
+    trained = {(c, kind): v for kind, ls in step.losses.items() for c, v in ls.trained.items()}
+    assert (step.chosen, step.kind) == min(trained, key=trained.__getitem__) and step.loss == min(trained.values())
+    skip, maps = ([step.chosen], {}) if step.kind == "skip" else ([], dict(state.maps))
+    last = greedy._part(ws.calib, ws.teacher, slice(5, None))
+    value = mean_loss(ws.stack, state.scales, skip, *last, "kl", n_rows=1, batch_size=2, where="test", maps=maps)
+    assert step.loss == pytest.approx(value, rel=1e-5)
+
+
+def test_auto_plans_record_both_kinds(tiny: Path, text_file: Path, tmp_path: Path) -> None:
     auto = search(tiny, tmp_path / "plan.json", skips=2, replace="auto", data=str(text_file), **TINY)
-    steps, skip_steps = auto.provenance["search"]["steps"], skip_plan.provenance["search"]["steps"]
-    # step 1 starts from the same model: auto trains skip's shortlist too, with the same seeds
-    first = [c for c in steps[0]["candidates"] if c["kind"] == "skip"]
-    assert [c["trained"] for c in first] == [c["trained"] for c in skip_steps[0]["candidates"]]
-    assert {c["kind"] for c in steps[0]["candidates"]} == {"skip", "linear"}
-    for ours, theirs in zip(steps, skip_steps):
-        assert ours["loss"] <= theirs["loss"]
-    kinds = [s["kind"] for s in steps]
+    steps = auto.provenance["search"]["steps"]
+    assert {c["kind"] for c in steps[0]["candidates"]} == {"skip", "linear"} and len(steps) == 2
     assert list(auto.linear) == sorted(s["chosen"] for s in steps if s["kind"] == "linear")
-    assert list(auto.skip) == sorted(s["chosen"] for s in steps if s["kind"] == "skip") and len(kinds) == 2
+    assert list(auto.skip) == sorted(s["chosen"] for s in steps if s["kind"] == "skip")
 
 
 def test_max_linear_bounds_the_linear_steps_cli(tiny: Path, text_file: Path, tmp_path: Path) -> None:

@@ -7,8 +7,14 @@
   attention block it ranks blocks exactly as LLM-Drop does, so we measure it as ShortGPT
   does, on the whole decoder layer, and skip the attention of the lowest-BI layers.
 - Random: a seeded uniform choice among the candidates.
+- NBL (Neural Block Linearization, LIONS-EPFL): replace by a linear map the attention
+  blocks that a linear map fits best. NBL ranks blocks by a bound from the canonical
+  correlations of the block's input and output; we rank them by what that bound stands
+  for, the relative error of the ridge fit (``linear.Fit.error``, on training sequences
+  the map was not fitted on), and keep the closed-form maps, each fitted on the unmodified
+  model's inputs as NBL does.
 
-All three look at the unmodified model once; none trains anything.
+All four look at the unmodified model once; none trains anything.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .calibration import Calibration
-from .objective import batches
+from ..errors import HopscotchError
 from ..stack import Stack
+from ..torch_plan import BranchScales
+from .calibration import Calibration
+from .linear import Fit, fit_maps
+from .objective import batches
 
 
 @torch.no_grad()
@@ -70,3 +79,18 @@ def shortgpt(stack: Stack, calib: Calibration, candidates: list[int], n: int, ba
 
 def random_choice(candidates: list[int], n: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(candidates, n))
+
+
+def linear_fits(stack: Stack, calib: Calibration, candidates: list[int], batch_size: int) -> dict[int, Fit]:
+    """Each candidate's closed-form map on the unmodified model, with its held-out fit error."""
+    ones = BranchScales(stack.n_layers).to(stack.device)
+    fits = fit_maps(stack, ones, [], {}, candidates, calib, batch_size, "for the NBL baseline")
+    if any(f.error is None for f in fits.values()):
+        raise HopscotchError("the NBL baseline ranks fits on held-out sequences; use at least 4 --samples")
+    return fits
+
+
+def nbl(fits: dict[int, Fit], n: int) -> dict[int, torch.Tensor]:
+    """The maps of the ``n`` layers of ``fits`` (from :func:`linear_fits`) that a linear map fits best."""
+    chosen = sorted(fits, key=lambda c: (fits[c].error, c))[:n]
+    return {c: fits[c].weight for c in sorted(chosen)}

@@ -21,11 +21,22 @@ finalists and shortlist, because an untrained skip is not comparable with a fitt
 (the map's fit is done, the skip's repair by its scales is not): with ``auto`` the best
 of each kind are trained, and the lowest trained loss wins, a skip on ties (it saves
 more). ``--max-linear`` bounds the linear steps; after it only skips are tried.
+
+With ``auto`` the trained trials are compared on training sequences they were not fitted
+or trained on: every step of an ``auto`` search fits, scores and trains on the first three
+quarters of the training sequences and compares on the last quarter (as the ridge choice
+holds out the last quarter of what it is given). A map has ``n_embd^2`` parameters that
+fit a few hundred tokens far better than they generalise: on SmolLM2 with 384 training
+tokens the trained loss of the best map was a fifth of the best skip's, yet its held-out
+KL was higher, and an ``auto`` that compared training losses picked maps at every step
+and ended worse than ``skip`` (docs/search-benchmark.md). The step's recorded loss is then
+the last quarter's.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +49,7 @@ from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
-from .linear import Fit, fit_batches, fit_maps
+from .linear import Fit, fit_batches, fit_maps, split_rows
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
 from .train import check_finite, mean_loss, train_scales
@@ -49,7 +60,7 @@ RESCORE = 4
 #: tokens per batch to bound the logits' memory (4 rows of 48 tokens -> 8: 25% faster on CPU).
 SCORE_TOKENS = 2048
 
-SKIP, LINEAR = "skip", "linear"
+SKIP, LINEAR, AUTO = "skip", "linear", "auto"
 #: a candidate layer tried as one kind of replacement
 Trial = tuple[int, str]
 
@@ -79,7 +90,8 @@ class Step:
     """One greedy step: what was tried, what it scored, what was kept."""
 
     chosen: int
-    #: objective on all training sequences with the chosen block removed, after brief training
+    #: objective with the chosen block removed, after brief training, on all training
+    #: sequences (``auto``: on their last quarter, which the step did not fit or train on)
     loss: float
     seconds: float
     #: how the chosen block was removed: ``skip`` or ``linear``
@@ -167,13 +179,22 @@ class Selector:
         self, stack: Stack, calib: Calibration, teacher: Teacher, options: SearchOptions,
         candidates: list[int], progress: Progress,
     ) -> None:  # fmt: skip
-        self.stack, self.calib, self.teacher, self.o = stack, calib, teacher, options
+        self.stack, self.o = stack, options
         self.candidates = candidates
         self.progress = progress
-        self.n_score = options.scoring_samples
+        #: the sequences each step fits, scores and trains on, and those its trained trials
+        #: are compared on: all training sequences, or with ``auto`` three quarters and the rest
+        self.calib, self.teacher = calib, teacher
+        self.judge = calib, teacher
+        n_fit = len(split_rows(options.samples)[0])
+        if options.replace == AUTO and n_fit < options.samples:
+            self.calib, self.teacher = _part(calib, teacher, slice(0, n_fit))
+            self.judge = _part(calib, teacher, slice(n_fit, None))
+        self.n_rows = int(self.calib.train_ids.shape[0])
+        self.n_score = min(options.scoring_samples, self.n_rows)
         #: training rows that screen every candidate, and the rest, that rescore the finalists
         self.screen = torch.arange(self.n_score)
-        self.rest = torch.arange(self.n_score, options.samples)
+        self.rest = torch.arange(self.n_score, self.n_rows)
         self.score_batch = max(
             options.batch_size, min(4 * options.batch_size, SCORE_TOKENS // options.seq_len)
         )
@@ -201,13 +222,14 @@ class Selector:
         remaining = [c for c in self.candidates if c not in state.order]
         kinds = self.kinds(state)
         exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
-        n_train = (o.epochs + 1) * len(batches(o.samples, o.batch_size))  # brief training, then its loss
+        n_judge = int(self.judge[0].train_ids.shape[0])
+        n_train = o.epochs * len(batches(self.n_rows, o.batch_size)) + len(batches(n_judge, o.batch_size))
         n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
         n_finalists = min(len(remaining), RESCORE * n_short) if len(self.rest) else 0
         mine, n_kinds = distributed.share_size, len(kinds)  # the progress bar counts this process's work
         n_fit = 0
         if LINEAR in kinds:
-            n_fit = fit_batches(mine(len(remaining)), self.stack.config.hidden_size, o.samples, self.score_batch)
+            n_fit = fit_batches(mine(len(remaining)), self.stack.config.hidden_size, self.n_rows, self.score_batch)
         n_scoring = 0 if exhaustive else (
             mine(n_kinds * len(remaining)) * len(self._batches(self.screen))
             + mine(n_kinds * n_finalists) * len(self._batches(self.rest))
@@ -267,18 +289,21 @@ class Selector:
                 self.stack, state.scales, state.skip, state.maps, distributed.share(remaining), self.calib,
                 self.score_batch, f"at step {k}", self.progress.advance,
             )  # fmt: skip
-            return {c: Fit(f.weight.cpu(), f.ridge) for c, f in fits.items()}
+            return {c: dataclasses.replace(f, weight=f.weight.cpu()) for c, f in fits.items()}
 
         fits = distributed.merged(fit_share)
-        return {c: Fit(f.weight.to(module_device(self.stack.layers[c])), f.ridge) for c, f in fits.items()}
+        devices = {c: module_device(self.stack.layers[c]) for c in fits}
+        return {c: dataclasses.replace(f, weight=f.weight.to(devices[c])) for c, f in fits.items()}
 
     def _loss(self, scales: BranchScales, skip: list[int], maps: dict[int, torch.Tensor], where: str) -> float:
-        """The objective on all training sequences: what the trained shortlist is compared on."""
+        """The objective on the judging sequences: what the trained shortlist is compared on."""
+        calib, teacher = self.judge
+        n_rows = int(calib.train_ids.shape[0])
         value = mean_loss(
-            self.stack, scales, skip, self.calib, self.teacher, self.o.objective,
-            n_rows=self.o.samples, batch_size=self.o.batch_size, where=where, maps=maps,
+            self.stack, scales, skip, calib, teacher, self.o.objective,
+            n_rows=n_rows, batch_size=self.o.batch_size, where=where, maps=maps,
         )  # fmt: skip
-        for _ in batches(self.o.samples, self.o.batch_size):
+        for _ in batches(n_rows, self.o.batch_size):
             self.progress.advance()
         return value
 
@@ -342,6 +367,13 @@ class Selector:
         for (c, kind), v in scores.items():
             check_finite(v, f"at step {k} scoring layer {c}" + ("" if kind == SKIP else " as a linear map"))
         return scores
+
+
+def _part(calib: Calibration, teacher: Teacher, rows: slice) -> tuple[Calibration, Teacher]:
+    """The training sequences ``rows`` as a calibration set of their own (views, not copies)."""
+    part = dataclasses.replace(calib, train_ids=calib.train_ids[rows], train_targets=calib.train_targets[rows])
+    topk = [None if t is None else t[rows] for t in (teacher.topk_ids, teacher.topk_logp)]
+    return part, Teacher(topk[0], topk[1], teacher.held_hidden)
 
 
 def _best(ranking: dict[Trial, float], kinds: dict[str, Losses], n: int) -> list[Trial]:

@@ -43,11 +43,15 @@ FIT_BYTES = 2 * 2**30
 
 @dataclass
 class Fit:
-    """One layer's closed-form map and the ridge it was fitted with."""
+    """One layer's closed-form map, the ridge it was fitted with, and how well it fits."""
 
     #: float32 ``(hidden, hidden)`` in (out, in) order, on the layer's device
     weight: torch.Tensor
     ridge: float
+    #: ``|XM - Y|^2 / |Y|^2`` on the last quarter of the training sequences, ``M`` fitted on
+    #: the rest with ``ridge``: how linear the block is (the NBL baseline ranks blocks by it);
+    #: None with too few sequences to hold any out
+    error: float | None = None
 
 
 class Moments:
@@ -92,14 +96,14 @@ def fit_maps(
         if len(val_rows):
             held = _moments(stack, scales, skip, maps, group, calib, val_rows, batch_size, on_batch)
         for c in group:
-            ridge = _ridge(moments[c], held.get(c))
+            ridge, error = _ridge(moments[c], held.get(c))
             m = moments[c].solve(ridge, held.get(c))
             if not bool(torch.isfinite(m).all()):
                 raise HopscotchError(
                     f"the linear map of layer {c} {where} is not finite; "
                     "run on --device cpu (float32) or use --replace skip"
                 )
-            fits[c] = Fit(m.T.to(module_device(stack.layers[c]), torch.float32).contiguous(), ridge)
+            fits[c] = Fit(m.T.to(module_device(stack.layers[c]), torch.float32).contiguous(), ridge, error)
     return fits
 
 
@@ -122,12 +126,14 @@ def groups(layers: list[int], hidden: int) -> list[list[int]]:
     return [layers[i : i + size] for i in range(0, len(layers), size)]
 
 
-def _ridge(fit: Moments, held: Moments | None) -> float:
-    """The ridge of :data:`RIDGES` whose map, fitted on ``fit``, errs least on ``held``."""
+def _ridge(fit: Moments, held: Moments | None) -> tuple[float, float | None]:
+    """The ridge of :data:`RIDGES` whose map, fitted on ``fit``, errs least on ``held``, and
+    that error relative to ``held``'s ``|Y|^2``."""
     if held is None:
-        return FALLBACK_RIDGE
+        return FALLBACK_RIDGE, None
     errors = [held.error(fit.solve(r)) for r in RIDGES]
-    return RIDGES[min(range(len(RIDGES)), key=errors.__getitem__)]
+    best = min(range(len(RIDGES)), key=errors.__getitem__)
+    return RIDGES[best], errors[best] / max(held.yy, 1e-30)
 
 
 @torch.no_grad()
