@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, signals
 from .errors import HopscotchError
+from .quiet import quiet_libraries
 from .search.command import search_command
 from .verify.command import verify_command
 
@@ -127,19 +128,26 @@ app.command("verify")(verify_command)
 
 
 def main() -> None:
-    """Entry point: subcommands, or the one command when the first word is a model."""
-    try:
-        args = sys.argv[1:]
-        if args and args[0] not in {*(c.name for c in app.registered_commands), "--help", "-h", "--version"}:
-            from .pipeline import export_app
+    """Entry point: subcommands, or the one command when the first word is a model.
 
-            export_app(args=args, prog_name="hopscotch-export")
-        else:
-            app(prog_name="hopscotch-export")
-    except HopscotchError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says why
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    Third-party output is silenced first; SIGTERM stops a run as Ctrl-C does (the search
+    keeps its partial plan, no temporary file stays), with exit status 128 + the signal."""
+    quiet_libraries()
+    with signals.interrupts():
+        try:
+            args = sys.argv[1:]
+            if args and args[0] not in {*(c.name for c in app.registered_commands), "--help", "-h", "--version"}:
+                from .pipeline import export_app
+
+                export_app(args=args, prog_name="hopscotch-export")
+            else:
+                app(prog_name="hopscotch-export")
+        except HopscotchError as e:  # an interrupted search says where its partial plan is
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says why
+                console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(signals.exit_code(2))
+        except (KeyboardInterrupt, SystemExit) as e:
+            if isinstance(e, SystemExit) and signals.received() is None:
+                raise  # an ordinary end; typer ends a KeyboardInterrupt with a silent exit 130
+            console.print("[yellow]interrupted[/]")
+            sys.exit(signals.exit_code(130))

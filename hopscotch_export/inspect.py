@@ -14,11 +14,8 @@ from typing import Any
 
 from .errors import HopscotchError
 from .plan import load_plan
-from .sources.gguf_file import read_gguf
-
-#: llama.cpp's default KV cache type is f16.
-KV_BYTES_PER_VALUE = 2
-
+from .kv_cache import kv_bytes_per_cell
+from .sources.gguf_file import read_gguf, scan_gguf
 
 def gguf_tensor_types(path: Path | str) -> dict[str, str]:
     """Tensor name -> GGML type name."""
@@ -52,16 +49,12 @@ def gguf_summary(path: Path | str) -> dict[str, Any]:
             raise ValueError(f"block_count {n}")
         heads = _per_layer(get(f"{arch}.attention.head_count", 0), n)
         kv_heads = _per_layer(get(f"{arch}.attention.head_count_kv", heads), n)
-        hidden = int(get(f"{arch}.embedding_length", 0))
-        first = next((h for h in heads if h), 1)
-        k_len = int(get(f"{arch}.attention.key_length", hidden // first))
-        v_len = int(get(f"{arch}.attention.value_length", k_len))
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        kv_per_token = kv_bytes_per_cell(scan_gguf(path).metadata)[0] if n else 0
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
         raise HopscotchError(
             f"{path} has malformed {arch}.* attention metadata ({type(e).__name__}: {str(e)[:60]}); "
             "re-download or re-convert it"
         ) from None
-    kv_per_token = sum(kv * (k_len + v_len) * KV_BYTES_PER_VALUE for kv in kv_heads)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     kinds = [layer_kind(h, kv) for h, kv in zip(heads, kv_heads)]
     return {

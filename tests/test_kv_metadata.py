@@ -10,7 +10,8 @@ from hopscotch_export.converters.convert import convert
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import runner
 from hopscotch_export.sources.gguf_file import scan_gguf
-from hopscotch_export.verify.runner import LlamaSession, kv_bytes_per_cell
+from hopscotch_export.kv_cache import kv_bytes_per_cell
+from hopscotch_export.verify.runner import LlamaSession
 from test_linear_layers import linear_plan
 
 

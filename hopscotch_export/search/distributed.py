@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .. import signals
 from ..errors import HopscotchError
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ def session(cuda: bool) -> Iterator[None]:
     if cuda:
         torch.cuda.set_device((local_gpus() or [0])[0])
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous = signal.signal(signal.SIGTERM, signals.raising(Stopped))
     try:
         yield
     except BaseException:
@@ -81,11 +82,6 @@ def session(cuda: bool) -> Iterator[None]:
         raise
     signal.signal(signal.SIGTERM, previous)
     dist.destroy_process_group()
-
-
-def _stop(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # raise once
-    raise Stopped("stopped by SIGTERM")
 
 
 def local_gpus() -> list[int] | None:

@@ -24,6 +24,7 @@ import gguf
 import numpy as np
 
 from ..errors import HopscotchError
+from ..kv_cache import kv_bytes_per_cell
 from ..sources.gguf_file import scan_gguf
 
 #: Tokens per ``llama_decode`` call: one llama.cpp micro-batch, so that the logits held
@@ -357,28 +358,6 @@ def _kv_cache_info(path: Path, cells: int, type_k: str, type_v: str, lines: list
     return KvCacheInfo(exact, cells, layers, type_k, type_v, mib, warning)
 
 
-def kv_bytes_per_cell(meta: dict[str, Any], type_k: str, type_v: str) -> tuple[int, int]:
-    """Bytes of K and V per token position over the layers that have attention, and their
-    count, from GGUF metadata (``deci`` gives per-layer head counts: 0 for skipped and
-    linear layers)."""
-    arch = meta["general.architecture"]
-    n_layers = int(meta[f"{arch}.block_count"])
-    heads = meta[f"{arch}.attention.head_count"]
-    kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
-    per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * n_layers
-    n_head = max(heads) if isinstance(heads, list) else heads  # a skipped layer 0 has none
-    head_k = meta.get(f"{arch}.attention.key_length") or int(meta[f"{arch}.embedding_length"]) // n_head
-    head_v = meta.get(f"{arch}.attention.value_length") or head_k
-    per_cell = sum(n * (head_k * _type_bytes(type_k) + head_v * _type_bytes(type_v)) for n in per_layer)
-    return int(per_cell), sum(1 for n in per_layer if n)
-
-
 def _type_name(ggml_type: int) -> str:
     """``f16`` for GGML type 1: the names llama.cpp prints and gguf-py knows."""
     return gguf.GGMLQuantizationType(ggml_type).name.lower()
-
-
-def _type_bytes(name: str) -> float:
-    qtype = gguf.GGMLQuantizationType[name.upper()]
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return size / block
