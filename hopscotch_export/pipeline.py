@@ -108,7 +108,8 @@ def export(
         console.rule("[bold]1/3 search")
         resume = out.plan if out.plan.exists() and not force else None
         plan = run_search(
-            source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve
+            source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve,
+            resume_hint="run the same command again to continue",
         )
     else:
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")

@@ -76,6 +76,7 @@ def run_search(
     force: bool = False,
     console: Console | None = None,
     curve_out: Path | None = None,
+    resume_hint: str | None = None,
 ) -> Plan:
     """Search ``options.skips`` attention blocks to remove (skip, or replace by linear maps
     per ``options.replace``) and their scales; write the plan to ``out``.
@@ -85,7 +86,8 @@ def run_search(
     torchrun every process calls this with the same arguments: they share each step's
     candidates, and rank 0 alone writes the files and reports. With ``--skips auto`` the
     quality curve goes to ``curve_out`` (default ``<plan>.curve.json``) and a plot beside it
-    (``.png``), also when no count is within the limits.
+    (``.png``), also when no count is within the limits. ``resume_hint`` is how an
+    interrupted run is continued (default: ``--resume OUT``), for callers with their own way.
     """
     out = Path(out)
     ref = source.model_ref()
@@ -120,7 +122,7 @@ def run_search(
                         _write_curve(e.curve, curve_paths, console, force)
                     raise
         except KeyboardInterrupt as e:  # Ctrl-C, or another process of a distributed search is gone
-            raise _interrupted(e, state, out) from None
+            raise _interrupted(e, state, out, resume_hint or f"continue with --resume {out}") from None
     if main:
         for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
             console.print(table)
@@ -164,13 +166,13 @@ def _outputs(
     return prior, data_file
 
 
-def _interrupted(e: KeyboardInterrupt, state: SearchState | None, out: Path) -> SearchInterrupted:
+def _interrupted(e: KeyboardInterrupt, state: SearchState | None, out: Path, hint: str) -> SearchInterrupted:
     """The error for Ctrl-C or a lost process: where the partial plan is, how to continue."""
     error, what = SearchInterrupted, "interrupted"
     if isinstance(e, distributed.Stopped):
         error, what = ProcessFailed, "a process of the distributed search failed or was stopped"
     if state is not None and state.steps:
-        return error(f"{what}; the plan after {len(state.steps)} step(s) is in {out}, continue with --resume {out}")
+        return error(f"{what}; the plan after {len(state.steps)} step(s) is in {out}, {hint}")
     return error(f"{what} before the first step finished; nothing was saved")
 
 
