@@ -21,8 +21,17 @@ LLAMA3 = """{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|
 
 """
 
-#: (marker found in the Jinja template, Go template, stop tokens)
+#: DeepSeek-R1 and its distills (Llama and Qwen2 models with DeepSeek's own chat format)
+DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<｜User｜>{{ .Content }}
+{{- else if eq .Role "assistant" }}<｜Assistant｜>{{ .Content }}<｜end▁of▁sentence｜>
+{{- end }}
+{{- end }}<｜Assistant｜>"""
+
+#: (marker found in the Jinja template, Go template, stop tokens); the first that matches wins
 KNOWN_FORMATS = [
+    ("<｜Assistant｜>", DEEPSEEK_R1, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]),
     ("<|im_start|>", CHATML, ["<|im_start|>", "<|im_end|>"]),
     ("<|start_header_id|>", LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
 ]

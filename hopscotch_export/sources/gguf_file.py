@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import Family, ModelSpec, family_for
+from ..families.base import supported_line
 from .base import ModelSource, SourceTensor, sampled_fingerprint
 from .layout import read_rows
 
@@ -35,13 +36,25 @@ class GgufFileSource(ModelSource):
         self.path = path
         self.reader = read_gguf(path)
         arch = self.field("general.architecture")
-        if arch not in ("llama", "qwen2"):
-            raise SourceError(
-                f"{path} is a {arch!r} GGUF; supported GGUF architectures: llama, qwen2"
-            )
+        family = family_for(str(arch), f"{path} (GGUF)")
+        if arch not in family.gguf_archs:  # a Hugging Face class name where a GGUF architecture belongs
+            raise SourceError(f"{path} says general.architecture={arch!r}, not a GGUF architecture. {supported_line()}")
         self.arch: str = arch
-        self.spec = self._spec(family_for(arch))
+        self._refuse_experts()
+        self.spec = self._spec(family)
         self._fingerprint: str | None = None
+
+    def _refuse_experts(self) -> None:
+        """A mixture of experts may say ``llama`` (Mixtral does): refused by its expert count
+        or expert tensors, which a plain file has neither of."""
+        count = self.field(f"{self.arch}.expert_count") or 0
+        experts = next((t.name for t in self.reader.tensors if "_exps" in t.name), None)
+        if (isinstance(count, int) and count > 1) or experts:
+            what = f"{self.arch}.expert_count={count}" if isinstance(count, int) and count > 1 else f"tensor {experts}"
+            raise SourceError(
+                f"{self.path} is a mixture of experts ({what}); deci has one MLP per layer, so it cannot hold "
+                f"it. {supported_line()}"
+            )
 
     def field(self, key: str, default: Any = None) -> Any:
         """A metadata value, decoded (strings as str, arrays as lists)."""
@@ -57,7 +70,7 @@ class GgufFileSource(ModelSource):
             return value[0]
         return value
 
-    def _spec(self, family: Family) -> ModelSpec:
+    def _spec(self, family: type[Family]) -> ModelSpec:
         a = self.arch
         names = {t.name for t in self.reader.tensors}
         try:
@@ -162,7 +175,7 @@ class GgufFileSource(ModelSource):
 
         s = self.spec
         return AutoConfig.for_model(
-            s.family.gguf_arch, architectures=[s.architecture], vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+            s.family.model_type, architectures=[s.architecture], vocab_size=s.vocab_size, hidden_size=s.hidden_size,
             intermediate_size=s.intermediate_size, num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
             num_key_value_heads=s.n_kv_heads, head_dim=s.head_dim, rms_norm_eps=s.rms_eps, rope_theta=s.rope_theta,
             max_position_embeddings=s.context_length, tie_word_embeddings=s.tie_embeddings,

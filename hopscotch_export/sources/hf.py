@@ -32,7 +32,7 @@ class HfFolderSource(ModelSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.config: dict[str, Any] = read_config(path)
-        self.spec = ModelSpec.from_hf_config(self.config)
+        self.spec = ModelSpec.from_hf_config(self.config, str(path / "config.json"))
         self.files = sorted(path.glob("*.safetensors"))
         if not self.files:
             raise SourceError(

@@ -1,0 +1,70 @@
+"""What a model family is: the facts every stage needs about one architecture.
+
+llama.cpp's ``convert_hf_to_gguf.py`` keeps one class per architecture, registered by the
+names it handles; so do we. A family class says which Hugging Face classes and GGUF
+architectures it accepts, how its ``config.json`` reads into a :class:`ModelSpec`, what
+it refuses and why, and what differs in its tensors. The rest of the code asks the
+family, never which architecture a model is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..errors import SourceError
+
+
+class Family:
+    """A decoder that llama.cpp's ``deci`` computes exactly: pre-norm RMSNorm layers of
+    rotary self-attention (no sliding window, no q/k norms) and a SwiGLU MLP, a final
+    RMSNorm and a linear head. Subclasses state their differences."""
+
+    #: Hugging Face ``architectures`` class names this family reads
+    hf_architectures: ClassVar[tuple[str, ...]] = ()
+    #: GGUF ``general.architecture`` values this family reads
+    gguf_archs: ClassVar[tuple[str, ...]] = ()
+    #: transformers ``model_type`` of a config built for a GGUF source
+    model_type: ClassVar[str] = ""
+    #: q/k/v biases are always present (Qwen2) rather than set by ``attention_bias``
+    qkv_bias: ClassVar[bool] = False
+    #: GGUF files of this family store q/k rows in rotate-half (NEOX) order, so the
+    #: converter permutes them for ``deci``'s NORM rope (``llama`` GGUFs already did)
+    gguf_rope_neox: ClassVar[bool] = False
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.hf_architectures[0]
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any], where: str) -> None:
+        """Refuse, in one line, what ``deci`` cannot compute although the class name is ours."""
+        experts = [k for k in ("num_local_experts", "num_experts", "n_routed_experts") if (cfg.get(k) or 0) > 1]
+        if experts:
+            raise SourceError(
+                f"{where}: a mixture of experts ({experts[0]}={cfg[experts[0]]}); deci has one MLP per layer, "
+                f"so it cannot hold it. {supported_line()}"
+            )
+
+    @classmethod
+    def context_length(cls, cfg: dict[str, Any], where: str) -> tuple[int, str | None]:
+        """The context the exported file may be used at, and a notice if that is less than
+        the model's own (``deci`` attends to the whole context, so a sliding window must
+        cover it)."""
+        context = int(cfg.get("max_position_embeddings", 2048))
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+        if window and int(window) < context:
+            return int(window), (
+                f"{where}: attention slides over {window} tokens, which deci cannot express; the exported "
+                f"file's context is limited to {window} tokens (from {context}), where the two agree"
+            )
+        return context, None
+
+
+def supported_line() -> str:
+    """``Supported: LlamaForCausalLM (llama), ...`` for refusals."""
+    from . import REGISTRY
+
+    names = []
+    for f in dict.fromkeys(REGISTRY.values()):
+        names.append(f.name() + (f" ({', '.join(f.gguf_archs)})" if f.gguf_archs else ""))
+    return "Supported: " + ", ".join(names)

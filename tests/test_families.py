@@ -1,0 +1,127 @@
+"""Model families: Mistral (with and without a sliding window), DeepSeek-R1 distills' chat
+format, and one-line refusals of what deci cannot hold (experts, q/k norms, Gemma)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFWriter
+
+from hopscotch_export.errors import SourceError
+from hopscotch_export.families import REGISTRY, family_for
+from hopscotch_export.ollama import modelfile
+from hopscotch_export.sources import open_source
+from models import make_tiny_model
+from test_cli import assert_one_line_error, run_cli
+from test_linear_layers import check_parity, linear_plan
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("mistral") / "m", "mistral", sliding_window=None)
+
+
+@pytest.mark.parametrize("outtype,max_kl", [("f32", 1e-5), ("q8_0", 1e-3)])
+def test_mistral_converts_and_llama_cpp_matches_torch_under_the_plan(tiny_mistral, tmp_path, outtype, max_kl):
+    source = open_source(tiny_mistral)
+    assert source.spec.architecture == "MistralForCausalLM" and source.spec.notice is None
+    plan = linear_plan(source, skip=(2,), linear=(4,))
+    wrong = plan.with_fields(skip=(3,))  # the plan not applied as written
+    good, bad = check_parity(tiny_mistral, plan, wrong, outtype, tmp_path)
+    assert good < max_kl and bad > max(100 * good, 1e-3)
+
+
+def test_a_sliding_window_limits_the_exported_context(tmp_path, monkeypatch, capsys):
+    path = make_tiny_model(tmp_path / "m", "mistral", layers=3, sliding_window=64)
+    spec = open_source(path).spec
+    assert spec.context_length == 64 and "limited to 64 tokens (from 2048)" in (spec.notice or "")
+    out = tmp_path / "m.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", str(path), "-o", str(out), "--outtype", "f32")
+    assert code == 0 and "note:" in err and "attention slides over 64 tokens" in err
+    assert GGUFReader(out).fields["deci.context_length"].contents() == 64
+
+
+def _config_folder(path: Path, config: object) -> Path:
+    config.save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("qwen3", "per-head q/k norms"),
+        ("gemma2", "soft-capping"),
+        ("mixtral", "mixture of experts"),
+        ("llama-experts", "mixture of experts (num_local_experts=4)"),
+        ("gpt2", "not a family this tool knows"),
+    ],
+)
+def test_folders_deci_cannot_hold_are_refused_in_one_line(name, why, tmp_path, monkeypatch, capsys):
+    import transformers as t
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=128)
+    configs = {
+        "qwen3": lambda: t.Qwen3Config(**small, architectures=["Qwen3ForCausalLM"]),
+        "gemma2": lambda: t.Gemma2Config(**small, architectures=["Gemma2ForCausalLM"]),
+        "mixtral": lambda: t.MixtralConfig(**small, architectures=["MixtralForCausalLM"]),
+        "llama-experts": lambda: t.LlamaConfig(**small, architectures=["LlamaForCausalLM"], num_local_experts=4),
+        "gpt2": lambda: t.GPT2Config(n_embd=32, n_layer=2, n_head=4, architectures=["GPT2LMHeadModel"]),
+    }
+    folder = _config_folder(tmp_path / name, configs[name]())
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", str(folder), "-o", str(out))
+    assert_one_line_error(code, err, why, "Supported: LlamaForCausalLM (llama)", "Qwen2ForCausalLM (qwen2)")
+    assert not out.exists()
+
+
+def _mixtral_style_gguf(path: Path) -> Path:
+    """A ``llama`` GGUF with expert tensors and an expert count, as Mixtral's files are."""
+    w = GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_expert_count(4)
+    w.add_token_list([f"t{i}".encode() for i in range(4)])
+    for name, shape in (("token_embd.weight", (4, 8)), ("blk.0.attn_q.weight", (8, 8)),
+                        ("blk.0.ffn_down_exps.weight", (4, 8, 16)), ("output_norm.weight", (8,))):  # fmt: skip
+        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_mixture_of_experts_gguf_that_says_llama_is_refused(tmp_path, monkeypatch, capsys):
+    gguf = _mixtral_style_gguf(tmp_path / "mixtral.gguf")
+    with pytest.raises(SourceError, match="is a mixture of experts \\(llama.expert_count=4\\)"):
+        open_source(gguf)
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", str(gguf), "-o", str(out))
+    assert_one_line_error(code, err, "mixture of experts", "deci has one MLP per layer")
+    assert not out.exists()
+
+
+def test_every_registered_family_answers_for_its_names_and_only_them():
+    for name, family in REGISTRY.items():
+        assert name in family.hf_architectures + family.gguf_archs
+        assert family_for(name) is family
+    assert {f.name() for f in REGISTRY.values()} >= {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+
+
+def test_deepseek_r1_distills_get_their_own_chat_format_in_the_modelfile():
+    template = (
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{'<｜User｜>' + message['content']}}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{'<｜Assistant｜><think>\\n'}}{% endif %}"
+    )
+    text = modelfile("m.gguf", template, "<｜end▁of▁sentence｜>")
+    assert "<｜User｜>{{ .Content }}" in text and text.count('PARAMETER stop "<｜end▁of▁sentence｜>"') == 1
+    assert "<|im_start|>" not in text
+    # the Qwen2-based distill's template also mentions no ChatML: it is not mistaken for Qwen's format
+    assert json.dumps(text)
