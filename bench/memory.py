@@ -108,7 +108,7 @@ result = dict(estimate=need.bytes - need.parts['process'], parts=need.parts, bas
 """
 
 VERIFY = """
-from hopscotch_export.verify.pipeline import VerifyOptions, run_verify, verify_needs
+from hopscotch_export.verify.run import VerifyOptions, run_verify, verify_needs
 opts = VerifyOptions(plan=Path({plan!r}), source={src!r}, speed=False, chunks=2, threads={threads})
 need = [n for n in verify_needs(Path({gguf!r}), {src!r}, opts) if n.where == 'ram'][0]
 report = run_verify(Path({gguf!r}), {src!r}, opts)

@@ -37,7 +37,7 @@ from hopscotch_export.search.calibration import save_records
 from hopscotch_export.search.data import read_records
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
-from hopscotch_export.search.report import Silent
+from hopscotch_export.search.display import Silent
 from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales

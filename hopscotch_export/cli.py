@@ -137,7 +137,7 @@ def main() -> None:
         try:
             args = sys.argv[1:]
             if args and args[0] not in {*(c.name for c in app.registered_commands), "--help", "-h", "--version"}:
-                from .pipeline import export_app
+                from .export import export_app
 
                 export_app(args=args, prog_name="hopscotch-export")
             else:

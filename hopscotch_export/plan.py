@@ -3,7 +3,7 @@
 A plan says, for each layer, what becomes of its attention block: kept, skipped, or
 replaced by a fitted linear map (llama.cpp ``deci``'s "linear attention" of Nemotron-51B:
 ``x + W · RMSNorm(x)``, one ``hidden x hidden`` matrix, no KV cache), and by how much each
-remaining branch output is scaled (DESIGN.md section 1: branch scales fold exactly into
+remaining branch output is scaled (docs/design.md section 1: branch scales fold exactly into
 ``attn_output`` and ``ffn_down``; a linear layer's attention scale folds into W's rows).
 It is validated once, at load, and trusted afterwards.
 

@@ -128,13 +128,13 @@ def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny:
 
 
 def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:
-    from hopscotch_export import pipeline
+    from hopscotch_export import export as one_command
 
     seen: dict = {}
-    monkeypatch.setattr(pipeline, "export", lambda model, output, search, verify, **kw: seen.update(s=search, v=verify) or 0)
+    monkeypatch.setattr(one_command, "export", lambda model, output, search, verify, **kw: seen.update(s=search, v=verify) or 0)
     for skips, curve in (("auto", True), ("3", False)):
         with pytest.raises(SystemExit):
-            pipeline.export_app(args=["m", "--skips", skips, "--max-kl", "0.2", "-o", "x.gguf"], prog_name="h")
+            one_command.export_app(args=["m", "--skips", skips, "--max-kl", "0.2", "-o", "x.gguf"], prog_name="h")
         assert seen["v"].max_kl == 0.2 and seen["s"].curve is curve
         assert seen["s"].max_kl == (0.2 if curve else None)  # a fixed count: the limit is verify's alone
 

@@ -188,7 +188,7 @@ def test_screen_then_rescore_on_all_training_data(
     """The screen's best candidates are rescored on every training sequence, and the
     shortlist is taken from those full-data scores."""
     from hopscotch_export.search import greedy
-    from hopscotch_export.search.report import Silent
+    from hopscotch_export.search.display import Silent
     from hopscotch_export.search.run import prepare
     from hopscotch_export.search.train import mean_loss
     from hopscotch_export.torch_plan import BranchScales

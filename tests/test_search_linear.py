@@ -117,7 +117,7 @@ def test_auto_compares_the_kinds_on_sequences_its_steps_did_not_fit_or_train_on(
     """Maps overfit few tokens: auto fits, scores and trains on the first training
     sequences and keeps the trial with the lowest loss on the last quarter."""
     from hopscotch_export.search import greedy
-    from hopscotch_export.search.report import Silent
+    from hopscotch_export.search.display import Silent
     from hopscotch_export.search.run import prepare
     from hopscotch_export.search.train import mean_loss
     from hopscotch_export.torch_plan import BranchScales
@@ -232,7 +232,7 @@ def test_linear_options_are_checked() -> None:
         SearchOptions(skips=1, replace="auto", linear_epochs=-1)
     assert SearchOptions(skips=1, final_epochs=3).map_epochs == 3
     assert SearchOptions(skips=1, final_epochs=3, linear_epochs=0).map_epochs == 0
-    from hopscotch_export.pipeline import export_command
+    from hopscotch_export.export import export_command
 
     params = export_command.__signature__.parameters  # type: ignore[attr-defined]
     assert {"replace", "linear_epochs", "max_linear", "map_lr"} <= set(params)

@@ -1,4 +1,4 @@
-"""GGUF metadata for the ``deci`` architecture (DESIGN.md section 2).
+"""GGUF metadata for the ``deci`` architecture (docs/design.md section 2).
 
 ``deci`` reads per-layer head counts, so a layer with head_count 0 has no attention
 tensors, and one with head_count n_head and head_count_kv 0 is a "linear attention" layer

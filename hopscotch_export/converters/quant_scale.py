@@ -1,11 +1,11 @@
 """Scale or reorder rows of GGUF tensors without requantizing them.
 
 Hopscotch's learned branch scales fold into the rows of ``attn_output.weight`` and
-``ffn_down.weight`` (DESIGN.md section 1). A user's file is usually already quantized
+``ffn_down.weight`` (docs/design.md section 1). A user's file is usually already quantized
 (Q4_K_M and friends). Dequantizing, scaling and requantizing would round every weight a
 second time and could change the file's type mix; instead we use the fact that every
 block format we support stores its block scale(s) as plain fp16 fields that multiply
-all of the block's values linearly (DESIGN.md section 3):
+all of the block's values linearly (docs/design.md section 3):
 
 * ``value = d * q``                      Q8_0, Q4_0, Q5_0, IQ*, TQ*
 * ``value = d * q + m``                  Q4_1, Q5_1

@@ -1,7 +1,7 @@
 """K-quant outputs through llama.cpp's own quantizer (its type mixes and fallbacks).
 
 llama-cpp-python exposes ``llama_model_quantize``; it accepts ``deci`` files
-(DESIGN.md section 2).
+(docs/design.md section 2).
 """
 
 from __future__ import annotations

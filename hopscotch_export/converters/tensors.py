@@ -1,6 +1,6 @@
 """Per-tensor work: what is dropped, permuted, scaled, and in which type it is written.
 
-Scales fold exactly (DESIGN.md section 1): ``attn_output`` rows times ``w_att[l]`` and
+Scales fold exactly (docs/design.md section 1): ``attn_output`` rows times ``w_att[l]`` and
 ``ffn_down`` rows times ``w_mlp[l]`` (rows are output channels, so a per-channel vector
 scales rows too). Quantized source tensors kept in their type are scaled by their block
 scale fields only (:mod:`.quant_scale`).

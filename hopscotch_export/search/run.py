@@ -1,4 +1,4 @@
-"""``run_search``: model + options -> plan file, resumable, as the CLI and the pipeline call it."""
+"""``run_search``: model + options -> plan file, resumable, as the CLI and the one command call it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .greedy import LINEAR, Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk
 from .options import SearchOptions, device_name
 from .placement import plan_placement
-from .report import RichSteps, Silent, summary_tables
+from .display import RichSteps, Silent, summary_tables
 from .savings import blocks
 from .train import mean_loss, train_scales
 

@@ -4,7 +4,7 @@
 ``verify_command`` is the typer command that prints it and turns limits into exit codes.
 """
 
-from .pipeline import VerifyOptions, run_verify
+from .run import VerifyOptions, run_verify
 from .report import VerifyReport
 
 __all__ = ["VerifyOptions", "VerifyReport", "run_verify"]

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import HopscotchError
 from ..files import check_writable
-from .pipeline import VerifyOptions, run_verify
+from .run import VerifyOptions, run_verify
 from .tasks import DEFAULT_TEMPLATE
 
 #: Exit codes: 0 every gate passed (or none ran), 1 a gate failed, 2 a user error.

@@ -19,7 +19,7 @@ from .reference import outtype_of
 from .runner import DEFAULT_BATCH
 
 if TYPE_CHECKING:
-    from .pipeline import VerifyOptions
+    from .run import VerifyOptions
 
 #: Rows of float64 log-probabilities the held-out comparison holds at once (heldout._ROWS),
 #: times the temporaries alive together (both sides' log-softmax, exp, difference).

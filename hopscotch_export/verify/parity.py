@@ -6,7 +6,7 @@ file's quantization, a wrong fold by orders of magnitude more. How much the arit
 quantization alone cost is measured in the same run, on the same tokens: the unmodified
 reference file against the torch model with no plan (the *floor*). The check passes when
 the parity KL is within :data:`FLOOR_MULTIPLE` times the floor plus :data:`SLACK` (for
-float32 files, whose floor is ~1e-9, below what matters). docs/verify.md has the figures.
+float32 files, whose floor is ~1e-9, below what matters); docs/design.md section 4.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ logits for chosen positions only (as ``llama-perplexity`` asks for them) and two
 advanced batch by batch side by side. The KV cache size is computed from the file's own
 metadata and only cross-checked against the figure llama.cpp logs. Flash attention is
 always on: without it llama.cpp pads the V cache of every layer and skipped blocks would
-save no KV memory (DESIGN.md section 2).
+save no KV memory (docs/design.md section 2).
 """
 
 from __future__ import annotations

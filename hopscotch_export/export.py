@@ -30,12 +30,12 @@ from .search.command import parse_layers, parse_shortlist, parse_skips, search_c
 from .search.options import SearchOptions
 from .sources import ModelSource, open_source
 from .verify.command import EXIT_LIMIT, verify_command
-from .verify.pipeline import VerifyOptions
+from .verify.run import VerifyOptions
 from .verify.reference import check_reference_outtype
 
 console = Console(stderr=True)
 
-#: Parameters of the stage commands that the pipeline sets itself.
+#: Parameters of the stage commands that the one command sets itself.
 _SEARCH_OWN = {"model", "output", "resume", "force"}
 #: limits both stages take: declared once (by search), given to both
 _SHARED = {"max_kl", "max_ppl_increase"}
@@ -84,7 +84,7 @@ def export(
     ``dry_run`` prints what each stage will need and where it will run, and stops."""
     from .converters import convert
     from .search.run import run_search
-    from .verify.pipeline import run_verify
+    from .verify.run import run_verify
 
     out = Outputs(Path(output))
     if distributed.launched():
@@ -245,7 +245,7 @@ def _mib(n: int) -> str:
 
 
 def _stage_params(func: Any, own: set[str], prefix: str = "", taken: set[str] = frozenset()) -> list[inspect.Parameter]:
-    """A stage command's parameters, minus those the pipeline sets; clashes get ``prefix``."""
+    """A stage command's parameters, minus those the one command sets; clashes get ``prefix``."""
     hints = typing.get_type_hints(func)
     params = []
     for p in inspect.signature(func).parameters.values():
