@@ -23,7 +23,7 @@ from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
 from hopscotch_export.verify.data import load_text
-from hopscotch_export.verify.parity import torch_parity
+from hopscotch_export.verify.parity import floor_applies, torch_parity
 from hopscotch_export.verify.perplexity import make_windows
 from hopscotch_export.verify.runner import LlamaSession
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
@@ -185,6 +185,14 @@ def test_smollm2_with_skips_diverges(smollm2, tmp_path):
     r = run_verify(out, smollm2, options(ctx=128, chunks=2))
     assert r.divergence.mean_kl > 1e-2 and r.divergence.same_top < 1.0
     assert r.model.kv_cache.bytes * 30 == r.reference.kv_cache.bytes * 27
+
+
+def test_the_floor_applies_to_a_model_stored_at_least_as_precisely(tiny, tmp_path):
+    """An f32 reference's floor says nothing about a q8_0 file's rounding; the reverse bounds it."""
+    q8 = tmp_path / "q8.gguf"
+    convert(open_source(tiny["hf"]), None, q8, outtype="q8_0")
+    assert floor_applies(tiny["skip"], tiny["empty"]) and floor_applies(tiny["skip"], q8)
+    assert not floor_applies(q8, tiny["empty"])
 
 
 def test_no_gate_means_no_verdict(tiny, capsys):

@@ -12,18 +12,22 @@ float32 files, whose floor is ~1e-9, below what matters); docs/design.md section
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import HopscotchError
 from ..families import ModelSpec
+from ..kv_cache import type_bytes
 from ..plan import Plan, load_plan
 from ..resources import PROCESS_BASE, Need, check, parameter_count, source_overhead
 from ..sources import ModelSource, open_source
+from ..sources.gguf_file import scan_gguf
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
 from .runner import LlamaSession
@@ -129,6 +133,24 @@ def _compare(
         del expected, got  # before the generator makes the next window's logits
         advance()
     return np.concatenate(kls), np.concatenate(tops)
+
+
+def floor_applies(model: Path, reference: Path) -> bool:
+    """Whether the reference's floor bounds the model's parity: the model is stored at least
+    as precisely (an f16 reference's floor would fail a correct q4_k_m file; a q4_1
+    reference's floor is generous to an f32 one)."""
+
+    def bits(path: Path) -> float | None:
+        value = scan_gguf(path).metadata.get("general.file_type")
+        try:  # MOSTLY_Q4_K_M -> Q4_K, ALL_F32 -> F32
+            name = LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            return None
+        name = re.sub(r"_[SML]$", "", name) if "_K" in name else name
+        return type_bytes(name) if name in GGMLQuantizationType.__members__ else None
+
+    mine, theirs = bits(model), bits(reference)
+    return mine is not None and theirs is not None and mine >= theirs
 
 
 def parity_needs(spec: ModelSpec, windows: int, tokens: int, source_kind: str = "hf") -> list[Need]:

@@ -233,6 +233,11 @@ class VerifyReport:
         for c in self.limits:
             verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
             console.print(f"{c.name}: {c.value:.5g} (limit {c.limit:.5g}) {verdict}", highlight=False)
+        if self.parity and self.parity.floor is None:
+            console.print(
+                "parity not gated: the reference is stored more precisely than the model, so its floor does "
+                "not bound the model's (compare with a reference of the model's type)"
+            )
         if not self.limits:
             console.print("no gate ran (no --plan, --max-kl or --max-ppl-increase): nothing passed or failed")
 

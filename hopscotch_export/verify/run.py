@@ -19,7 +19,7 @@ from ..resources import check, one_line
 from .data import load_text
 from .heldout import compare_windows
 from .needs import verify_needs
-from .parity import FLOOR_MULTIPLE, SLACK, torch_parity
+from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, torch_parity
 from .perplexity import first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
@@ -122,7 +122,8 @@ def run_verify(
                 bar = progress.add_task("parity with torch", total=None)
                 parity = torch_parity(
                     model_s, opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
-                    lambda done, total: progress.update(bar, completed=done, total=total), reference=ref_s,
+                    lambda done, total: progress.update(bar, completed=done, total=total),
+                    reference=ref_s if floor_applies(model_gguf, ref.path) else None,
                 )
 
             speeds: list[Speed | None] = [None, None]
