@@ -11,6 +11,7 @@ from hopscotch_export.sources import open_source
 from hopscotch_export.verify import runner
 from hopscotch_export.sources.gguf_file import scan_gguf
 from hopscotch_export.kv_cache import kv_bytes_per_cell
+from hopscotch_export.llama_lib import LlamaLog
 from hopscotch_export.verify.runner import LlamaSession
 from test_linear_layers import linear_plan
 
@@ -37,7 +38,7 @@ def test_metadata_size_equals_what_llama_cpp_logs(deci: Path) -> None:
 def test_without_the_log_line_the_metadata_value_is_used(deci: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
         logged = s.kv_cache
-    monkeypatch.setattr(runner._LlamaLog, "since", lambda self, mark: ["llama_kv_cache: a reworded message"])
+    monkeypatch.setattr(LlamaLog, "since", lambda self, mark: ["llama_kv_cache: a reworded message"])
     with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
         kv = s.kv_cache
         assert s.decode([1, 2, 3], 0, [False, False, True]).shape == (1, s.n_vocab)  # verification goes on
@@ -47,7 +48,7 @@ def test_without_the_log_line_the_metadata_value_is_used(deci: Path, monkeypatch
 
 def test_a_disagreeing_log_line_is_a_warning_not_a_crash(deci: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     line = "llama_kv_cache: size =   99.00 MiB (   256 cells,   6 layers,  1/1 seqs), K (f16): 49.50 MiB"
-    monkeypatch.setattr(runner._LlamaLog, "since", lambda self, mark: [line])
+    monkeypatch.setattr(LlamaLog, "since", lambda self, mark: [line])
     with LlamaSession(deci, n_ctx=256, n_threads=1) as s:
         kv = s.kv_cache
     assert kv.bytes == 3 * 2 * 2 * 16 * 2 * 256 and kv.llama_mib == 99.0

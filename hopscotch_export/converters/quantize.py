@@ -16,9 +16,9 @@ from ..errors import HopscotchError
 
 def llama_quantize(src: Path, dst: Path, ftype: LlamaFileType, threads: int | None = None) -> None:
     """Quantize GGUF ``src`` into ``dst`` with llama.cpp; raises if llama.cpp reports failure."""
-    from ..verify.runner import _llama  # its log captured, not printed (a line per tensor)
+    from ..llama_lib import llama_library  # its log captured, not printed (a line per tensor)
 
-    llama_cpp, _ = _llama()
+    llama_cpp, _ = llama_library()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
     params.nthread = threads or os.cpu_count() or 1

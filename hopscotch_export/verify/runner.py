@@ -14,7 +14,6 @@ import ctypes
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,13 @@ import numpy as np
 
 from ..errors import HopscotchError
 from ..kv_cache import kv_bytes_per_cell
+from ..llama_lib import llama_library
 from ..sources.gguf_file import scan_gguf
 
 #: Tokens per ``llama_decode`` call: one llama.cpp micro-batch, so that the logits held
 #: in memory at once stay small (rows x vocabulary x 4 bytes).
 DEFAULT_BATCH = 512
 
-#: ggml.h log levels (llama-cpp-python's _logger.py has an older numbering).
-_GGML_LOG_DEBUG, _GGML_LOG_CONT = 1, 5
 #: llama.cpp's report of a new context's KV cache (``llama_kv_cache: size = 11.25 MiB (512
 #: cells, ...``); only a cross-check: a changed message must not break verification.
 _KV_LINE = re.compile(r"kv_cache\w*: size = +([\d.]+) MiB \( *(\d+) cells")
@@ -81,62 +79,13 @@ class Timing(NamedTuple):
     cpu: float
 
 
-class _LlamaLog:
-    """Captures llama.cpp's log (instead of printing it) so we can read facts from it."""
-
-    def __init__(self) -> None:
-        import llama_cpp
-
-        self.lines: deque[str] = deque(maxlen=400)
-        self._partial = ""
-        self._level = 0
-        self.count = 0
-
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            if level != _GGML_LOG_CONT:
-                self._level = level
-            if self._level == _GGML_LOG_DEBUG:  # thousands of graph lines per context
-                return
-            self._partial += text.decode("utf-8", errors="replace")
-            *done, self._partial = self._partial.split("\n")
-            self.lines.extend(done)
-            self.count += len(done)
-
-        self._callback = callback  # keep a reference: llama.cpp holds a raw pointer
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-    def since(self, mark: int) -> list[str]:
-        """Lines logged after ``mark`` (a previous ``count``), as far as the buffer reaches."""
-        n = min(self.count - mark, len(self.lines))
-        return list(self.lines)[len(self.lines) - n :] if n > 0 else []
-
-
-_log: _LlamaLog | None = None
-
-
-def _llama() -> tuple[Any, _LlamaLog]:
-    """Import llama_cpp once, initialise its backend and take over its log."""
-    global _log
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise HopscotchError(
-            f"llama-cpp-python is not usable ({e}); install it: pip install llama-cpp-python"
-        ) from None
-    if _log is None:
-        llama_cpp.llama_backend_init()
-        _log = _LlamaLog()
-    return llama_cpp, _log
-
-
 def chat_format(path: Path) -> tuple[str | None, str | None]:
     """(chat template, end-of-sequence token text) as llama.cpp reads them from ``path``.
 
     Loads the vocabulary only and creates no context (a context would need the weights and
     log a misleading context-size warning).
     """
-    lib, _ = _llama()
+    lib, _ = llama_library()
     mparams = lib.llama_model_default_params()
     mparams.vocab_only = True
     model = _load_model(path, mparams)
@@ -161,7 +110,7 @@ def chat_format(path: Path) -> tuple[str | None, str | None]:
 
 def _load_model(path: Path, mparams: Any) -> Any:
     """``llama_model_load_from_file``, with llama.cpp's own reason when it fails."""
-    lib, log = _llama()
+    lib, log = llama_library()
     mark = log.count
     model = lib.llama_model_load_from_file(str(path).encode(), mparams)
     if not model:
@@ -171,7 +120,7 @@ def _load_model(path: Path, mparams: Any) -> Any:
 
 def gpu_offload_available() -> bool:
     """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
-    llama_cpp, _ = _llama()
+    llama_cpp, _ = llama_library()
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
@@ -195,7 +144,7 @@ class LlamaSession:
         gpu_layers: int = 0,
         n_batch: int = DEFAULT_BATCH,
     ) -> None:
-        llama_cpp, log = _llama()
+        llama_cpp, log = llama_library()
         self._lib = llama_cpp
         self.path = Path(path)
         if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
