@@ -48,7 +48,7 @@ def _root(
 
 @app.command("convert")
 def convert_command(
-    model: str = typer.Argument(..., help="Hugging Face folder, hub id, or llama/qwen2 GGUF file."),
+    model: str = typer.Argument(..., help="Hugging Face folder, hub id, or GGUF file (llama, qwen2, phi3)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `search`; none = no skips."),
     output: Path = typer.Option(..., "-o", "--output", help="The GGUF to write."),
     outtype: str = typer.Option(

@@ -291,7 +291,7 @@ def _export_signature() -> inspect.Signature:
     P = inspect.Parameter.POSITIONAL_OR_KEYWORD
     own = [
         inspect.Parameter("model", P, annotation=str, default=typer.Argument(
-            ..., help="Hugging Face folder, hub id, llama/qwen2 GGUF, or bundled:smollm2.")),
+            ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3), or bundled:smollm2.")),
         inspect.Parameter("output", P, annotation=Path, default=typer.Option(
             ..., "-o", "--output", help="GGUF to write; plan, report and Modelfile go beside it.")),
         inspect.Parameter("outtype", P, annotation=str, default=typer.Option(

@@ -29,9 +29,21 @@ DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
 {{- end }}
 {{- end }}<｜Assistant｜>"""
 
+#: Phi-3 (``<|user|>`` ... ``<|end|>``) and Phi-4 (ChatML with ``<|im_sep|>`` after the role)
+PHI3 = """{{- range .Messages }}<|{{ .Role }}|>
+{{ .Content }}<|end|>
+{{ end }}<|assistant|>
+"""
+PHI4 = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}"
+    "<|im_start|>assistant<|im_sep|>"
+)
+
 #: (marker found in the Jinja template, Go template, stop tokens); the first that matches wins
 KNOWN_FORMATS = [
     ("<｜Assistant｜>", DEEPSEEK_R1, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]),
+    ("<|im_sep|>", PHI4, ["<|im_start|>", "<|im_sep|>", "<|im_end|>"]),
+    ("<|end|>", PHI3, ["<|end|>", "<|user|>", "<|assistant|>"]),
     ("<|im_start|>", CHATML, ["<|im_start|>", "<|im_end|>"]),
     ("<|start_header_id|>", LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
 ]

@@ -3,7 +3,8 @@
 The search scores a candidate by restarting the forward pass at the candidate's layer from
 a cached hidden state (nothing before it changes), so it needs the decoder as separate
 steps: embed, layer ``i``, head. This mirrors ``LlamaModel.forward`` / ``Qwen2Model.forward``
-without a KV cache; the plan's skips and scales still come from ``torch_plan.scaled_model``,
+without a KV cache (and ``GraniteModel.forward``'s constants on the embedding and the logits,
+from the family); the plan's skips and scales still come from ``torch_plan.scaled_model``,
 whose hooks sit on the same layer modules.
 """
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from .families import family_for
+
 
 @dataclass
 class Positions:
@@ -27,7 +30,7 @@ class Positions:
 
 
 class Stack:
-    """Embedding, decoder layers and head of a Llama / Qwen2 causal LM, callable piecewise."""
+    """Embedding, decoder layers and head of a causal LM of a registered family, callable piecewise."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -40,6 +43,9 @@ class Stack:
         self.layer_types: list[str] = list(
             getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
         )
+        # the constants the model's own forward applies around its layers (Granite's multipliers)
+        folded = family_for(type(model).__name__).folded_scales(self.config.to_dict())
+        self.embed_scale, self.head_scale = folded.get("token_embd", 1.0), folded.get("output", 1.0)
 
     @property
     def n_layers(self) -> int:
@@ -48,6 +54,7 @@ class Stack:
     def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Positions]:
         """Token embeddings of ``ids`` (no padding: every row is a full packed sequence)."""
         h = self.body.embed_tokens(ids.to(self.device))
+        h = h if self.embed_scale == 1.0 else h * self.embed_scale
         return h, self.positions(h)
 
     def positions(self, h: torch.Tensor) -> Positions:
@@ -88,7 +95,8 @@ class Stack:
         return self.body.norm(h)
 
     def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(final_hidden)  # type: ignore[union-attr,no-any-return]
+        logits = self.model.lm_head(final_hidden)  # type: ignore[union-attr]
+        return logits if self.head_scale == 1.0 else logits * self.head_scale  # type: ignore[no-any-return]
 
     def forward_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """The whole model on ``ids``: what ``model(ids).logits`` returns."""

@@ -22,7 +22,7 @@ from .plan import Plan
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Llama / Qwen2 causal LM."""
+    """The decoder layers of a causal LM of a registered family."""
     return model.model.layers  # type: ignore[union-attr,return-value]
 
 

@@ -47,7 +47,8 @@ def make_tiny_model(
     """Write a random model with SmolLM2's tokenizer to ``out`` and return ``out``;
     ``config``: further values of the family's config class (e.g. ``sliding_window``)."""
     from transformers import (
-        LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+        GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+        Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
     )  # fmt: skip
 
     tok = smollm2_tokenizer()
@@ -81,6 +82,10 @@ def make_tiny_model(
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif family == "mistral":
         model = MistralForCausalLM(MistralConfig(**common))
+    elif family == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**common))
+    elif family == "granite":
+        model = GraniteForCausalLM(GraniteConfig(attention_bias=attention_bias, **common))
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init is tiny (std 0.02); make layers matter

@@ -64,7 +64,7 @@ def plan_tensors(
             dropped.append(t.name)
             continue
         if fate == "map" and plan is not None:
-            kept.append(_map_tensor(t, plan, choice, source.spec.hidden_size))
+            kept.append(_map_tensor(t, plan, choice, source.spec))
             continue
         qtype = tensor_type(choice, t.name, t.shape, t.qtype)
         kept.append(OutTensor(t.name, t.shape, qtype, _producer(t, qtype, source, plan, keep_raw=choice.direct is None)))
@@ -86,11 +86,13 @@ def _fate(name: str, plan: Plan | None) -> Literal["keep", "drop", "map"]:
     return "keep"
 
 
-def _map_tensor(t: SourceTensor, plan: Plan, choice: OutputChoice, hidden: int) -> OutTensor:
-    """The linear layer's map in place of the source ``attn_output`` ``t``, attention scale folded."""
-    layer = int(t.name.split(".")[1])  # blk.<layer>.attn_output.weight
+def _map_tensor(t: SourceTensor, plan: Plan, choice: OutputChoice, spec: ModelSpec) -> OutTensor:
+    """The linear layer's map in place of the source ``attn_output`` ``t``, attention scale
+    (and the family's constant on ``attn_output``) folded."""
+    layer, hidden = int(t.name.split(".")[1]), spec.hidden_size  # blk.<layer>.attn_output.weight
     qtype = map_type(choice, t.qtype, hidden)
-    weight, factor = plan.maps[layer], plan.attn_factor(layer).astype(np.float32)
+    factor = (plan.attn_factor(layer) * spec.folded.get("attn_output", 1.0)).astype(np.float32)
+    weight = plan.maps[layer]
 
     def produce() -> np.ndarray:
         x = weight * (factor[:, None] if factor.size > 1 else factor)
@@ -162,25 +164,20 @@ def _scale_raw(data: np.ndarray, qtype: GGMLQuantizationType, factor: np.ndarray
 def row_transform(
     name: str, spec: ModelSpec, neox: bool, plan: Plan | None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(row order, row factor) for one tensor; None where nothing changes."""
+    """(row order, row factor) for one tensor; None where nothing changes. The factor is
+    the plan's branch scale times the family's constant for the tensor's kind."""
     m = _LAYER.match(name)
-    if not m:
-        return None, None
-    layer, kind = int(m.group(1)), m.group(2)
-    if kind in ("attn_q", "attn_k") and neox:
+    kind = m.group(2) if m else name.partition(".")[0]
+    order = None
+    if m and kind in ("attn_q", "attn_k") and neox:
         heads = spec.n_heads if kind == "attn_q" else spec.n_kv_heads
-        return rope_permutation(spec.head_dim * heads, heads), None
-    if plan is None:
-        return None, None
-    if kind == "attn_output":
-        f = plan.attn_factor(layer)
-    elif kind == "ffn_down":
-        f = plan.mlp_factor(layer)
-    else:
-        return None, None
-    if f.size == 1 and f[0] == 1.0:
-        return None, None
-    return None, f
+        order = rope_permutation(spec.head_dim * heads, heads)
+    f = np.asarray([spec.folded.get(kind, 1.0)])
+    if m and plan is not None and kind == "attn_output":
+        f = f * plan.attn_factor(int(m.group(1)))
+    elif m and plan is not None and kind == "ffn_down":
+        f = f * plan.mlp_factor(int(m.group(1)))
+    return order, None if f.size == 1 and f[0] == 1.0 else f
 
 
 def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

@@ -9,9 +9,12 @@ family, never which architecture a model is.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import SourceError
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 
 class Family:
@@ -58,6 +61,21 @@ class Family:
                 f"file's context is limited to {window} tokens (from {context}), where the two agree"
             )
         return context, None
+
+    @classmethod
+    def folded_scales(cls, cfg: dict[str, Any]) -> dict[str, float]:
+        """Constant factors the family's forward applies to some tensors' outputs, which
+        ``deci`` has no keys for: GGUF tensor kind (``token_embd``, ``attn_q``,
+        ``attn_output``, ``ffn_down``, ``output``) -> factor. The converter folds each into
+        its tensor's rows; the torch stack applies the embedding's and the head's itself
+        (transformers' layers apply the rest). ``cfg``: config.json as a dict. Llama has none."""
+        return {}
+
+    @classmethod
+    def split(cls, name: str, spec: ModelSpec) -> list[tuple[str, int, int]] | None:
+        """The parts of a fused tensor (``name`` a Hugging Face or GGUF name) as (part name,
+        first row, end row), in row order; None for a tensor that ``deci`` stores as it is."""
+        return None
 
 
 def supported_line() -> str:

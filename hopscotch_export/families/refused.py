@@ -5,6 +5,11 @@ from __future__ import annotations
 _PER_HEAD_NORMS = "per-head q/k norms, which deci has no tensors for"
 _GEMMA = "scaled embeddings, GeGLU, extra post-norms and logit soft-capping, which deci does not compute"
 _MOE = "a mixture of experts; deci has one MLP per layer"
+#: rope deci cannot express: Phi-3's longrope (su, yarn), and a rotary dimension short of the head
+LONG_ROPE = ("switches between two sets of per-dimension rope factors by context length, which deci's plain rope "
+             "cannot express")
+PARTIAL_ROPE = "rotates only part of each head, and deci rotates the whole head"
+_GRANITE4 = "Granite 4's hybrid layout (Mamba-2 layers, a shared MLP beside experts), which deci does not compute"
 
 #: Hugging Face class or GGUF architecture name -> why it is refused
 REFUSED: dict[str, str] = {
@@ -14,5 +19,6 @@ REFUSED: dict[str, str] = {
                      "Gemma3ForConditionalGeneration", "gemma3"), _GEMMA),
     **dict.fromkeys(("MixtralForCausalLM", "Qwen2MoeForCausalLM", "qwen2moe", "PhimoeForCausalLM", "phimoe",
                      "DeepseekV2ForCausalLM", "deepseek2", "DeepseekV3ForCausalLM", "OlmoeForCausalLM", "olmoe",
-                     "GraniteMoeForCausalLM", "granitemoe"), _MOE),
+                     "GraniteMoeForCausalLM", "granitemoe", "GraniteMoeSharedForCausalLM"), _MOE),
+    **dict.fromkeys(("GraniteMoeHybridForCausalLM", "granitehybrid"), _GRANITE4),
 }  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SourceError
@@ -33,6 +33,8 @@ class ModelSpec:
     rope_scaling: dict[str, Any] | None = None
     #: what the user should know about how this model is held (e.g. a limited context)
     notice: str | None = None
+    #: constants the converter folds into tensor rows (:meth:`Family.folded_scales`)
+    folded: dict[str, float] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -72,6 +74,7 @@ class ModelSpec:
                 mlp_bias=bool(cfg.get("mlp_bias", False)),
                 rope_scaling=rope_scaling if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default") else None,
                 notice=notice,
+                folded=family.folded_scales(cfg),
             )
         except KeyError as e:
             raise SourceError(f"config.json lacks {e}; add it or re-download the complete model folder") from None

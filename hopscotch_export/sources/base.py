@@ -105,7 +105,11 @@ class ModelSource(ABC):
 
         A ``llama`` GGUF stores q/k rows in llama.cpp's NORM order; they are put back, as
         transformers' own GGUF loader does, so that the torch model computes the same thing.
+        A fused tensor (Phi-3's ``qkv_proj``) is its parts stacked again.
         """
+        parts = self.spec.family.split(hf_name, self.spec)
+        if parts is not None:
+            return _stacked(hf_name, [self.hf_tensor(part) for part, _, _ in parts])
         name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
         t = self._tensor_index.get(name or "")
         if t is None:
@@ -141,6 +145,40 @@ _Q_OR_K = re.compile(r"^blk\.\d+\.attn_([qk])\.(weight|bias)$")
 def gguf_names(n_layers: int) -> gguf.TensorNameMap:
     """Hugging Face -> GGUF tensor names (``deci`` names equal ``llama`` / ``qwen2`` ones)."""
     return gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
+
+
+def split_rows(name: str, shape: tuple[int, ...], spec: ModelSpec) -> list[tuple[str, int, int]]:
+    """(name, first row, end row) of each tensor that ``deci`` stores from the source tensor
+    ``name``: itself whole, or the parts its family splits a fused tensor into."""
+    parts = spec.family.split(name, spec)
+    if parts is None:
+        return [(name, 0, shape[0] if shape else 0)]
+    if not shape or parts[-1][2] != shape[0]:
+        raise SourceError(
+            f"tensor {name} has shape {shape}, but a {spec.architecture} of these hyper-parameters stacks "
+            f"{parts[-1][2]} rows in it; the model is damaged or not what its header says, re-download it"
+        )
+    return parts
+
+
+def part_shape(shape: tuple[int, ...], first: int, end: int) -> tuple[int, ...]:
+    """The shape of rows ``first:end`` of a tensor of ``shape``."""
+    return (end - first, *shape[1:]) if shape else shape
+
+
+def _stacked(name: str, parts: list[SourceTensor]) -> SourceTensor:
+    """One tensor of ``parts`` stacked by rows (a fused tensor rebuilt from its parts)."""
+    starts = np.cumsum([0] + [p.shape[0] for p in parts[:-1]])
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        spans = [(p, np.clip([start - a, stop - a], 0, p.shape[0])) for p, a in zip(parts, starts)]
+        return np.concatenate([p.rows(int(lo), int(hi)) for p, (lo, hi) in spans])
+
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return SourceTensor(
+        name, shape, parts[0].qtype, lambda: np.concatenate([p.raw() for p in parts]),
+        lambda: np.concatenate([p.float32() for p in parts]), rows,
+    )  # fmt: skip
 
 
 def _reordered(t: SourceTensor, order: np.ndarray) -> SourceTensor:

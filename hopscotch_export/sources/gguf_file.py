@@ -23,8 +23,9 @@ import numpy as np
 from ..errors import SourceError
 from ..families import Family, ModelSpec, family_for
 from ..families.base import supported_line
-from .base import ModelSource, SourceTensor, sampled_fingerprint
-from .layout import read_rows
+from ..families.refused import LONG_ROPE, PARTIAL_ROPE
+from .base import ModelSource, SourceTensor, part_shape, sampled_fingerprint, split_rows
+from .layout import read_rows, row_bytes
 
 
 class GgufFileSource(ModelSource):
@@ -76,6 +77,9 @@ class GgufFileSource(ModelSource):
         try:
             heads = self.per_model(f"{a}.attention.head_count")
             hidden = self.field(f"{a}.embedding_length")
+            window = {"max_position_embeddings": int(self.field(f"{a}.context_length", 2048)),
+                      "sliding_window": self.field(f"{a}.attention.sliding_window")}  # fmt: skip
+            context, notice = family.context_length(window, str(self.path))
             spec = ModelSpec(
                 family=family,
                 n_layers=self.field(f"{a}.block_count"),
@@ -87,10 +91,11 @@ class GgufFileSource(ModelSource):
                 vocab_size=len(self.field("tokenizer.ggml.tokens")),
                 rms_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
                 rope_theta=float(self.field(f"{a}.rope.freq_base", 10000.0)),
-                context_length=int(self.field(f"{a}.context_length", 2048)),
+                context_length=context,
                 tie_embeddings="output.weight" not in names,
                 attention_bias="blk.0.attn_q.bias" in names,
                 mlp_bias="blk.0.ffn_down.bias" in names,
+                notice=notice,
             )
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):  # absent, or of the wrong type
             raise SourceError(f"{self.path} lacks {a}.* hyper-parameters; is it a complete model GGUF?") from None
@@ -107,7 +112,21 @@ class GgufFileSource(ModelSource):
                 f"{self.path} says {a}.block_count={spec.n_layers} but has tensors for {len(blocks)} blocks; "
                 "it is damaged or incomplete, re-download or re-convert it"
             )
+        self._refuse_rope(spec, names)
         return spec
+
+    def _refuse_rope(self, spec: ModelSpec, names: set[str]) -> None:
+        """Rope that ``deci`` cannot express: long-context factors (Phi-3's longrope) or a
+        rotary dimension short of the head."""
+        factors = sorted(n for n in names if n.startswith("rope_factors"))
+        if factors:
+            raise SourceError(f"{self.path} has {factors[0]}: its rope scaling {LONG_ROPE}. {supported_line()}")
+        rot = self.field(f"{self.arch}.rope.dimension_count", spec.head_dim)
+        if rot != spec.head_dim:
+            raise SourceError(
+                f"{self.path}: {self.arch}.rope.dimension_count={rot} (of a head of {spec.head_dim}) {PARTIAL_ROPE}. "
+                f"{supported_line()}"
+            )
 
     @property
     def q_k_rope_neox(self) -> bool:
@@ -115,20 +134,26 @@ class GgufFileSource(ModelSource):
 
     def tensors(self) -> Iterator[SourceTensor]:
         for t in self.reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            whole = tuple(int(d) for d in reversed(t.shape.tolist()))
+            for name, first, end in split_rows(t.name, whole, self.spec):  # a fused tensor: its parts
+                yield self._tensor(t, name, part_shape(whole, first, end), first * row_bytes(t.tensor_type, whole))
 
-            def raw(t: Any = t) -> np.ndarray:
-                # A plain read, not the reader's memory map, whose touched pages stay resident.
-                data = np.fromfile(self.path, dtype=t.data.dtype, count=t.data.size, offset=t.data_offset)
-                return data.reshape(t.data.shape)
+    def _tensor(self, t: Any, name: str, shape: tuple[int, ...], skip: int) -> SourceTensor:
+        """Rows of the reader's tensor ``t``: ``shape`` from ``skip`` bytes into its data."""
+        offset = t.data_offset + skip
+        stored = (shape[0], *t.data.shape[1:]) if len(shape) > 1 else t.data.shape  # quantized rows are bytes
 
-            def f32(raw: Any = raw, t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
-                return gguf.quants.dequantize(raw(), t.tensor_type).reshape(shape).astype(np.float32, copy=False)
+        def raw() -> np.ndarray:
+            # A plain read, not the reader's memory map, whose touched pages stay resident.
+            return np.fromfile(self.path, dtype=t.data.dtype, count=math.prod(stored), offset=offset).reshape(stored)
 
-            def rows(start: int, stop: int, t: Any = t, shape: tuple[int, ...] = shape) -> np.ndarray:
-                return read_rows(self.path, t.data_offset, shape, t.tensor_type, start, stop)
+        def f32() -> np.ndarray:
+            return gguf.quants.dequantize(raw(), t.tensor_type).reshape(shape).astype(np.float32, copy=False)
 
-            yield SourceTensor(t.name, shape, t.tensor_type, raw, f32, rows)
+        def rows(start: int, stop: int) -> np.ndarray:
+            return read_rows(self.path, offset, shape, t.tensor_type, start, stop)
+
+        return SourceTensor(name, shape, t.tensor_type, raw, f32, rows)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import ModelSpec
-from .base import ModelSource, SourceTensor, gguf_names, sampled_fingerprint
-from .layout import read_rows
+from .base import ModelSource, SourceTensor, gguf_names, part_shape, sampled_fingerprint, split_rows
+from .layout import read_rows, row_bytes
 
 _DTYPES = {
     "F32": gguf.GGMLQuantizationType.F32,
@@ -47,28 +47,33 @@ class HfFolderSource(ModelSource):
         self._headers = {f: _read_header(f) for f in self.files}
         self._fingerprint: str | None = None
 
-    def _entries(self) -> list[tuple[str, str, Path, dict[str, Any]]]:
-        """(gguf name, hf name, file, header entry), sorted so blocks come in order."""
+    def _entries(self) -> list[tuple[str, str, Path, dict[str, Any], int, int]]:
+        """(gguf name, hf name, file, header entry, first row, end row), sorted so blocks come
+        in order; a fused tensor gives one entry per part."""
         out = []
         for f, (header, _) in self._headers.items():
-            for hf_name, entry in header.items():
-                if hf_name == "__metadata__" or hf_name.endswith("rotary_emb.inv_freq"):
+            for fused, entry in header.items():
+                if fused == "__metadata__" or fused.endswith("rotary_emb.inv_freq"):
                     continue
-                name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
-                if name is None:
-                    raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")
-                out.append((name, hf_name, f, entry))
+                for hf_name, first, end in split_rows(fused, tuple(entry["shape"]), self.spec):
+                    name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                    if name is None:
+                        raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")
+                    out.append((name, hf_name, f, entry, first, end))
         if self.spec.tie_embeddings:
             out = [e for e in out if e[0] != "output.weight"]
+            if self.spec.folded.get("token_embd", 1.0) != self.spec.folded.get("output", 1.0):
+                # the head reads the embedding, but folds another constant: it gets its own tensor
+                out += [("output.weight", *e[1:]) for e in out if e[0] == "token_embd.weight"]
         return sorted(out, key=lambda e: _tensor_order(e[0]))
 
     def tensors(self) -> Iterator[SourceTensor]:
-        for name, hf_name, f, entry in self._entries():
+        for name, hf_name, f, entry, first, end in self._entries():
             if entry["dtype"] not in _DTYPES:
                 raise SourceError(f"{f.name}: tensor {hf_name} has dtype {entry['dtype']}; expected F32, F16 or BF16")
-            start = self._headers[f][1] + entry["data_offsets"][0]
-            shape = tuple(entry["shape"])
             qtype = _DTYPES[entry["dtype"]]
+            start = self._headers[f][1] + entry["data_offsets"][0] + first * row_bytes(qtype, tuple(entry["shape"]))
+            shape = part_shape(tuple(entry["shape"]), first, end)
             yield SourceTensor(
                 name,
                 shape,

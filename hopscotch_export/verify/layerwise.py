@@ -46,8 +46,9 @@ def planned_logits(
             f"the source has a vocabulary of {head.shape[0]}, the GGUF {n_vocab}: not the same model; "
             "pass the --source the GGUF was converted from"
         )
+    scale = source.spec.folded.get("output", 1.0)  # Granite's logits scaling
     for h in final:
-        yield _logits(h, head, n_vocab)
+        yield _logits(h, head, n_vocab) * scale
 
 
 def _final_hidden(
@@ -59,7 +60,8 @@ def _final_hidden(
     # one batch per window length (they share positions and masks); usually a single batch
     lengths = sorted({len(w) for w in windows})
     batches = [torch.tensor([list(w) for w in windows if len(w) == n]) for n in lengths]
-    embedded = _embed_rows(source, batches)
+    scale = source.spec.folded.get("token_embd", 1.0)  # Granite's embedding multiplier
+    embedded = [h * scale for h in _embed_rows(source, batches)]
     state: list[tuple[torch.Tensor, Positions]] = [(h, stack.positions(h)) for h in embedded]
     scales = BranchScales.from_plan(plan).requires_grad_(False)
     with scaled_model(model, scales, plan.skip, plan_maps(plan)), torch.no_grad():
