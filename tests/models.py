@@ -178,3 +178,28 @@ def make_shaped_model(out: Path, shape: str, seed: int = 0) -> Path:
         for f in build_llama3(Path(tmp)).iterdir():
             (out / f.name).write_bytes(f.read_bytes())
     return out
+
+
+def save_gguf(writer: Any) -> None:
+    """Write a gguf-py ``GGUFWriter``'s header, metadata and tensors, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def small_gguf(path: Path, arch: str, shapes: dict[str, tuple[int, ...]], **hparams: Any) -> Path:
+    """A GGUF of ``arch`` with zero float32 tensors of ``shapes``, four tokens, and
+    ``hparams`` written by GGUFWriter's ``add_<name>`` methods (e.g. ``head_count=2``):
+    enough header for the readers' refusals to be tested."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(path, arch)
+    for name, value in hparams.items():
+        getattr(w, f"add_{name}")(value)
+    w.add_token_list([f"t{i}".encode() for i in range(4)])
+    for name, shape in shapes.items():
+        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    save_gguf(w)
+    return path

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFReader
 
 from hopscotch_export.errors import SourceError
 from hopscotch_export.families import REGISTRY, family_for
 from hopscotch_export.ollama import modelfile
 from hopscotch_export.sources import open_source
-from models import make_tiny_model
+from models import make_tiny_model, small_gguf
 from test_cli import assert_one_line_error, run_cli
 from test_linear_layers import check_parity, linear_plan
 
@@ -80,22 +79,10 @@ def test_folders_deci_cannot_hold_are_refused_in_one_line(name, why, tmp_path, m
 
 def _mixtral_style_gguf(path: Path) -> Path:
     """A ``llama`` GGUF with expert tensors and an expert count, as Mixtral's files are."""
-    w = GGUFWriter(path, "llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(8)
-    w.add_feed_forward_length(16)
-    w.add_head_count(2)
-    w.add_expert_count(4)
-    w.add_token_list([f"t{i}".encode() for i in range(4)])
-    for name, shape in (("token_embd.weight", (4, 8)), ("blk.0.attn_q.weight", (8, 8)),
-                        ("blk.0.ffn_down_exps.weight", (4, 8, 16)), ("output_norm.weight", (8,))):  # fmt: skip
-        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    shapes = {"token_embd.weight": (4, 8), "blk.0.attn_q.weight": (8, 8), "blk.0.ffn_down_exps.weight": (4, 8, 16),
+              "output_norm.weight": (8,)}  # fmt: skip
+    return small_gguf(path, "llama", shapes, block_count=1, context_length=64, embedding_length=8,
+                      feed_forward_length=16, head_count=2, expert_count=4)  # fmt: skip
 
 
 def test_a_mixture_of_experts_gguf_that_says_llama_is_refused(tmp_path, monkeypatch, capsys):

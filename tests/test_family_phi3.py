@@ -17,7 +17,7 @@ from hopscotch_export.plan import load_plan
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.sources import open_source
 from llama_utils import llama_logits, mean_kl
-from models import make_tiny_model
+from models import make_tiny_model, save_gguf, small_gguf
 from test_cli import assert_one_line_error, run_cli
 from test_linear_layers import check_parity, linear_plan
 from test_search import TINY, quiet
@@ -106,10 +106,7 @@ def write_phi3_gguf(hf_dir: Path, out: Path, context: int, window: int) -> Path:
     add_hf_tokenizer(w, hf_dir, spec.vocab_size)
     for hf_name, value in load_file(hf_dir / "model.safetensors").items():
         w.add_tensor(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    save_gguf(w)
     return out
 
 
@@ -147,23 +144,11 @@ def test_a_phi3_gguf_converts_and_matches_torch_under_the_plan(phi3_gguf, tmp_pa
 def _small_phi3_gguf(path: Path, rope_dims: int, factors: bool) -> Path:
     """A one-block ``phi3`` GGUF (head size 4) with a rotary dimension of ``rope_dims`` and,
     when ``factors``, longrope's factor tensors."""
-    import gguf
-
-    w = gguf.GGUFWriter(path, "phi3")
-    for add, value in ((w.add_block_count, 1), (w.add_context_length, 64), (w.add_embedding_length, 8),
-                       (w.add_feed_forward_length, 16), (w.add_head_count, 2), (w.add_rope_dimension_count, rope_dims)):
-        add(value)  # fmt: skip
-    w.add_token_list([f"t{i}".encode() for i in range(4)])
     shapes = {"token_embd.weight": (4, 8), "blk.0.attn_qkv.weight": (24, 8), "blk.0.ffn_up.weight": (32, 8)}
     if factors:
         shapes |= {"rope_factors_long.weight": (2,), "rope_factors_short.weight": (2,)}
-    for name, shape in shapes.items():
-        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return small_gguf(path, "phi3", shapes, block_count=1, context_length=64, embedding_length=8,
+                      feed_forward_length=16, head_count=2, rope_dimension_count=rope_dims)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models import save_gguf
+
 SECONDS = float(os.environ.get("HOPSCOTCH_FUZZ_SECONDS", "3"))
 SEED = int(os.environ.get("HOPSCOTCH_FUZZ_SEED", "0"))
 #: a case running longer than this is a hang
@@ -80,10 +82,7 @@ def tiny_llama_gguf(path: Path) -> Path:
         w.add_tensor(p + "ffn_down.weight", matrix(hidden, ff))
     w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
     w.add_tensor("output.weight", matrix(vocab, hidden))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    save_gguf(w)
     return path
 
 
