@@ -15,11 +15,11 @@ from typing import Any
 from .errors import HopscotchError
 from .plan import load_plan
 from .kv_cache import kv_bytes_per_cell
-from .sources.gguf_file import read_gguf, scan_gguf
+from .sources.gguf_file import scan_gguf
 
 def gguf_tensor_types(path: Path | str) -> dict[str, str]:
     """Tensor name -> GGML type name."""
-    return {t.name: t.tensor_type.name for t in read_gguf(Path(path)).tensors}
+    return {name: info[0].name for name, info in scan_gguf(Path(path)).tensors.items()}
 
 
 def _per_layer(value: Any, n: int) -> list[int]:
@@ -36,26 +36,22 @@ def layer_kind(heads: int, kv_heads: int) -> str:
 def gguf_summary(path: Path | str) -> dict[str, Any]:
     """Architecture, attention layers, tensor types, size and KV cache bytes per token."""
     path = Path(path)
-    reader = read_gguf(path)
-
-    def get(key: str, default: Any = None) -> Any:
-        f = reader.fields.get(key)
-        return default if f is None else f.contents()
-
+    header = scan_gguf(path)  # the checked header alone: gguf-py's reader decodes the whole vocabulary
+    get = header.metadata.get
     arch = get("general.architecture")
     try:  # a value of the wrong type or an impossible one (no heads) is the file's fault
         n = int(get(f"{arch}.block_count", 0))
-        if not 0 <= n <= len(reader.tensors):  # each block has tensors; a damaged count is not a list size
+        if not 0 <= n <= len(header.tensors):  # each block has tensors; a damaged count is not a list size
             raise ValueError(f"block_count {n}")
         heads = _per_layer(get(f"{arch}.attention.head_count", 0), n)
         kv_heads = _per_layer(get(f"{arch}.attention.head_count_kv", heads), n)
-        kv_per_token = kv_bytes_per_cell(scan_gguf(path).metadata)[0] if n else 0
+        kv_per_token = kv_bytes_per_cell(header.metadata)[0] if n else 0
     except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
         raise HopscotchError(
             f"{path} has malformed {arch}.* attention metadata ({type(e).__name__}: {str(e)[:60]}); "
             "re-download or re-convert it"
         ) from None
-    types = Counter(t.tensor_type.name for t in reader.tensors)
+    types = Counter(info[0].name for info in header.tensors.values())
     kinds = [layer_kind(h, kv) for h, kv in zip(heads, kv_heads)]
     return {
         "file": str(path),
@@ -67,7 +63,7 @@ def gguf_summary(path: Path | str) -> dict[str, Any]:
         "skipped_attention": [i for i, k in enumerate(kinds) if k == "skip"],
         "linear_attention": [i for i, k in enumerate(kinds) if k == "linear"],
         "tensor_types": dict(types.most_common()),
-        "tensors": len(reader.tensors),
+        "tensors": len(header.tensors),
         "size_bytes": path.stat().st_size,
         "kv_cache_bytes_per_token": kv_per_token,
         "source_fingerprint": get("hopscotch.source_fingerprint"),
