@@ -272,14 +272,14 @@ def search_workspace(
         on_step(state)
     Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, on_step)
     t = time.perf_counter()
-    curve = None
+    curve, measured = None, {}
     if o.curve:
-        state, final, maps, curve = _trace_curve(ws, o, state, snapshots, resumed, progress)
+        state, final, maps, curve, measured = _trace_curve(ws, o, state, snapshots, resumed, progress)
     else:
         final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps)
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
-    heldout = evaluate(ws, state, final, maps, o.batch_size)
+    heldout = evaluate(ws, state, final, maps, o.batch_size, measured)
     ws.seconds["eval"] = time.perf_counter() - t
     plan = _plan(ref, state, final, maps, ws, o, candidates, base, complete=True, heldout=heldout, curve=curve)
     if main:
@@ -290,13 +290,14 @@ def search_workspace(
 def _trace_curve(
     ws: Workspace, o: SearchOptions, state: SearchState, snapshots: dict[int, Snapshot], resumed: int,
     progress: Progress,
-) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any]]:  # fmt: skip
+) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any], dict[str, dict[str, float]]]:
     """A final training and held-out figures for every count of removed blocks; the state
-    of the largest count within the limits with its trained scales and maps, and the curve.
-    Raises, once the curve is in the provenance of the partial plan, if no count is within."""
+    of the largest count within the limits with its trained scales and maps, the curve, and
+    the held-out metrics already measured (the original model's and that count's plan's).
+    Raises :class:`NoCountWithinLimits`, carrying the curve, if no count is within."""
     original = heldout_metrics(ws.stack, ws.calib, ws.teacher, o.batch_size)
     points: list[Point] = []
-    best: tuple[SearchState, BranchScales, dict[int, torch.Tensor]] | None = None
+    best: tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, float]] | None = None
     for k in range(1, len(state.steps) + 1):
         steps = state.steps[:k]
         scales, maps = snapshots[k].restore(state.scales, steps)
@@ -305,7 +306,7 @@ def _trace_curve(
         points.append(point(steps, plan_metrics(ws, at_k.skip, final, o.batch_size, trained), original,
                             ws.stack.config, o))  # fmt: skip
         if points[-1].within:
-            best = at_k, final, trained
+            best = at_k, final, trained, points[-1].metrics
     curve = curve_json(points, original, o, resumed)
     if best is None:
         first = points[0]
@@ -314,7 +315,8 @@ def _trace_curve(
             f"no count of removed blocks stays within the limits: 1 block gives held-out KL {first.metrics['kl']:.4f} "
             f"and perplexity {first.ppl_increase_pct:+.1f}%; raise --max-kl / --max-ppl-increase",
         )
-    return *best, curve
+    at_k, final, trained, metrics = best
+    return at_k, final, trained, curve, {"original": original, "final": metrics}
 
 
 def final_training(
@@ -359,16 +361,20 @@ def original_loss(ws: Workspace, o: SearchOptions) -> float:
 
 
 def evaluate(
-    ws: Workspace, state: SearchState, scales: BranchScales, maps: dict[int, torch.Tensor], batch_size: int
+    ws: Workspace, state: SearchState, scales: BranchScales, maps: dict[int, torch.Tensor], batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Held-out metrics of the original model, of the removals alone (the maps as the steps
-    left them, scales = 1), and of the plan (final scales and maps)."""
+    left them, scales = 1), and of the plan (final scales and maps); those in ``measured``
+    (the quality curve's) are not measured again."""
     ones = BranchScales(*scales.attn.shape).to(scales.attn.device)  # (layers,) or (layers, hidden)
-    return {
-        "original": heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size),
-        "no_scales": plan_metrics(ws, state.skip, ones, batch_size, state.maps),
-        "final": plan_metrics(ws, state.skip, scales, batch_size, maps),
+    runs = {
+        "original": lambda: heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size),
+        "no_scales": lambda: plan_metrics(ws, state.skip, ones, batch_size, state.maps),
+        "final": lambda: plan_metrics(ws, state.skip, scales, batch_size, maps),
     }
+    measured = measured or {}
+    return {key: measured[key] if key in measured else run() for key, run in runs.items()}
 
 
 def plan_metrics(
