@@ -12,6 +12,7 @@ import pytest
 from hopscotch_export import converters
 from models import make_planted_model
 from test_cli import run_cli
+from test_search import interrupted_at_second_step
 
 ARGS = [
     "--skips", "1", "--protect", "3", "--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2",
@@ -50,20 +51,10 @@ def test_one_command_passes_a_faithful_file_and_fails_a_faulty_one(
 def test_one_command_interrupted_in_its_search_says_to_rerun_it(
     monkeypatch, capsys, tiny: Path, text_file: Path, tmp_path: Path
 ) -> None:
-    from hopscotch_export.search.greedy import Selector
-
-    real_step, calls = Selector.step, []
-
-    def step_then_interrupt(self, state):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(self, state)
-
-    monkeypatch.setattr(Selector, "step", step_then_interrupt)
     out = tmp_path / "m.gguf"
     args = [str(tiny), "-o", str(out), "--data", str(text_file), *ARGS]
     args[args.index("--skips") + 1] = "2"
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    with interrupted_at_second_step(monkeypatch):
+        code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and "the plan after 1 step(s) is in" in err and "run the same command again to continue" in err
     assert not out.exists() and (tmp_path / "m.plan.json").is_file()

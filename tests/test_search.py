@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,24 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=120)
 
 
+@contextlib.contextmanager
+def interrupted_at_second_step(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Ctrl-C in the second greedy step of the search run inside (the first one finishes)."""
+    real_step, calls = Selector.step, []
+
+    def step_then_interrupt(self: Selector, state):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(self, state)
+
+    monkeypatch.setattr(Selector, "step", step_then_interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Selector, "step", real_step)
+
+
 def test_planted_redundant_block_is_skipped_first(tiny: Path, text_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     options = SearchOptions(skips=2, data=str(text_file), **TINY)  # type: ignore[arg-type]
@@ -66,19 +86,8 @@ def test_resume_after_interrupt_gives_the_uninterrupted_plan(
     whole = run_search(open_source(tiny), options, tmp_path / "whole.json", console=quiet())
 
     out = tmp_path / "cut.json"
-    real_step = Selector.step
-    calls = []
-
-    def step_then_interrupt(self: Selector, state):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(self, state)
-
-    monkeypatch.setattr(Selector, "step", step_then_interrupt)
-    with pytest.raises(SearchInterrupted, match=f"after 1 step.*--resume {out}"):
+    with interrupted_at_second_step(monkeypatch), pytest.raises(SearchInterrupted, match=f"after 1 step.*--resume {out}"):
         run_search(open_source(tiny), options, out, console=quiet())
-    monkeypatch.setattr(Selector, "step", real_step)
     partial = load_plan(out)
     assert not partial.complete and len(partial.provenance["search"]["steps"]) == 1
     assert (tmp_path / "cut.calibration.jsonl").is_file()

@@ -23,6 +23,7 @@ from hopscotch_export.search.command import search_command
 from hopscotch_export.search.greedy import Selector
 from hopscotch_export.sources import open_source
 from models import make_planted_model, make_tiny_model
+from test_search import interrupted_at_second_step
 
 #: as in test_search.py: 5 layers, layer 3's attention output ~0
 LAYERS, PLANTED = 5, 3
@@ -187,18 +188,8 @@ def test_resume_of_a_linear_search_gives_the_uninterrupted_plan(
     options = dict(skips=2, replace="linear", linear_epochs=1, data=str(text_file), **TINY)
     whole = search(tiny, tmp_path / "whole.json", **options)
     out = tmp_path / "cut.json"
-    real_step, calls = Selector.step, []
-
-    def step_then_interrupt(self: Selector, state):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(self, state)
-
-    monkeypatch.setattr(Selector, "step", step_then_interrupt)
-    with pytest.raises(SearchInterrupted, match="after 1 step"):
+    with interrupted_at_second_step(monkeypatch), pytest.raises(SearchInterrupted, match="after 1 step"):
         search(tiny, out, **options)
-    monkeypatch.setattr(Selector, "step", real_step)
     partial = load_plan(out)
     assert not partial.complete and len(partial.linear) == 1
     with pytest.raises(HopscotchError, match="options differ .*replace 'linear' -> 'auto'"):
