@@ -1,20 +1,23 @@
 """The plan file: the contract between the search stage and the converter.
 
-A plan says, for each layer, what becomes of its attention block: kept, skipped, or
-replaced by a fitted linear map (llama.cpp ``deci``'s "linear attention" of Nemotron-51B:
-``x + W · RMSNorm(x)``, one ``hidden x hidden`` matrix, no KV cache), and by how much each
-remaining branch output is scaled (docs/design.md section 1: branch scales fold exactly into
+A plan says, for each layer, what becomes of its attention block: kept, skipped, kept with
+only some of its KV groups (a KV head and the query heads that share it; ``deci`` stores
+``head_count`` and ``head_count_kv`` per layer), or replaced by a fitted linear map
+(llama.cpp ``deci``'s "linear attention" of Nemotron-51B: ``x + W · RMSNorm(x)``, one
+``hidden x hidden`` matrix, no KV cache), and by how much each remaining branch output is
+scaled (docs/design.md section 1: branch scales fold exactly into
 ``attn_output`` and ``ffn_down``; a linear layer's attention scale folds into W's rows).
 It is validated once, at load, and trusted afterwards.
 
-JSON layout (``format`` = ``hopscotch-plan/2``)::
+JSON layout (``format`` = ``hopscotch-plan/3``)::
 
-    {"format": "hopscotch-plan/2",
+    {"format": "hopscotch-plan/3",
      "complete": true,
      "model": {"architecture": "LlamaForCausalLM", "n_layers": 30,
-               "hidden_size": 576, "fingerprint": "…"},
+               "hidden_size": 576, "n_kv_heads": 3, "fingerprint": "…"},
      "skip": [5, 11],
      "linear": {"layers": [6], "file": "plan.linear.safetensors", "sha256": "…"},
+     "kv_groups": {"3": [0, 2]},
      "scales": {"attn": [1.0, 0.97, …], "mlp": [1.0, [0.9, 1.1, …], …]},
      "provenance": {…free form…}}
 
@@ -24,7 +27,13 @@ too large for JSON: they live in one safetensors file beside the plan (``file`` 
 relative to the plan's folder), one float32 ``(hidden, hidden)`` tensor per linear layer
 named ``layer.<i>``, in (out, in) order; ``sha256`` ties the file to this plan, so a plan
 never runs with another plan's maps. Without linear layers ``linear`` is
-``{"layers": []}`` and no file is written. Format 1 files (no ``linear``) still load.
+``{"layers": []}`` and no file is written.
+
+``kv_groups`` names, for each layer that keeps only some of its KV groups, the groups it
+keeps (group ``g`` is KV head ``g`` and query heads ``g * q_per_kv`` to
+``(g + 1) * q_per_kv - 1``); a layer not named keeps all of them, a skipped or linear layer
+none. It needs ``model.n_kv_heads``. Format 1 (no ``linear``) and format 2 (no
+``kv_groups``) files still load, as plans that cut no groups.
 """
 
 from __future__ import annotations
@@ -45,10 +54,10 @@ from safetensors.numpy import save as save_safetensors
 from .errors import PlanError
 from .files import atomic_output, check_writable, write_text_atomic
 
-FORMAT = "hopscotch-plan/2"
+FORMAT = "hopscotch-plan/3"
 
-#: Formats this version reads; format 1 is format 2 without linear layers.
-READABLE = ("hopscotch-plan/1", FORMAT)
+#: Formats this version reads: format 1 has no linear layers, format 2 no KV-group cuts.
+READABLE = ("hopscotch-plan/1", "hopscotch-plan/2", FORMAT)
 
 Scale = Union[float, list[float]]
 
@@ -61,12 +70,16 @@ class ModelRef:
     n_layers: int
     hidden_size: int
     fingerprint: str
+    #: KV heads per layer; needed by a plan that cuts KV groups (format 1 and 2 plans lack it)
+    n_kv_heads: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        kv = {} if self.n_kv_heads is None else {"n_kv_heads": self.n_kv_heads}
         return {
             "architecture": self.architecture,
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
+            **kv,
             "fingerprint": self.fingerprint,
         }
 
@@ -88,12 +101,16 @@ class Plan:
     complete: bool = True
     linear: tuple[int, ...] = ()
     maps: Mapping[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    #: layers that keep only some KV groups -> the groups they keep (sorted)
+    kv_groups: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     #: where the plan was read from (its file), for messages about it; None when made in memory
     origin: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # float32 (out, in) is the one form every consumer reads; convert once, here
         object.__setattr__(self, "maps", {k: np.asarray(v, dtype=np.float32) for k, v in self.maps.items()})
+        groups = {k: tuple(sorted(v)) if all(_is_int(g) for g in v) else tuple(v) for k, v in self.kv_groups.items()}
+        object.__setattr__(self, "kv_groups", dict(sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(12))))
         _validate(self)
 
     @classmethod
@@ -113,10 +130,27 @@ class Plan:
         return [i for i in range(self.model.n_layers) if i not in self.skip]
 
     def kind(self, layer: int) -> Literal["keep", "skip", "linear"]:
-        """What becomes of ``layer``'s attention block."""
+        """What becomes of ``layer``'s attention block (a layer that keeps some KV groups is
+        kept: see :meth:`kept_groups`)."""
         if layer in self.skip:
             return "skip"
         return "linear" if layer in self.linear else "keep"
+
+    def kept_groups(self, layer: int) -> tuple[int, ...] | None:
+        """The KV groups ``layer`` keeps: None for all of them, () for a skipped or linear layer."""
+        if layer in self.skip or layer in self.linear:
+            return ()
+        return self.kv_groups.get(layer)
+
+    def kv_saving(self) -> float | None:
+        """The fraction of the original KV cache that the plan removes (every layer's KV
+        heads are the same size); None when a plan cutting no groups lacks ``n_kv_heads``
+        (then skipped and linear layers are the saving, as a fraction of the layers)."""
+        n, kv = self.model.n_layers, self.model.n_kv_heads
+        whole = len(self.skip) + len(self.linear)
+        if kv is None:
+            return None if self.kv_groups else whole / n
+        return (whole * kv + sum(kv - len(g) for g in self.kv_groups.values())) / (n * kv)
 
     def attn_factor(self, layer: int) -> np.ndarray:
         """The factor folded into layer's ``attn_output`` rows (0 when skipped; for a
@@ -170,6 +204,7 @@ class Plan:
             "model": self.model.to_json(),
             "skip": list(self.skip),
             "linear": linear,
+            "kv_groups": {str(i): list(g) for i, g in self.kv_groups.items()},
             "scales": {"attn": list(self.attn), "mlp": list(self.mlp)},
             "provenance": self.provenance,
         }
@@ -177,7 +212,9 @@ class Plan:
     def check_model(self, model: ModelRef, force: bool = False) -> None:
         """Refuse a plan made for another model; ``force`` waives only the fingerprint."""
         mine = self.model
-        for attr in ("architecture", "n_layers", "hidden_size"):
+        for attr in ("architecture", "n_layers", "hidden_size", "n_kv_heads"):
+            if attr == "n_kv_heads" and None in (mine.n_kv_heads, model.n_kv_heads):
+                continue  # format 1 and 2 plans do not record it
             if getattr(mine, attr) != getattr(model, attr):
                 raise PlanError(
                     f"plan was made for a model with {attr}={getattr(mine, attr)}, this model has "
@@ -225,11 +262,14 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
             f"{source}: unknown plan format {fmt!r}, this version reads {' and '.join(map(repr, READABLE))}; "
             "regenerate the plan with this version's search"
         )
-    if fmt != FORMAT and "linear" in data:
-        raise PlanError(f"{source}: a {fmt} plan has no 'linear' field; set 'format' to {FORMAT!r}")
+    for key, since in (("linear", "hopscotch-plan/2"), ("kv_groups", FORMAT)):
+        if key in data and READABLE.index(fmt) < READABLE.index(since):
+            raise PlanError(f"{source}: a {fmt} plan has no {key!r} field; set 'format' to {FORMAT!r}")
     try:
         m = data["model"]
-        model = ModelRef(str(m["architecture"]), m["n_layers"], m["hidden_size"], str(m["fingerprint"]))
+        model = ModelRef(
+            str(m["architecture"]), m["n_layers"], m["hidden_size"], str(m["fingerprint"]), m.get("n_kv_heads")
+        )
         scales = data["scales"]
         skip, attn, mlp = data["skip"], scales["attn"], scales["mlp"]
     except (KeyError, TypeError) as e:
@@ -240,6 +280,7 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
     if not isinstance(provenance, dict):
         raise PlanError(f"{source}: 'provenance' must be an object")
     linear, maps = _linear_from_json(data.get("linear", {"layers": []}), source, folder)
+    groups = _groups_from_json(data.get("kv_groups", {}), source)
     try:
         return Plan(
             model,
@@ -250,6 +291,7 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
             bool(data.get("complete", True)),
             linear,
             maps,
+            groups,
             origin=source,
         )
     except PlanError as e:
@@ -298,6 +340,20 @@ def _linear_from_json(
     return tuple(layers), {i: tensors[f"layer.{i}"] for i in layers}
 
 
+def _groups_from_json(entry: Any, source: str) -> dict[int, tuple[int, ...]]:
+    """``kv_groups``: an object from layer numbers (as strings) to lists of group numbers."""
+    if not isinstance(entry, dict):
+        raise PlanError(f"{source}: 'kv_groups' must be an object from layer to the KV groups it keeps")
+    groups: dict[int, tuple[int, ...]] = {}
+    for key, kept in entry.items():
+        if not (isinstance(key, str) and key.isdigit() and key.isascii()) or len(key) > 9:
+            raise PlanError(f"{source}: 'kv_groups' keys must be layer numbers, got {key[:20]!r}")
+        if not isinstance(kept, list) or len(kept) > 4096:
+            raise PlanError(f"{source}: kv_groups[{key}] must be a list of the KV groups the layer keeps")
+        groups[int(key)] = tuple(kept)
+    return groups
+
+
 def _validate(plan: Plan) -> None:
     n, hidden = plan.model.n_layers, plan.model.hidden_size
     if not _is_int(n) or n < 1 or not _is_int(hidden) or hidden < 1:
@@ -308,6 +364,7 @@ def _validate(plan: Plan) -> None:
     if 0 in plan.skip:
         raise PlanError("the plan skips layer 0, which llama.cpp needs (it reads the head size there); keep it")
     _validate_linear(plan)
+    _validate_groups(plan)
     for name, scales in (("attn", plan.attn), ("mlp", plan.mlp)):
         if len(scales) != n:
             raise PlanError(f"scales.{name} has {len(scales)} entries, the model has {n} layers")
@@ -351,6 +408,31 @@ def _validate_linear(plan: Plan) -> None:
             )
         if not np.isfinite(w).all():
             raise PlanError(f"the map of linear layer {i} is not finite; the search diverged, rerun it")
+
+
+def _validate_groups(plan: Plan) -> None:
+    """KV-group cuts: on kept layers other than 0, each a non-empty, strict subset of the
+    model's groups, listed once (a layer keeping none is a skip, one keeping all is uncut)."""
+    if not plan.kv_groups:
+        return
+    n, kv = plan.model.n_layers, plan.model.n_kv_heads
+    if not _is_int(kv) or kv < 1:
+        raise PlanError("a plan that cuts KV groups needs model.n_kv_heads, a positive integer; rerun search")
+    layers = tuple(plan.kv_groups)
+    _check_layers(layers, "KV-group", "kv_groups", n)
+    clash = sorted(set(layers) & (set(plan.skip) | set(plan.linear)))
+    if clash:
+        raise PlanError(f"layer(s) {clash} are in 'kv_groups' and also skipped or linear; keep each in one place")
+    if 0 in layers:
+        raise PlanError("the plan cuts KV groups of layer 0, whose attention llama.cpp reads head sizes from; keep it whole")
+    for i, kept in plan.kv_groups.items():
+        if not all(_is_int(g) and 0 <= g < kv for g in kept):
+            raise PlanError(f"kv_groups[{i}] must list group numbers 0..{kv - 1}, got {list(kept)[:8]}")
+        if len(set(kept)) != len(kept):
+            raise PlanError(f"kv_groups[{i}] lists a group more than once: {list(kept)}")
+        if not 0 < len(kept) < kv:
+            what = "none (skip the layer instead)" if not kept else "all of them (leave the layer out)"
+            raise PlanError(f"kv_groups[{i}] keeps {what}; list the groups a partly cut layer keeps")
 
 
 def _check_scale(name: str, layer: int, s: Any, hidden: int) -> None:

@@ -4,7 +4,10 @@ Each kept layer's attention output is multiplied by ``w_att[l]``, each MLP outpu
 ``w_mlp[l]``; a skipped attention block is not computed at all (it outputs zeros, as a
 ``deci`` layer with head_count 0 does); a linear layer's attention block is replaced by
 its map ``W`` applied to the normed input (as a ``deci`` layer with head_count_kv 0
-does), scaled by ``w_att[l]`` like a kept block. The search trains these scales and maps;
+does), scaled by ``w_att[l]`` like a kept block; a layer that keeps only some KV groups
+has the query heads of the others zeroed before ``o_proj`` (as a ``deci`` layer whose
+``head_count``/``head_count_kv`` name only the kept heads, whose rows alone are written).
+The search trains these scales and maps;
 the converter's tests use the same function for the torch reference, so both sides agree
 by construction.
 """
@@ -12,7 +15,7 @@ by construction.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -83,10 +86,12 @@ def scaled_model(
     scales: BranchScales,
     skip: Iterable[int],
     linear: Mapping[int, torch.Tensor] | None = None,
+    groups: Mapping[int, Sequence[int]] | None = None,
 ) -> Iterator[nn.Module]:
     """Within the block, ``model`` runs with ``skip`` removed, the attention of each layer
     of ``linear`` replaced by its map (a :class:`LinearAttention` holding that very tensor,
-    (out, in) order) and ``scales`` applied (to linear layers as to kept ones).
+    (out, in) order), each layer of ``groups`` keeping only the KV groups it names, and
+    ``scales`` applied (to linear layers as to kept ones).
 
     Gradients flow into ``scales`` and into maps that require them; the model's weights
     are untouched and its attention blocks restored on exit.
@@ -94,8 +99,11 @@ def scaled_model(
     layers = decoder_layers(model)
     skip = set(skip)
     linear = dict(linear or {})
+    groups = dict(groups or {})
     if skip & set(linear):
         raise ValueError(f"layers {sorted(skip & set(linear))} are both skipped and linear")
+    if set(groups) & (skip | set(linear)):
+        raise ValueError(f"layers {sorted(set(groups) & (skip | set(linear)))} cut KV groups but are not kept")
     originals = {i: layers[i].self_attn for i in skip | set(linear)}
     handles = []
     try:
@@ -103,6 +111,9 @@ def scaled_model(
             layers[i].self_attn = SkippedAttention()
         for i, weight in linear.items():
             layers[i].self_attn = LinearAttention(weight)
+        for i, kept in groups.items():
+            o_proj = layers[i].self_attn.o_proj
+            handles.append(o_proj.register_forward_pre_hook(_keep_heads(head_mask(model.config, kept))))
         for i, layer in enumerate(layers):
             if i not in skip:
                 handles.append(layer.self_attn.register_forward_hook(_scale_attn(scales, i)))
@@ -121,12 +132,33 @@ def apply_plan(model: nn.Module, plan: Plan) -> contextlib.AbstractContextManage
     param = next(model.parameters())
     scales.to(device=param.device)
     scales.requires_grad_(False)
-    return scaled_model(model, scales, plan.skip, plan_maps(plan, param.device))
+    return scaled_model(model, scales, plan.skip, plan_maps(plan, param.device), plan.kv_groups)
 
 
 def plan_maps(plan: Plan, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
     """The plan's linear maps as float32 tensors on ``device``, for :func:`scaled_model`."""
     return {i: torch.tensor(plan.maps[i], device=device) for i in plan.linear}
+
+
+def head_mask(config: Any, kept: Sequence[int]) -> torch.Tensor:
+    """1 on the ``o_proj`` input channels of the query heads of the KV groups ``kept``, 0
+    elsewhere: query head ``h`` reads KV head ``h // (n_heads / n_kv_heads)``."""
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    per_group = heads // kv
+    mask = torch.zeros(heads, head_dim)
+    for g in kept:
+        mask[g * per_group : (g + 1) * per_group] = 1.0
+    return mask.reshape(-1)
+
+
+def _keep_heads(mask: torch.Tensor) -> Any:
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        return (x * mask.to(x.device, x.dtype), *args[1:])
+
+    return hook
 
 
 def _scale_attn(scales: BranchScales, i: int) -> Any:

@@ -52,7 +52,7 @@ def test_plan_round_trip_with_maps(tmp_path):
     plan = small_plan()
     plan.save(tmp_path / "p.json")
     data = json.loads((tmp_path / "p.json").read_text())
-    assert data["format"] == FORMAT == "hopscotch-plan/2"
+    assert data["format"] == FORMAT == "hopscotch-plan/3"
     assert data["linear"]["layers"] == [3, 5] and data["linear"]["file"] == "p.linear.safetensors"
     maps_file = tmp_path / "p.linear.safetensors"
     assert maps_path(tmp_path / "p.json") == maps_file

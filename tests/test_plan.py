@@ -96,3 +96,93 @@ def test_fingerprint_mismatch_needs_force():
 
 def test_format_constant_is_written():
     assert Plan.identity(REF).to_json()["format"] == FORMAT
+
+
+GROUPED = ModelRef("LlamaForCausalLM", 6, 4, "abc123", n_kv_heads=3)
+
+
+def test_kv_groups_round_trip_and_saving(tmp_path):
+    plan = Plan(GROUPED, (2,), (1.0,) * 6, (1.0,) * 6, kv_groups={4: [2, 0], 1: (1,)})
+    plan.save(tmp_path / "p.json")
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["format"] == FORMAT == "hopscotch-plan/3"
+    assert data["kv_groups"] == {"1": [1], "4": [0, 2]} and data["model"]["n_kv_heads"] == 3
+    loaded = load_plan(tmp_path / "p.json")
+    assert loaded == plan
+    assert [loaded.kept_groups(i) for i in range(4)] == [None, (1,), (), None]
+    assert loaded.kind(4) == "keep"
+    # one whole layer (3 groups) and 2 + 1 groups of 18
+    assert loaded.kv_saving() == pytest.approx(6 / 18)
+
+
+def test_format_2_plans_still_load_as_uncut(tmp_path):
+    data = plan_json(format="hopscotch-plan/2")
+    del data["kv_groups"]
+    plan = load_plan(write(tmp_path, data))
+    assert plan.kv_groups == {} and plan.model.n_kv_heads is None
+    assert plan.kv_saving() == pytest.approx(2 / 6)
+    # a format 2 plan cannot carry cuts
+    with pytest.raises(PlanError, match="no 'kv_groups' field"):
+        load_plan(write(tmp_path, plan_json(format="hopscotch-plan/2", kv_groups={"3": [0]})))
+
+
+def grouped_json(**changes):
+    data = Plan.identity(GROUPED, skip=(2,)).to_json()
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"kv_groups": {"3": [0, 1, 2]}}, "keeps all of them"),
+        ({"kv_groups": {"3": []}}, "keeps none"),
+        ({"kv_groups": {"3": [3]}}, "group numbers 0..2"),
+        ({"kv_groups": {"3": [1, 1]}}, "more than once"),
+        ({"kv_groups": {"2": [1]}}, "also skipped or linear"),
+        ({"kv_groups": {"0": [1]}}, "layer 0"),
+        ({"kv_groups": {"9": [1]}}, "out of range"),
+        ({"kv_groups": {"x": [1]}}, "must be layer numbers"),
+        ({"kv_groups": [1]}, "must be an object"),
+    ],
+)
+def test_bad_kv_groups_are_refused(tmp_path, changes, message):
+    with pytest.raises(PlanError, match=message):
+        load_plan(write(tmp_path, grouped_json(**changes)))
+
+
+def test_kv_groups_need_the_kv_head_count(tmp_path):
+    data = grouped_json(kv_groups={"3": [1]})
+    del data["model"]["n_kv_heads"]
+    with pytest.raises(PlanError, match="needs model.n_kv_heads"):
+        load_plan(write(tmp_path, data))
+    with pytest.raises(PlanError, match="n_kv_heads"):
+        Plan.identity(GROUPED).check_model(ModelRef("LlamaForCausalLM", 6, 4, "abc123", n_kv_heads=2))
+
+
+def test_torch_group_cut_zeroes_the_query_heads_of_removed_groups():
+    """A layer keeping group 1 of 2 equals the layer with query heads 0-1 zeroed before o_proj."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hopscotch_export.torch_plan import apply_plan
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    ref = ModelRef("LlamaForCausalLM", 3, 32, "x", n_kv_heads=2)
+    ids = torch.randint(0, 50, (1, 7))
+    with torch.no_grad():
+        full = model(ids).logits
+        with apply_plan(model, Plan(ref, (), (1.0,) * 3, (1.0,) * 3, kv_groups={1: (1,)})):
+            cut = model(ids).logits
+        o = model.model.layers[1].self_attn.o_proj
+        saved = o.weight.clone()
+        o.weight[:, :16] = 0  # heads 0 and 1 (8 channels each) read KV group 0
+        manual = model(ids).logits
+        o.weight.copy_(saved)
+        again = model(ids).logits
+    assert not torch.allclose(cut, full, atol=1e-4)
+    torch.testing.assert_close(cut, manual)
+    torch.testing.assert_close(again, full)  # the hook is gone after the block

@@ -132,7 +132,7 @@ class ModelSource(ABC):
 
     def model_ref(self) -> ModelRef:
         s = self.spec
-        return ModelRef(s.architecture, s.n_layers, s.hidden_size, self.fingerprint())
+        return ModelRef(s.architecture, s.n_layers, s.hidden_size, self.fingerprint(), s.n_kv_heads)
 
     def describe(self) -> str:
         return f"{self.path}"
