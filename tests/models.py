@@ -212,9 +212,8 @@ def llama_gguf(hf_dir: Path, out: Path) -> Path:
     """A float32 ``llama`` GGUF of a Hugging Face Llama folder, as llama.cpp's converter
     writes one: q/k rows in its order, Llama 3 rope scaling as a ``rope_freqs`` tensor and
     linear scaling as its keys (our converter's tensors and keys under ``llama``)."""
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
-    from hopscotch_export.converters.metadata import write_hparams
     from hopscotch_export.converters.needs import extra_tensors
     from hopscotch_export.converters.outtypes import resolve_outtype
     from hopscotch_export.converters.tensors import iter_produced, plan_tensors
@@ -222,10 +221,18 @@ def llama_gguf(hf_dir: Path, out: Path) -> Path:
     from hopscotch_export.sources import open_source
 
     src = open_source(hf_dir)
+    s = src.spec
     tensors, _ = plan_tensors(src, None, resolve_outtype("f32", "hf", GGMLQuantizationType.F32), extra_tensors(src))
     w = GGUFWriter(out, "llama")
-    write_hparams(w, src.spec, ())
-    add_hf_tokenizer(w, hf_dir, src.spec.vocab_size)
+    for key, value in (("context_length", s.context_length), ("embedding_length", s.hidden_size),
+                       ("block_count", s.n_layers), ("feed_forward_length", s.intermediate_size),
+                       ("head_count", s.n_heads), ("head_count_kv", s.n_kv_heads), ("rope_dimension_count", s.head_dim),
+                       ("layer_norm_rms_eps", s.rms_eps), ("rope_freq_base", s.rope_theta)):  # fmt: skip
+        getattr(w, f"add_{key}")(value)  # scalars, as llama.cpp writes them (transformers reads them)
+    if s.rope_scaling and s.rope_scaling.get("rope_type") == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(s.rope_scaling["factor"])
+    add_hf_tokenizer(w, hf_dir, s.vocab_size)
     for t, data in iter_produced(tensors):
         w.add_tensor(t.name, data.reshape(t.shape))
     save_gguf(w)
