@@ -138,15 +138,23 @@ def test_rope_deci_cannot_carry_is_refused_before_the_search(rope, tmp_path, mon
     assert "search" not in err and not any(tmp_path.glob("o.*"))  # no stage started, nothing written
 
 
-def test_a_gguf_with_yarn_scaling_is_refused_before_the_search(tmp_path, monkeypatch, capsys):
-    """llama.cpp would apply yarn to the file; torch could not be made to: refused, not copied."""
+@pytest.mark.parametrize(
+    "keys,why",
+    [
+        (dict(rope_scaling_type=RopeScalingType.YARN, rope_scaling_factor=4.0),
+         "rope scaling 'yarn' is not supported yet; supported: llama3, linear"),
+        (dict(rope_scaling_attn_factors=0.5), "llama.rope.scaling.attn_factor=0.5 scales rotated q and k"),
+    ],
+)  # fmt: skip
+def test_a_gguf_with_rope_torch_cannot_reproduce_is_refused_before_the_search(keys, why, tmp_path, monkeypatch,
+                                                                                capsys):  # fmt: skip
+    """llama.cpp would apply it to the file and torch would not: refused, not copied."""
     shapes = {"token_embd.weight": (4, 8), "blk.0.attn_q.weight": (8, 8), "output_norm.weight": (8,)}
     hparams = dict(block_count=1, context_length=64, embedding_length=8, feed_forward_length=16, head_count=2)
     plain = small_gguf(tmp_path / "plain.gguf", "llama", shapes, **hparams)
     assert open_source(plain).spec.rope_scaling is None  # the rest is sound
-    gguf = small_gguf(tmp_path / "yarn.gguf", "llama", shapes, **hparams, rope_scaling_type=RopeScalingType.YARN,
-                      rope_scaling_factor=4.0)  # fmt: skip
+    gguf = small_gguf(tmp_path / "scaled.gguf", "llama", shapes, **hparams, **keys)
     out = tmp_path / "o.gguf"
     code, _, err = run_cli(monkeypatch, capsys, str(gguf), "--skips", "1", "-o", str(out), *_TINY_BUDGET)
-    assert_one_line_error(code, err, "rope scaling 'yarn' is not supported yet; supported: llama3, linear")
+    assert_one_line_error(code, err, why)
     assert "search" not in err and not any(tmp_path.glob("o.*"))

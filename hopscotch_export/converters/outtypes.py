@@ -117,7 +117,7 @@ def file_type(choice: OutputChoice, tensors: dict[str, GGMLQuantizationType]) ->
 
 #: K-quant block types, which llama.cpp's quantizer mixes by tensor (llama-quant.cpp,
 #: ``llama_tensor_get_type``).
-K_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+_K_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
 #: tensors the K-quant mixes never raise: they keep the type the file type asks for
 _PLAIN = frozenset({"attn_q", "attn_k", "ffn_gate", "ffn_up"})
 #: tensors the mixes raise (Q4_K_M: half of attn_v and ffn_down to Q6_K; Q3_K_M/L: attn_output)
@@ -136,8 +136,8 @@ def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
     def of(kinds: frozenset[str]) -> list[GGMLQuantizationType]:
         return [t for name, t in tensors.items() if _kind(name) in kinds]
 
-    plain = Counter(t for t in of(_PLAIN) if t in K_TYPES)
-    raised = [t for t in of(_RAISED) if t in K_TYPES]
+    plain = Counter(t for t in of(_PLAIN) if t in _K_TYPES)
+    raised = [t for t in of(_RAISED) if t in _K_TYPES]
     if plain:
         base = max(plain, key=plain.__getitem__)
     elif raised:  # the plain tensors fell back: their rows are not whole K blocks

@@ -123,10 +123,16 @@ class GgufFileSource(ModelSource):
         a type ``deci`` cannot carry (yarn, longrope) is refused by the family, in its line."""
         a, where = self.arch, f"{self.path} (GGUF)"
         kind = str(self.field(f"{a}.rope.scaling.type", "linear")).lower()
+        if kind != "linear":
+            family.check_rope({"rope_type": "default" if kind == "none" else kind}, where)
+        attn = self.field(f"{a}.rope.scaling.attn_factor", 1.0)
+        if attn != 1.0:  # llama.cpp multiplies rope's cos and sin by it, whatever the type
+            raise SourceError(
+                f"{where}: {a}.rope.scaling.attn_factor={attn} scales rotated q and k, which transformers' rope "
+                f"does not; not supported yet. {supported_line()}"
+            )
         if kind == "none":
             return None
-        if kind != "linear":
-            family.check_rope({"rope_type": kind}, where)
         factor = self.field(f"{a}.rope.scaling.factor", self.field(f"{a}.rope.scale_linear", 0.0))
         if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
             raise SourceError(f"{self.path}: {a}.rope.scaling.factor={factor!r} is not a factor; re-convert it")
