@@ -38,14 +38,15 @@ def make_tiny_model(
     kv_heads: int = 2,
     intermediate: int = 128,
     tied: bool = False,
-    rope_scaling: bool = False,
+    rope_scaling: bool | dict[str, Any] = False,
     attention_bias: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     **config: Any,
 ) -> Path:
     """Write a random model with SmolLM2's tokenizer to ``out`` and return ``out``;
-    ``config``: further values of the family's config class (e.g. ``sliding_window``)."""
+    ``rope_scaling``: True for Llama 3's, or a ``rope_scaling`` dict; ``config``: further
+    values of the family's config class (e.g. ``sliding_window``)."""
     from transformers import (
         GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
         Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
@@ -67,7 +68,9 @@ def make_tiny_model(
         eos_token_id=tok.eos_token_id,
         **config,
     )
-    if rope_scaling:
+    if isinstance(rope_scaling, dict):
+        common["rope_scaling"] = rope_scaling
+    elif rope_scaling:
         common["rope_scaling"] = {
             "rope_type": "llama3",
             "factor": 8.0,
@@ -203,3 +206,34 @@ def small_gguf(path: Path, arch: str, shapes: dict[str, tuple[int, ...]], **hpar
         w.add_tensor(name, np.zeros(shape, dtype=np.float32))
     save_gguf(w)
     return path
+
+
+def llama_gguf(hf_dir: Path, out: Path) -> Path:
+    """A float32 ``llama`` GGUF of a Hugging Face Llama folder, as llama.cpp's converter
+    writes one: q/k rows in its order, Llama 3 rope scaling as a ``rope_freqs`` tensor and
+    linear scaling as its keys (our converter's tensors and keys under ``llama``)."""
+    from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
+
+    from hopscotch_export.converters.needs import extra_tensors
+    from hopscotch_export.converters.outtypes import resolve_outtype
+    from hopscotch_export.converters.tensors import iter_produced, plan_tensors
+    from hopscotch_export.converters.vocab import add_hf_tokenizer
+    from hopscotch_export.sources import open_source
+
+    src = open_source(hf_dir)
+    s = src.spec
+    tensors, _ = plan_tensors(src, None, resolve_outtype("f32", "hf", GGMLQuantizationType.F32), extra_tensors(src))
+    w = GGUFWriter(out, "llama")
+    for key, value in (("context_length", s.context_length), ("embedding_length", s.hidden_size),
+                       ("block_count", s.n_layers), ("feed_forward_length", s.intermediate_size),
+                       ("head_count", s.n_heads), ("head_count_kv", s.n_kv_heads), ("rope_dimension_count", s.head_dim),
+                       ("layer_norm_rms_eps", s.rms_eps), ("rope_freq_base", s.rope_theta)):  # fmt: skip
+        getattr(w, f"add_{key}")(value)  # scalars, as llama.cpp writes them (transformers reads them)
+    if s.rope_scaling and s.rope_scaling.get("rope_type") == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(s.rope_scaling["factor"])
+    add_hf_tokenizer(w, hf_dir, s.vocab_size)
+    for t, data in iter_produced(tensors):
+        w.add_tensor(t.name, data.reshape(t.shape))
+    save_gguf(w)
+    return out

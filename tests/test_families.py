@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader
+from gguf import GGUFReader, RopeScalingType
 
 from hopscotch_export.errors import SourceError
 from hopscotch_export.families import REGISTRY, family_for
@@ -112,3 +112,49 @@ def test_deepseek_r1_distills_get_their_own_chat_format_in_the_modelfile():
     assert "<|im_start|>" not in text
     # the Qwen2-based distill's template also mentions no ChatML: it is not mistaken for Qwen's format
     assert json.dumps(text)
+
+
+#: so that a search that does start (before the refusal was moved) ends in seconds
+_TINY_BUDGET = ("--samples", "4", "--heldout", "2", "--seq-len", "16", "--score-samples", "2", "--final-epochs", "1",
+                "--max-new-tokens", "8", "--device", "cpu", "--no-verify")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},  # Qwen2.5's long context
+        {"type": "dynamic", "factor": 2.0},
+        {"rope_type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4,
+         "original_max_position_embeddings": 2048},
+    ],
+)  # fmt: skip
+def test_rope_deci_cannot_carry_is_refused_before_the_search(rope, tmp_path, monkeypatch, capsys):
+    """The family refuses it when the model is opened, in the line the converter gives."""
+    kind = rope.get("rope_type", rope.get("type"))
+    folder = make_tiny_model(tmp_path / "m", layers=3, hidden=32, intermediate=64, rope_scaling=rope)
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, str(folder), "--skips", "1", "-o", str(out), *_TINY_BUDGET)
+    assert_one_line_error(code, err, f"rope scaling {kind!r} is not supported yet; supported: llama3, linear")
+    assert "search" not in err and not any(tmp_path.glob("o.*"))  # no stage started, nothing written
+
+
+@pytest.mark.parametrize(
+    "keys,why",
+    [
+        (dict(rope_scaling_type=RopeScalingType.YARN, rope_scaling_factor=4.0),
+         "rope scaling 'yarn' is not supported yet; supported: llama3, linear"),
+        (dict(rope_scaling_attn_factors=0.5), "llama.rope.scaling.attn_factor=0.5 scales rotated q and k"),
+    ],
+)  # fmt: skip
+def test_a_gguf_with_rope_torch_cannot_reproduce_is_refused_before_the_search(keys, why, tmp_path, monkeypatch,
+                                                                                capsys):  # fmt: skip
+    """llama.cpp would apply it to the file and torch would not: refused, not copied."""
+    shapes = {"token_embd.weight": (4, 8), "blk.0.attn_q.weight": (8, 8), "output_norm.weight": (8,)}
+    hparams = dict(block_count=1, context_length=64, embedding_length=8, feed_forward_length=16, head_count=2)
+    plain = small_gguf(tmp_path / "plain.gguf", "llama", shapes, **hparams)
+    assert open_source(plain).spec.rope_scaling is None  # the rest is sound
+    gguf = small_gguf(tmp_path / "scaled.gguf", "llama", shapes, **hparams, **keys)
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, str(gguf), "--skips", "1", "-o", str(out), *_TINY_BUDGET)
+    assert_one_line_error(code, err, why)
+    assert "search" not in err and not any(tmp_path.glob("o.*"))

@@ -153,7 +153,7 @@ def _write(
         copy_gguf_metadata(writer, source)
     else:
         add_hf_tokenizer(writer, source.path, source.spec.vocab_size)
-    writer.add_file_type(file_type(choice, [t.qtype for t in tensors]))
+    writer.add_file_type(file_type(choice, {t.name: t.qtype for t in tensors}))
     for t in tensors:
         _add_info(writer, t)
 

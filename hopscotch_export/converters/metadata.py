@@ -18,8 +18,8 @@ import gguf
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
-from ..errors import SourceError
 from ..families import ModelSpec
+from ..families.base import rope_kind
 from ..plan import Plan
 from ..sources import GgufFileSource, ModelSource
 
@@ -88,7 +88,7 @@ def write_general(writer: GGUFWriter, source: ModelSource, name: str | None) -> 
 def rope_freqs(spec: ModelSpec) -> np.ndarray | None:
     """Llama 3 rope scaling as a ``rope_freqs`` tensor, with llama.cpp's converter formula."""
     rs = spec.rope_scaling
-    if not rs or str(rs.get("rope_type", rs.get("type", ""))).lower() != "llama3":
+    if rs is None or rope_kind(rs) != "llama3":
         return None
     dim = spec.head_dim
     freqs = 1.0 / (spec.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
@@ -111,14 +111,11 @@ def rope_freqs(spec: ModelSpec) -> np.ndarray | None:
 
 
 def _add_rope_scaling(writer: GGUFWriter, spec: ModelSpec) -> None:
+    """Linear scaling as its keys (llama3's is the ``rope_freqs`` tensor). The family refused
+    any other kind when the source was opened, before the search; asked again here, it
+    gives the same line."""
     rs: dict[str, Any] | None = spec.rope_scaling
-    if not rs:
-        return
-    kind = str(rs.get("rope_type", rs.get("type", ""))).lower()
-    if kind == "llama3":
-        return  # carried by the rope_freqs tensor
-    if kind == "linear":
+    spec.family.check_rope(rs, "the model")
+    if rs is not None and rope_kind(rs) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rs["factor"]))
-        return
-    raise SourceError(f"rope scaling {kind!r} is not supported yet; supported: llama3, linear")

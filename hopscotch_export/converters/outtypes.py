@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
@@ -103,20 +104,68 @@ def map_type(choice: OutputChoice, source_type: GGMLQuantizationType, hidden: in
     return tensor_type(choice, "attn_output.weight", (hidden, hidden), Q.F32)
 
 
-def file_type(choice: OutputChoice, types: list[GGMLQuantizationType]) -> int:
-    """``general.file_type`` for the written file: the most common 2-D tensor type."""
+def file_type(choice: OutputChoice, tensors: dict[str, GGMLQuantizationType]) -> int:
+    """``general.file_type`` for the written file (tensor name -> type): the type asked of
+    llama.cpp's quantizer or written directly, else the one llama.cpp's quantizer writes for
+    the mix the source's types keep (:func:`mix_file_type`)."""
     if choice.quantizer is not None:
         return int(choice.quantizer)
     if choice.direct is not None:
         return int(_FILE_TYPES[choice.direct])
-    counts: dict[GGMLQuantizationType, int] = {}
-    for t in types:
-        counts[t] = counts.get(t, 0) + 1
-    main = max((t for t in counts if t != Q.F32), key=lambda t: counts[t], default=Q.F32)
+    return int(mix_file_type(tensors))
+
+
+#: K-quant block types, which llama.cpp's quantizer mixes by tensor (llama-quant.cpp,
+#: ``llama_tensor_get_type``).
+_K_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+#: tensors the K-quant mixes never raise: they keep the type the file type asks for
+_PLAIN = frozenset({"attn_q", "attn_k", "ffn_gate", "ffn_up"})
+#: tensors the mixes raise (Q4_K_M: half of attn_v and ffn_down to Q6_K; Q3_K_M/L: attn_output)
+_RAISED = frozenset({"attn_v", "ffn_down", "attn_output"})
+
+
+def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
+    """The file type llama.cpp's quantizer writes for this mix of 2-D tensor types.
+
+    The asked-for type is the one of the tensors it never raises; where their rows are not
+    whole 256-wide K blocks it fell back to another type (Q4_K to Q5_0), and the least
+    precise K type of the raised tensors tells it. Q4_K/Q5_K with Q6_K on attn_v or
+    ffn_down is the _M mix, without it the _S one; Q3_K's mixes differ by attn_output
+    (Q4_K: _M, Q5_K: _L). GUESSED where no file type names the mix.
+    """
+    def of(kinds: frozenset[str]) -> list[GGMLQuantizationType]:
+        return [t for name, t in tensors.items() if _kind(name) in kinds]
+
+    plain = Counter(t for t in of(_PLAIN) if t in _K_TYPES)
+    raised = [t for t in of(_RAISED) if t in _K_TYPES]
+    if plain:
+        base = max(plain, key=plain.__getitem__)
+    elif raised:  # the plain tensors fell back: their rows are not whole K blocks
+        base = min(raised, key=_bits)
+    else:
+        counts = Counter(t for t in tensors.values() if t != Q.F32)  # 1-D tensors are F32 in every file
+        base = max(counts, key=counts.__getitem__, default=Q.F32)
+    suffix = ""
+    if base in (Q.Q4_K, Q.Q5_K):
+        suffix = "_M" if Q.Q6_K in of(frozenset({"attn_v", "ffn_down"})) else "_S"
+    elif base == Q.Q3_K:
+        output = set(of(frozenset({"attn_output"})))
+        suffix = "_L" if Q.Q5_K in output else "_M" if Q.Q4_K in output else "_S"
     try:
-        return int(LlamaFileType[f"MOSTLY_{main.name}"])
+        return LlamaFileType["ALL_F32" if base == Q.F32 else f"MOSTLY_{base.name}{suffix}"]
     except KeyError:
-        return int(LlamaFileType.GUESSED)
+        return LlamaFileType.GUESSED
+
+
+def _kind(name: str) -> str:
+    """``blk.3.attn_v.weight`` -> ``attn_v``; other names are no layer's."""
+    parts = name.split(".")
+    return parts[2] if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" else ""
+
+
+def _bits(qtype: GGMLQuantizationType) -> float:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return 8 * size / block
 
 
 def nbytes(qtype: GGMLQuantizationType, shape: tuple[int, ...]) -> int:

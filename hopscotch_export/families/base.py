@@ -47,6 +47,20 @@ class Family:
                 f"{where}: a mixture of experts ({experts[0]}={cfg[experts[0]]}); deci has one MLP per layer, "
                 f"so it cannot hold it. {supported_line()}"
             )
+        cls.check_rope(rope_scaling_of(cfg), where)
+
+    @classmethod
+    def check_rope(cls, rope: dict[str, Any] | None, where: str) -> None:
+        """Refuse, in one line, rope scaling that ``deci`` cannot carry: it holds Llama 3's
+        per-frequency factors (a ``rope_freqs`` tensor) and linear scaling (its keys), not
+        yarn's, dynamic or longrope's context-dependent ones. Asked before any work (a
+        Hugging Face config, a GGUF's keys); the converter asks it again when it writes them."""
+        kind = rope_kind(rope)
+        if kind not in ("default", *ROPE_CARRIED):
+            raise SourceError(
+                f"{where}: rope scaling {kind!r} is not supported yet; supported: {', '.join(ROPE_CARRIED)}. "
+                f"{supported_line()}"
+            )
 
     @classmethod
     def context_length(cls, cfg: dict[str, Any], where: str) -> tuple[int, str | None]:
@@ -76,6 +90,22 @@ class Family:
         """The parts of a fused tensor (``name`` a Hugging Face or GGUF name) as (part name,
         first row, end row), in row order; None for a tensor that ``deci`` stores as it is."""
         return None
+
+
+#: rope scaling kinds ``deci`` carries besides plain rope
+ROPE_CARRIED = ("llama3", "linear")
+
+
+def rope_scaling_of(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """A config.json's rope scaling (``rope_scaling``, or transformers 5's
+    ``rope_parameters``); None for plain rope."""
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    return rope if isinstance(rope, dict) and rope_kind(rope) != "default" else None
+
+
+def rope_kind(rope: dict[str, Any] | None) -> str:
+    """``llama3``, ``linear``, ``yarn``, ... (``default`` for plain rope)."""
+    return str((rope or {}).get("rope_type", (rope or {}).get("type")) or "default").lower()
 
 
 def supported_line() -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceError
 from . import register
-from .base import Family, supported_line
+from .base import Family, rope_kind, supported_line
 from .refused import LONG_ROPE, PARTIAL_ROPE
 
 if TYPE_CHECKING:
@@ -41,12 +41,16 @@ class Phi3(Family):
     gguf_rope_neox = True
 
     @classmethod
+    def check_rope(cls, rope: dict[str, Any] | None, where: str) -> None:
+        """Phi-3's only scaling is longrope (``su``, ``yarn`` in older configs)."""
+        kind = rope_kind(rope)
+        if kind != "default":
+            raise SourceError(f"{where}: rope scaling {kind!r} {LONG_ROPE}; {_VARIANTS}. {supported_line()}")
+
+    @classmethod
     def check_config(cls, cfg: dict[str, Any], where: str) -> None:
         super().check_config(cfg, where)
         rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-        kind = rope.get("rope_type", rope.get("type")) or "default"
-        if kind != "default":
-            raise SourceError(f"{where}: rope scaling {kind!r} {LONG_ROPE}; {_VARIANTS}. {supported_line()}")
         partial = float(cfg.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0)
         if partial != 1.0:
             why = f"partial_rotary_factor={partial} {PARTIAL_ROPE}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import SourceError
 from . import family_for
-from .base import Family
+from .base import Family, rope_scaling_of
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,9 @@ class ModelSpec:
         try:
             n_heads = cfg["num_attention_heads"]
             hidden = cfg["hidden_size"]
-            rope_scaling = cfg.get("rope_scaling")
             rope_theta = cfg.get("rope_theta")
             if rope_theta is None:  # transformers 5 moves it into rope_parameters
-                params = cfg.get("rope_parameters") or {}
-                rope_theta = params.get("rope_theta", 10000.0)
-                if params.get("rope_type", "default") != "default":
-                    rope_scaling = params
+                rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
             context, notice = family.context_length(cfg, where)
             return cls(
                 family=family,
@@ -72,7 +68,7 @@ class ModelSpec:
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 attention_bias=family.qkv_bias or bool(cfg.get("attention_bias", False)),
                 mlp_bias=bool(cfg.get("mlp_bias", False)),
-                rope_scaling=rope_scaling if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default") else None,
+                rope_scaling=rope_scaling_of(cfg),
                 notice=notice,
                 folded=family.folded_scales(cfg),
             )

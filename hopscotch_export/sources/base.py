@@ -91,6 +91,15 @@ class ModelSource(ABC):
     def load_config(self) -> PretrainedConfig:
         """The transformers config: builds the model skeleton without loading weights."""
 
+    def skeleton(self, dtype: torch.dtype) -> PreTrainedModel:
+        """The transformers model with every parameter on the ``meta`` device (code and
+        shapes); its rotary tables are real, since they are computed, not read."""
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(self.load_config(), dtype=dtype)
+
     @abstractmethod
     def load_tokenizer(self) -> Any:
         """The transformers tokenizer of this model."""

@@ -43,6 +43,7 @@ class GgufFileSource(ModelSource):
         self.arch: str = arch
         self._refuse_experts()
         self.spec = self._spec(family)
+        self.rope_freqs = self._rope_freqs(family)
         self._fingerprint: str | None = None
 
     def _refuse_experts(self) -> None:
@@ -91,6 +92,7 @@ class GgufFileSource(ModelSource):
                 vocab_size=len(self.field("tokenizer.ggml.tokens")),
                 rms_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
                 rope_theta=float(self.field(f"{a}.rope.freq_base", 10000.0)),
+                rope_scaling=self._rope_scaling(family),
                 context_length=context,
                 tie_embeddings="output.weight" not in names,
                 attention_bias="blk.0.attn_q.bias" in names,
@@ -114,6 +116,47 @@ class GgufFileSource(ModelSource):
             )
         self._refuse_rope(spec, names)
         return spec
+
+    def _rope_scaling(self, family: type[Family]) -> dict[str, Any] | None:
+        """Linear scaling as llama.cpp reads it: ``rope.scaling.factor`` (or the older
+        ``rope.scale_linear``) divides positions unless ``rope.scaling.type`` is ``none``;
+        a type ``deci`` cannot carry (yarn, longrope) is refused by the family, in its line."""
+        a, where = self.arch, f"{self.path} (GGUF)"
+        kind = str(self.field(f"{a}.rope.scaling.type", "linear")).lower()
+        if kind != "linear":
+            family.check_rope({"rope_type": "default" if kind == "none" else kind}, where)
+        attn = self.field(f"{a}.rope.scaling.attn_factor", 1.0)
+        if attn != 1.0:  # llama.cpp multiplies rope's cos and sin by it, whatever the type
+            raise SourceError(
+                f"{where}: {a}.rope.scaling.attn_factor={attn} scales rotated q and k, which transformers' rope "
+                f"does not; not supported yet. {supported_line()}"
+            )
+        if kind == "none":
+            return None
+        factor = self.field(f"{a}.rope.scaling.factor", self.field(f"{a}.rope.scale_linear", 0.0))
+        if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
+            raise SourceError(f"{self.path}: {a}.rope.scaling.factor={factor!r} is not a factor; re-convert it")
+        if factor in (0, 1):  # llama.cpp: no scaling
+            return None
+        rope = {"rope_type": "linear", "factor": float(factor)}
+        family.check_rope(rope, where)
+        return rope
+
+    def _rope_freqs(self, family: type[Family]) -> np.ndarray | None:
+        """``rope_freqs.weight``: llama.cpp divides each rotary frequency by its factor (how
+        llama.cpp's converter writes Llama 3's rope scaling). The torch model gets the same
+        frequencies installed (:meth:`skeleton`) rather than factors guessed back from them."""
+        t = next((t for t in self.reader.tensors if t.name == "rope_freqs.weight"), None)
+        if t is None:
+            return None
+        family.check_rope({"rope_type": "llama3"}, f"{self.path} (GGUF, rope_freqs.weight)")
+        factors = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).ravel()
+        if factors.size != self.spec.head_dim // 2 or not (np.isfinite(factors).all() and (factors > 0).all()):
+            raise SourceError(
+                f"{self.path}: rope_freqs.weight holds {factors.size} values, not {self.spec.head_dim // 2} positive "
+                "factors (one per rotary frequency); re-download or re-convert it"
+            )
+        return factors
 
     def _refuse_rope(self, spec: ModelSpec, names: set[str]) -> None:
         """Rope that ``deci`` cannot express: long-context factors (Phi-3's longrope) or a
@@ -169,12 +212,10 @@ class GgufFileSource(ModelSource):
         every tensor to float32 first (32 GB for an 8B Q4_K_M file); here one tensor at a
         time is float32, the model holds ``dtype``."""
         import torch
-        from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+        from accelerate import dispatch_model, infer_auto_device_map
         from accelerate.utils import set_module_tensor_to_device
-        from transformers import AutoModelForCausalLM
 
-        with init_empty_weights():  # rotary buffers stay real: they are computed, not read
-            model = AutoModelForCausalLM.from_config(self.load_config(), dtype=dtype)
+        model = self.skeleton(dtype)
         for name, _ in list(model.named_parameters()):
             if name == "lm_head.weight" and self.spec.tie_embeddings:
                 continue  # the embedding, tied below
@@ -192,6 +233,17 @@ class GgufFileSource(ModelSource):
         placed = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
         return dispatch_model(model, placed)
 
+    def skeleton(self, dtype: Any) -> Any:
+        """With ``rope_freqs``, the rotary frequencies llama.cpp computes: each divided by its factor."""
+        import torch
+
+        model = super().skeleton(dtype)
+        if self.rope_freqs is not None:
+            rotary = model.model.rotary_emb
+            rotary.inv_freq = rotary.inv_freq / torch.from_numpy(self.rope_freqs).to(rotary.inv_freq)
+            rotary.original_inv_freq = rotary.inv_freq
+        return model
+
     def load_config(self) -> Any:
         """Built from the hyper-parameters already read: transformers' own GGUF config reader
         parses every metadata array, the whole vocabulary included (hundreds of MB for a
@@ -203,7 +255,7 @@ class GgufFileSource(ModelSource):
             s.family.model_type, architectures=[s.architecture], vocab_size=s.vocab_size, hidden_size=s.hidden_size,
             intermediate_size=s.intermediate_size, num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
             num_key_value_heads=s.n_kv_heads, head_dim=s.head_dim, rms_norm_eps=s.rms_eps, rope_theta=s.rope_theta,
-            max_position_embeddings=s.context_length, tie_word_embeddings=s.tie_embeddings,
+            max_position_embeddings=s.context_length, tie_word_embeddings=s.tie_embeddings, rope_scaling=s.rope_scaling,
             attention_bias=s.attention_bias, mlp_bias=s.mlp_bias,
         )  # fmt: skip
 

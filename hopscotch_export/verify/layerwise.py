@@ -55,7 +55,7 @@ def _final_hidden(
     source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
 ) -> list[torch.Tensor]:
     """The normalised last hidden state of every window (what the head reads)."""
-    model = _skeleton(source)
+    model = source.skeleton(torch.float32).eval()
     stack = Stack(model)
     # one batch per window length (they share positions and masks); usually a single batch
     lengths = sorted({len(w) for w in windows})
@@ -73,16 +73,6 @@ def _final_hidden(
             finals = [stack.final_hidden(h) for h, _ in state]
     by_length = {n: iter(f) for n, f in zip(lengths, finals)}
     return [next(by_length[len(w)]) for w in windows]
-
-
-def _skeleton(source: ModelSource) -> nn.Module:
-    """The transformers model with every parameter on the ``meta`` device: code and shapes only."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():  # buffers (rotary frequencies) stay real: they are computed, not read
-        model = AutoModelForCausalLM.from_config(source.load_config(), dtype=torch.float32)
-    return model.eval()
 
 
 @contextlib.contextmanager

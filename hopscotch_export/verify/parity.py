@@ -12,6 +12,7 @@ float32 files, whose floor is ~1e-9, below what matters); docs/design.md section
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import HopscotchError
 from ..families import ModelSpec
-from ..kv_cache import type_bytes
 from ..plan import Plan, load_plan
 from ..resources import PROCESS_BASE, Need, check, parameter_count, source_overhead
 from ..sources import ModelSource, open_source
@@ -136,21 +135,29 @@ def _compare(
 
 
 def floor_applies(model: Path, reference: Path) -> bool:
-    """Whether the reference's floor bounds the model's parity: the model is stored at least
-    as precisely (an f16 reference's floor would fail a correct q4_k_m file; a q4_1
-    reference's floor is generous to an f32 one)."""
+    """Whether the reference's floor bounds the model's parity: every tensor the plan
+    rewrites is stored in the model with at least as many bits per weight as in the
+    reference (an f16 reference's floor would fail a correct q4_k_m file; a q4_1
+    reference's floor is generous to an f32 one). Read from the tensors themselves:
+    ``general.file_type`` names no K-quant mix that lacks a ``MOSTLY_`` type, and says
+    nothing of a mix's raised tensors."""
+    mine, theirs = _rewritten_bits(model), _rewritten_bits(reference)
+    shared = mine.keys() & theirs.keys()
+    return bool(shared) and all(mine[name] >= theirs[name] for name in shared)
 
-    def bits(path: Path) -> float | None:
-        value = scan_gguf(path).metadata.get("general.file_type")
-        try:  # MOSTLY_Q4_K_M -> Q4_K, ALL_F32 -> F32
-            name = LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        except ValueError:
-            return None
-        name = re.sub(r"_[SML]$", "", name) if "_K" in name else name
-        return type_bytes(name) if name in GGMLQuantizationType.__members__ else None
 
-    mine, theirs = bits(model), bits(reference)
-    return mine is not None and theirs is not None and mine >= theirs
+#: The tensors a plan rewrites: the branch scales fold into attn_output and ffn_down, and a
+#: linear layer's map replaces attn_output.
+_REWRITTEN = re.compile(r"^blk\.\d+\.(attn_output|ffn_down)\.weight$")
+
+
+def _rewritten_bits(path: Path) -> dict[str, float]:
+    """Bits per weight of each tensor of ``path`` that a plan rewrites."""
+    return {
+        name: 8 * nbytes / math.prod(dims)
+        for name, (_, dims, _, nbytes) in scan_gguf(path).tensors.items()
+        if _REWRITTEN.match(name)
+    }
 
 
 def parity_needs(spec: ModelSpec, windows: int, tokens: int, source_kind: str = "hf") -> list[Need]:
