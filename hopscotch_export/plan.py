@@ -52,6 +52,9 @@ READABLE = ("hopscotch-plan/1", FORMAT)
 
 Scale = Union[float, list[float]]
 
+#: the option that applies a plan to weights other than those it was searched on
+ACCEPT_FOREIGN = "--accept-foreign-plan"
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -174,8 +177,10 @@ class Plan:
             "provenance": self.provenance,
         }
 
-    def check_model(self, model: ModelRef, force: bool = False) -> None:
-        """Refuse a plan made for another model; ``force`` waives only the fingerprint."""
+    def check_model(self, model: ModelRef, accept_foreign: bool = False, fix: str | None = None) -> None:
+        """Refuse a plan made for another model; ``accept_foreign`` (``--accept-foreign-plan``)
+        waives only the fingerprint. ``fix`` replaces the refusal's advice where that
+        option does not exist (resuming a search, the one command's reuse of its plan)."""
         mine = self.model
         for attr in ("architecture", "n_layers", "hidden_size"):
             if getattr(mine, attr) != getattr(model, attr):
@@ -183,10 +188,10 @@ class Plan:
                     f"plan was made for a model with {attr}={getattr(mine, attr)}, this model has "
                     f"{getattr(model, attr)}; run search on this model to make a plan for it"
                 )
-        if mine.fingerprint != model.fingerprint and not force:
+        if mine.fingerprint != model.fingerprint and not accept_foreign:
             raise PlanError(
                 "plan was made for different weights (fingerprint mismatch); "
-                "run search on this model, or pass --force to apply it anyway"
+                + (fix or f"run search on this model, or pass {ACCEPT_FOREIGN} to apply it anyway")
             )
 
 
