@@ -146,13 +146,13 @@ def _write(
     tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
     writer = GGUFWriter(path, ARCH)
-    write_general(writer, source, name)
     write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else ())
     write_provenance(writer, plan, source)
     if isinstance(source, GgufFileSource):
         copy_gguf_metadata(writer, source)
     else:
         add_hf_tokenizer(writer, source.path, source.spec.vocab_size)
+    write_general(writer, source, name)  # after the vocabulary, which the name must suit
     writer.add_file_type(file_type(choice, [t.qtype for t in tensors]))
     for t in tensors:
         _add_info(writer, t)
