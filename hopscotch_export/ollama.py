@@ -67,7 +67,7 @@ def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None) 
         stops.append(eos_token)
     for s in stops:
         quoted = modelfile_string(s)
-        lines.append(f"PARAMETER stop {quoted}" if quoted else f"# stop token {json.dumps(s)}: no Modelfile quoting holds it")
+        lines.append(f"PARAMETER stop {quoted}" if quoted else f"# stop token {json.dumps(s)}: no quoting holds it")
     return "\n".join(lines).rstrip() + "\n"
 
 

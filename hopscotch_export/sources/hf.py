@@ -223,7 +223,8 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
             raise SourceError(f"{damaged} (its header runs past the end); {fix}")
         if n > MAX_HEADER:
             raise SourceError(
-                f"{path}: its header says it is {n:,} bytes long, more than the {MAX_HEADER:,} safetensors allows; {fix}"
+                f"{path}: its header says it is {n:,} bytes long, more than the {MAX_HEADER:,} safetensors "
+                f"allows; {fix}"
             )
         try:
             header = json.loads(f.read(n))
