@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import __version__, signals
 from .errors import HopscotchError
+from .plan import ACCEPT_FOREIGN
 from .quiet import quiet_libraries
 from .search.command import search_command
 from .verify.command import verify_command
@@ -56,7 +57,11 @@ def convert_command(
         help="auto|source|f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q2_k|q3_k_m|q4_k_s|q4_k_m|q5_k_s|q5_k_m|q6_k. "
         "auto keeps a GGUF's types and picks f16/bf16 for Hugging Face weights.",
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite the output; accept a plan made for other weights."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
+    accept_foreign_plan: bool = typer.Option(
+        False, ACCEPT_FOREIGN, help="Apply a plan that was searched on other weights (its fingerprint differs "
+        "from MODEL's), e.g. a fine-tune of the same base model."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="general.name written into the GGUF."),
     work_dir: Optional[Path] = typer.Option(
         None, "--work-dir", help="Folder for the f16 intermediate of q4_k_m and other llama.cpp types "
@@ -83,8 +88,8 @@ def convert_command(
         print_report(out_console, convert_needs(source, choice, output, work_dir, loaded), f"convert to {choice.name}")
         return
     summary = convert(
-        source, loaded, output, outtype=outtype, force=force, force_plan=force, name=name, console=console,
-        work_dir=work_dir, allow_incomplete=allow_incomplete,
+        source, loaded, output, outtype=outtype, force=force, accept_foreign_plan=accept_foreign_plan, name=name,
+        console=console, work_dir=work_dir, allow_incomplete=allow_incomplete,
     )
     print_rows("converted", summary.rows())
 

@@ -165,6 +165,7 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
     if force or not path.exists():
         return None
     plan = load_plan(path)
+    plan.check_model(source.model_ref(), fix="pass --force to search again on this model")
     if not plan.complete:
         return None
     removed = len(plan.skip) + len(plan.linear)
@@ -180,7 +181,6 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
             f"{path} holds a finished plan that removes {removed} blocks{' (--skips auto)' if curve else ''}, "
             f"not {wanted}; pass --force to search again"
         )
-    plan.check_model(source.model_ref())
     return plan
 
 

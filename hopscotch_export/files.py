@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -70,15 +71,37 @@ def atomic_output(path: Path | str, force: bool = False) -> Iterator[Path]:
 def temp_file(path: Path, folder: Path | None = None, suffix: str = ".tmp", fix: str = "choose another -o") -> Path:
     """A new empty file in ``folder`` (default: beside ``path``) named after ``path``, this
     process and host, after removing the ones that dead processes of this host left there."""
-    folder = Path(folder or path.parent)
-    host = socket.gethostname()
-    _remove_stale(folder, path.name, host)
+    folder, prefix = _sweep(path, folder)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{host}.", suffix=suffix, dir=folder)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     except OSError as e:
         raise HopscotchError(f"cannot create a file in {folder} ({e.strerror}); {fix}") from None
     os.close(fd)
     return Path(name)
+
+
+@contextlib.contextmanager
+def temp_folder(path: Path, folder: Path | None = None, fix: str = "choose another -o") -> Iterator[Path]:
+    """A new folder named as :func:`temp_file` names its files, removed with its contents
+    however the block ends; one that a dead process left is removed by the next call."""
+    folder, prefix = _sweep(path, folder)
+    try:
+        made = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise HopscotchError(f"cannot create a folder in {folder} ({e.strerror}); {fix}") from None
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def _sweep(path: Path, folder: Path | None) -> tuple[Path, str]:
+    """The folder for ``path``'s temporary files and their name prefix (``path``'s name,
+    this process and host), after removing those of dead processes of this host there."""
+    folder = Path(folder or path.parent)
+    host = socket.gethostname()
+    _remove_stale(folder, path.name, host)
+    return folder, f".{path.name}.{os.getpid()}@{host}."
 
 
 @contextlib.contextmanager
@@ -137,12 +160,15 @@ def _publish(tmp: Path, path: Path, force: bool) -> None:
 
 
 def _remove_stale(folder: Path, name: str, host: str) -> None:
-    """Delete temporary files for output ``name`` whose writer on this host is gone."""
+    """Delete temporary files (and folders) for output ``name`` whose writer on this host is gone."""
     pattern = re.compile(re.escape(f".{name}.") + r"(\d+)@" + re.escape(host) + r"\.[^/]*\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             m = pattern.fullmatch(entry.name)
             if m and not _alive(int(m.group(1))):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    continue
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 

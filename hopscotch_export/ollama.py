@@ -7,6 +7,8 @@ to the GGUF's own ``tokenizer.chat_template``.
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 CHATML = """{{- range .Messages }}<|im_start|>{{ .Role }}
@@ -63,9 +65,43 @@ def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None) 
             lines += ["# TEMPLATE: Ollama uses the chat template stored in the GGUF", ""]
     if eos_token and eos_token not in stops:
         stops.append(eos_token)
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    for s in stops:
+        quoted = modelfile_string(s)
+        lines.append(f"PARAMETER stop {quoted}" if quoted else f"# stop token {json.dumps(s)}: no quoting holds it")
     return "\n".join(lines).rstrip() + "\n"
 
 
+def modelfile_string(s: str) -> str | None:
+    """``s`` quoted so that Ollama's Modelfile parser reads it back as ``s``; None if no
+    quoting does.
+
+    The parser has no escapes. A value ends at a newline where the text so far, trimmed, is
+    whole: unquoted, or in one or three double quotes (which it strips); it drops
+    unprintable characters other than tabs and newlines. So one quote on each side serves
+    unless ``s`` starts with two quotes or has a quote before a newline; three cover most
+    of the rest.
+    """
+    if any(not (c.isprintable() or c in "\t\r\n") for c in s):
+        return None
+    for quote in ('"', '"""'):
+        text = quote + s + quote
+        ends = [i for i, c in enumerate(text) if c in "\r\n"]
+        if _unquoted(text) == s and all(_unquoted(text[:i].strip()) is None for i in ends):
+            return text
+    return None
+
+
+def _unquoted(text: str) -> str | None:
+    """The value Ollama's parser takes from ``text`` if the value ended here; None while a
+    quoted string is still open."""
+    if text.startswith('"""'):
+        return text[3:-3] if len(text) >= 6 and text.endswith('"""') else None
+    if text.startswith('"'):
+        return text[1:-1] if len(text) >= 2 and text.endswith('"') else None
+    return text
+
+
 def ollama_create_command(modelfile_path: Path, name: str) -> str:
-    return f"cd {modelfile_path.parent} && ollama create {name} -f {modelfile_path.name}"
+    """The shell command that imports the model, its paths and name quoted for the shell."""
+    folder, modelfile_name = shlex.quote(str(modelfile_path.parent)), shlex.quote(modelfile_path.name)
+    return f"cd {folder} && ollama create {shlex.quote(name)} -f {modelfile_name}"

@@ -41,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +62,9 @@ FORMAT = "hopscotch-plan/3"
 READABLE = ("hopscotch-plan/1", "hopscotch-plan/2", FORMAT)
 
 Scale = Union[float, list[float]]
+
+#: the option that applies a plan to weights other than those it was searched on
+ACCEPT_FOREIGN = "--accept-foreign-plan"
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,10 @@ class Plan:
             "provenance": self.provenance,
         }
 
-    def check_model(self, model: ModelRef, force: bool = False) -> None:
-        """Refuse a plan made for another model; ``force`` waives only the fingerprint."""
+    def check_model(self, model: ModelRef, accept_foreign: bool = False, fix: str | None = None) -> None:
+        """Refuse a plan made for another model; ``accept_foreign`` (``--accept-foreign-plan``)
+        waives only the fingerprint. ``fix`` replaces the refusal's advice where that
+        option does not exist (resuming a search, the one command's reuse of its plan)."""
         mine = self.model
         for attr in ("architecture", "n_layers", "hidden_size", "n_kv_heads"):
             if attr == "n_kv_heads" and None in (mine.n_kv_heads, model.n_kv_heads):
@@ -220,10 +227,10 @@ class Plan:
                     f"plan was made for a model with {attr}={getattr(mine, attr)}, this model has "
                     f"{getattr(model, attr)}; run search on this model to make a plan for it"
                 )
-        if mine.fingerprint != model.fingerprint and not force:
+        if mine.fingerprint != model.fingerprint and not accept_foreign:
             raise PlanError(
                 "plan was made for different weights (fingerprint mismatch); "
-                "run search on this model, or pass --force to apply it anyway"
+                + (fix or f"run search on this model, or pass {ACCEPT_FOREIGN} to apply it anyway")
             )
 
 
@@ -279,7 +286,7 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise PlanError(f"{source}: 'provenance' must be an object")
-    linear, maps = _linear_from_json(data.get("linear", {"layers": []}), source, folder)
+    linear, maps = _linear_from_json(data.get("linear", {"layers": []}), source, folder, model.hidden_size)
     groups = _groups_from_json(data.get("kv_groups", {}), source)
     try:
         return Plan(
@@ -299,9 +306,12 @@ def plan_from_json(data: Any, source: str = "plan", folder: Path | str | None = 
 
 
 def _linear_from_json(
-    entry: Any, source: str, folder: Path | str | None
+    entry: Any, source: str, folder: Path | str | None, hidden: Any
 ) -> tuple[tuple[int, ...], dict[int, np.ndarray]]:
-    """The linear layers and their maps, read from the maps file and checked against its hash."""
+    """The linear layers and their maps, read from the maps file and checked against its hash.
+
+    The file is the plan's own: inside its folder, a regular file (not a device or a pipe
+    that never ends), and no larger than ``hidden x hidden`` float32 maps can make it."""
     layers = entry.get("layers") if isinstance(entry, dict) else None
     if not isinstance(layers, list):
         raise PlanError(f"{source}: 'linear' must be an object with a 'layers' list")
@@ -314,15 +324,17 @@ def _linear_from_json(
         raise PlanError(f"{source}: 'linear' needs 'file' and 'sha256' strings; save the plan with Plan.save")
     if folder is None:
         raise PlanError(f"{source}: the plan has linear layers, so its folder is needed to find {name}")
+    if not _is_int(hidden) or hidden < 1:
+        return tuple(layers), {}  # Plan names the bad hidden_size; no bound to read the maps with
     path = Path(folder) / name
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.resolve().is_relative_to(Path(folder).resolve()):
         raise PlanError(
-            f"{source}: its linear maps file {path} is missing; copy it beside the plan or rerun search"
-        ) from None
-    except OSError as e:  # a folder (an empty name), no permission
-        raise PlanError(f"{source}: cannot read its linear maps file {path} ({e.strerror}); rerun search") from None
+            f"{source}: its linear maps file {name!r} is outside the plan's folder; "
+            "keep the maps file beside the plan, as search saves it"
+        )
+    # a map is float32 (hidden, hidden); the header names each map's dtype, shape and offsets
+    bound = len(layers) * (hidden * hidden * 4 + _MAPS_HEADER_PER_MAP) + _MAPS_HEADER_BASE
+    data = _read_bounded(path, bound, source)
     if hashlib.sha256(data).hexdigest() != digest:
         raise PlanError(
             f"{source}: {path} does not hold this plan's maps (sha256 mismatch); "
@@ -352,6 +364,40 @@ def _groups_from_json(entry: Any, source: str) -> dict[int, tuple[int, ...]]:
             raise PlanError(f"{source}: kv_groups[{key}] must be a list of the KV groups the layer keeps")
         groups[int(key)] = tuple(kept)
     return groups
+
+
+#: bytes of a maps file's safetensors header: 8 for its length, a small JSON object, and per
+#: map an entry ``"layer.N":{"dtype":"F32","shape":[H,H],"data_offsets":[A,B]}``, with room
+_MAPS_HEADER_BASE = 4096
+_MAPS_HEADER_PER_MAP = 256
+
+
+def _read_bounded(path: Path, bound: int, source: str) -> bytes:
+    """The bytes of the regular file ``path``, refused when longer than ``bound``.
+
+    Opened without blocking and checked after opening, so that a FIFO, a device or a file
+    swapped in meanwhile is refused rather than read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise PlanError(
+            f"{source}: its linear maps file {path} is missing; copy it beside the plan or rerun search"
+        ) from None
+    except OSError as e:  # no permission, a loop of links
+        raise PlanError(f"{source}: cannot read its linear maps file {path} ({e.strerror}); rerun search") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PlanError(
+                f"{source}: its linear maps file {path} is not a regular file; "
+                "use the maps file saved with this plan or rerun search"
+            )
+        data = f.read(bound + 1)
+    if len(data) > bound:
+        raise PlanError(
+            f"{source}: its linear maps file {path} is larger than the {bound} bytes that maps of this plan's "
+            "shapes take; use the maps file saved with this plan or rerun search"
+        )
+    return data
 
 
 def _validate(plan: Plan) -> None:

@@ -61,10 +61,28 @@ def test_plan_for_other_weights(monkeypatch, capsys, tiny_llama, tmp_path):
     out = tmp_path / "o.gguf"
     args = ("convert", str(tiny_llama), "--plan", str(tmp_path / "p.json"), "-o", str(out))
     code, _, err = run_cli(monkeypatch, capsys, *args)
-    assert_one_line_error(code, err, "fingerprint", "--force")
+    assert_one_line_error(code, err, "fingerprint", "--accept-foreign-plan")
     assert not out.exists()
-    code, _, _ = run_cli(monkeypatch, capsys, *args, "--force")
-    assert code == 0 and out.exists()
+    out.write_bytes(b"old")  # --force overwrites the output, and accepts no foreign plan
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--force")
+    assert_one_line_error(code, err, "fingerprint", "--accept-foreign-plan")
+    assert out.read_bytes() == b"old"
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--accept-foreign-plan")  # nor it the other way round
+    assert_one_line_error(code, err, "already exists", "--force")
+    code, _, _ = run_cli(monkeypatch, capsys, *args, "--accept-foreign-plan", "--force")
+    assert code == 0 and out.read_bytes()[:4] == b"GGUF"
+
+
+def test_one_command_refuses_a_plan_for_other_weights_with_its_own_fix(monkeypatch, capsys, tiny_llama, tmp_path):
+    """The one command has no --accept-foreign-plan (verify's parity needs the plan's own
+    weights): a plan beside the output made for other weights is searched again with --force."""
+    ref = open_source(tiny_llama).model_ref()
+    for complete in (True, False):
+        plan = Plan.identity(ref.__class__(ref.architecture, ref.n_layers, ref.hidden_size, "0000"), skip=(2,))
+        plan.with_fields(complete=complete).save(tmp_path / "o.plan.json", force=True)
+        code, _, err = run_cli(monkeypatch, capsys, str(tiny_llama), "--skips", "1", "-o", str(tmp_path / "o.gguf"))
+        assert_one_line_error(code, err, "fingerprint", "pass --force to search again")
+        assert "--accept-foreign-plan" not in err and not (tmp_path / "o.gguf").exists()
 
 
 def test_bad_plan_and_outtype(monkeypatch, capsys, tiny_llama, tmp_path):

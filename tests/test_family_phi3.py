@@ -56,6 +56,39 @@ def test_phi3_converts_and_llama_cpp_matches_torch_under_the_plan(tiny_phi3, tmp
     assert GGUFReader(tmp_path / "m.gguf").fields["deci.context_length"].contents() == 1024
 
 
+def test_a_folder_named_phi3_with_a_gpt2_style_vocabulary_loads_in_llama_cpp(tiny_phi3, tmp_path):
+    """llama.cpp applies Phi-3 token rules to a file whose general.name has "phi3" or "phi-3",
+    and fails to load when the vocabulary lacks the tokens they name (SmolLM2's GPT-2 style
+    one has no </s>, <s>, <unk>); the converter takes the name from the folder. The name it
+    writes cannot trigger them, and the file matches torch."""
+    import shutil
+
+    import torch
+
+    from hopscotch_export.converters import convert
+
+    folder = tmp_path / "Phi3-mini-bpe"
+    shutil.copytree(tiny_phi3, folder)
+    out = tmp_path / "m.gguf"
+    convert(open_source(folder), None, out, outtype="f32")
+    assert GGUFReader(out).fields["general.name"].contents() == "Phi 3-mini-bpe"
+    ids = list(range(100, 140))
+    with torch.no_grad():
+        want = open_source(folder).load_torch(torch.float32)(torch.tensor([ids])).logits[0].double().numpy()
+    assert mean_kl(want, llama_logits(out, ids)) < 1e-5
+    convert(open_source(folder), None, out, outtype="f32", name="my phi-3 and PHI3", force=True)
+    assert GGUFReader(out).fields["general.name"].contents() == "my phi 3 and PHI 3"
+
+
+def test_a_phi3_name_is_kept_for_a_vocabulary_with_the_tokens_its_rules_need():
+    from hopscotch_export.converters.metadata import _not_phi3
+
+    spm = {"<unk>", "<s>", "</s>", "<|endoftext|>", "<|user|>"}  # Phi-3-mini's own
+    assert _not_phi3("Phi-3-mini-4k-instruct", spm) == "Phi-3-mini-4k-instruct"
+    assert _not_phi3("Phi-3-mini-4k-instruct", spm - {"<unk>"}) == "Phi 3-mini-4k-instruct"
+    assert _not_phi3("phi-4", set()) == "phi-4"
+
+
 def test_a_tiny_search_runs_on_phi3(tiny_phi3, tmp_path, text_file):
     out = tmp_path / "plan.json"
     plan = run_search(open_source(tiny_phi3), SearchOptions(skips=1, data=str(text_file), **TINY), out, console=quiet())

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -100,6 +101,27 @@ def test_gpu_placement_one_gpu_spread_and_offload(monkeypatch: pytest.MonkeyPatc
     limits(monkeypatch, ram=4 * GiB, cuda0=14 * GiB, cuda1=14 * GiB)
     with pytest.raises(HopscotchError, match="free memory"):
         resources.check(plan_placement(SPEC_8B, o).needs)
+
+
+def test_a_gguf_source_searched_on_a_gpu_counts_its_whole_model_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GGUF source is built whole in RAM before it moves to the GPU; a Hugging Face folder
+    loads straight there. With 12 GiB free, 8B bf16 weights (15 GiB) fit only the latter."""
+    o = SearchOptions(skips=4, device="cuda", samples=64, heldout=16, seq_len=256)
+    fake_gpus(monkeypatch, 1)
+    limits(monkeypatch, ram=12 * GiB, cuda0=80 * GiB)
+    hf = plan_placement(SPEC_8B, o, source_kind="hf")
+    resources.check(hf.needs)
+    gguf = plan_placement(SPEC_8B, o, source_kind="gguf")
+    (load,) = [n for n in gguf.needs if "loading the GGUF source" in n.what]
+    assert load.where == "ram" and load.parts["weights, whole in RAM first"] == weight_bytes(SPEC_8B, "bfloat16")
+    with pytest.raises(HopscotchError, match=r"^loading the GGUF source \(bfloat16\) before it moves to cuda:0 needs"):
+        resources.check(gguf.needs)
+    limits(monkeypatch, ram=100 * GiB, cuda0=80 * GiB)
+    resources.check(gguf.needs)
+    two = plan_placement(SPEC_8B, o, gpus=[0], processes=2, source_kind="gguf")  # torchrun: each process loads
+    assert max(n.bytes for n in two.needs if "loading the GGUF source" in n.what) == 2 * load.bytes
+    cpu = plan_placement(SPEC_8B, dataclasses.replace(o, device="cpu"), source_kind="gguf")
+    assert not [n for n in cpu.needs if "loading" in n.what]  # on the CPU the search's own weights are these
 
 
 def test_a_large_teacher_cache_stays_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -151,19 +150,23 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     assert left == sorted(p.name for p in (live, other_host, other_output)) + ["m.gguf"]
 
 
-_SLOW_CONVERT = """
+#: the start of a script whose GGUF writes last long enough to be killed in
+SLOW_WRITES = """
 import sys, time
 from pathlib import Path
 from gguf import GGUFWriter
-from hopscotch_export.converters import convert
-from hopscotch_export.sources import open_source
 
 real = GGUFWriter.write_tensor_data
-def slow(self, tensor, *args, **kwargs):  # make the write last long enough to be killed in
+def slow(self, tensor, *args, **kwargs):
     real(self, tensor, *args, **kwargs)
     self.fout[0].flush()
     time.sleep(0.5)
 GGUFWriter.write_tensor_data = slow
+"""
+
+_SLOW_CONVERT = SLOW_WRITES + """
+from hopscotch_export.converters import convert
+from hopscotch_export.sources import open_source
 convert(open_source(sys.argv[1]), None, Path(sys.argv[2]), outtype="f32")
 """
 
@@ -171,7 +174,7 @@ convert(open_source(sys.argv[1]), None, Path(sys.argv[2]), outtype="f32")
 def test_convert_killed_mid_write_leaves_nothing_under_the_output_name(tiny_llama, tmp_path):
     out = tmp_path / "m.gguf"
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_SLOW_CONVERT), str(tiny_llama), str(out)],
+        [sys.executable, "-c", _SLOW_CONVERT, str(tiny_llama), str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 120

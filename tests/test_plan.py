@@ -84,14 +84,16 @@ def test_nan_and_missing_fields_and_bad_json(tmp_path):
         load_plan(tmp_path / "absent.json")
 
 
-def test_fingerprint_mismatch_needs_force():
+def test_fingerprint_mismatch_needs_accept_foreign():
     plan = Plan.identity(REF)
     other = ModelRef("LlamaForCausalLM", 6, 4, "different")
-    with pytest.raises(PlanError, match="--force"):
+    with pytest.raises(PlanError, match="--accept-foreign-plan"):
         plan.check_model(other)
-    plan.check_model(other, force=True)
+    with pytest.raises(PlanError, match=r"fingerprint mismatch\); start again$"):
+        plan.check_model(other, fix="start again")
+    plan.check_model(other, accept_foreign=True)
     with pytest.raises(PlanError, match="n_layers"):
-        plan.check_model(ModelRef("LlamaForCausalLM", 8, 4, "abc123"), force=True)
+        plan.check_model(ModelRef("LlamaForCausalLM", 8, 4, "abc123"), accept_foreign=True)
 
 
 def test_format_constant_is_written():

@@ -214,6 +214,22 @@ def test_replace_skip_gives_the_plan_of_before_linear_maps(skip_plan: Plan) -> N
     assert all(s["kind"] == "skip" for s in skip_plan.provenance["search"]["steps"])
 
 
+def test_auto_is_refused_without_a_held_out_sequence(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Below 4 training sequences the last quarter is empty: ``auto`` would judge the kinds
+    on the sequences it trained on, so it is refused before loading, in one line."""
+    from test_cli import assert_one_line_error, run_cli
+
+    with pytest.raises(HopscotchError, match="--replace auto.* 3 sequence.*--samples 4 or more"):
+        SearchOptions(skips=1, replace="auto", samples=3, heldout=1)
+    SearchOptions(skips=1, replace="linear", samples=3, heldout=1)  # the ridge falls back; nothing compares kinds
+    assert SearchOptions(skips=1, replace="auto", samples=4, heldout=1).samples == 4
+    out = tmp_path / "plan.json"
+    args = ("search", str(tiny), "--skips", "1", "--replace", "auto", "--samples", "2", "-o", str(out))
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, "--samples 4 or more")
+    assert not out.exists()
+
+
 def test_linear_options_are_checked() -> None:
     with pytest.raises(HopscotchError, match="--replace must be one of skip, linear, auto"):
         SearchOptions(skips=1, replace="mlp")

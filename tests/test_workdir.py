@@ -4,6 +4,12 @@ folder, are checked for free space first, and are gone afterwards however the ru
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
 from hopscotch_export.verify.needs import verify_needs
 from hopscotch_export.verify.reference import reference_gguf
+from test_places import SLOW_WRITES
 
 
 #: the module, not the function ``converters.convert`` that its package re-exports
@@ -115,6 +122,35 @@ def test_reference_removed_when_its_conversion_fails(tiny_llama, dirs, monkeypat
     with pytest.raises(Boom), reference_gguf(str(tiny_llama), model, work_dir=work):
         pass
     assert list(work.iterdir()) == [] and list(out.iterdir()) == [model]
+
+
+def test_reference_left_by_a_killed_verify_is_removed_by_the_next(tiny_llama, dirs):
+    """SIGKILL runs no cleanup: the converted reference stays, in a folder named after its
+    process and host, and the next verify in that folder removes it (a live one's stays)."""
+    out, work = dirs
+    model = out / "model.gguf"
+    convert(open_source(tiny_llama), None, model, outtype="f32")
+    script = SLOW_WRITES + (
+        "from hopscotch_export.verify.reference import reference_gguf\n"
+        "with reference_gguf(sys.argv[1], Path(sys.argv[2]), work_dir=Path(sys.argv[3])):\n    pass\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_llama), str(model), str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline, left = time.monotonic() + 120, []
+    while time.monotonic() < deadline and proc.poll() is None and not left:
+        left = [p for p in work.rglob("*") if p.is_file() and p.stat().st_size > 4096]
+        time.sleep(0.05)
+    assert left, proc.stderr.read().decode() if proc.poll() is not None else "no reference was being written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (stale,) = work.iterdir()
+    host = socket.gethostname()
+    assert stale.is_dir() and stale.name.startswith(f".hopscotch-verify-reference.{proc.pid}@{host}.")
+    live = work / f".hopscotch-verify-reference.{os.getppid()}@{host}.x.tmp"  # a verify still running
+    live.mkdir()
+    with reference_gguf(str(tiny_llama), model, work_dir=work) as ref:
+        assert ref.path.is_file() and not stale.exists()
+    assert list(work.iterdir()) == [live]
 
 
 def test_run_verify_uses_work_dir(tiny_llama, dirs, monkeypatch):

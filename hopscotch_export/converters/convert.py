@@ -65,7 +65,7 @@ def convert(
     *,
     outtype: str = "auto",
     force: bool = False,
-    force_plan: bool = False,
+    accept_foreign_plan: bool = False,
     name: str | None = None,
     console: Console | None = None,
     work_dir: Path | None = None,
@@ -73,8 +73,8 @@ def convert(
 ) -> ConvertSummary:
     """Write ``source`` with ``plan`` folded in as a ``deci`` GGUF at ``out``.
 
-    ``force`` allows replacing ``out``; ``force_plan`` accepts a plan whose fingerprint
-    does not match the source; ``work_dir`` holds the f16 intermediate of a
+    ``force`` allows replacing ``out``; ``accept_foreign_plan`` accepts a plan whose
+    fingerprint does not match the source; ``work_dir`` holds the f16 intermediate of a
     llama.cpp-quantized type (default: beside ``out``); ``allow_incomplete`` accepts the
     partial plan of an interrupted search. Nothing is left under ``out`` or in
     ``work_dir`` if anything fails, Ctrl-C included.
@@ -84,7 +84,7 @@ def convert(
     check_writable(out, force)
     check_work_dir(work_dir)
     if plan is not None:
-        plan.check_model(source.model_ref(), force=force_plan)
+        plan.check_model(source.model_ref(), accept_foreign=accept_foreign_plan)
         if not plan.complete and not allow_incomplete:
             raise _incomplete(plan, source)
     choice = choose_outtype(source, outtype)
@@ -146,13 +146,13 @@ def _write(
     tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
     writer = GGUFWriter(path, ARCH)
-    write_general(writer, source, name)
     write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else ())
     write_provenance(writer, plan, source)
     if isinstance(source, GgufFileSource):
         copy_gguf_metadata(writer, source)
     else:
         add_hf_tokenizer(writer, source.path, source.spec.vocab_size)
+    write_general(writer, source, name)  # after the vocabulary, which the name must suit
     writer.add_file_type(file_type(choice, {t.name: t.qtype for t in tensors}))
     for t in tensors:
         _add_info(writer, t)

@@ -11,6 +11,7 @@ attention (llama.cpp reads the head size there).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,34 @@ def copy_gguf_metadata(writer: GGUFWriter, source: GgufFileSource) -> None:
 
 
 def write_general(writer: GGUFWriter, source: ModelSource, name: str | None) -> None:
-    """``general.name``: ``name`` when given; else a Hugging Face source's folder name, and
-    a GGUF source keeps its own (copied later, after the keys written here)."""
-    if name is None and isinstance(source, GgufFileSource):
-        return
-    writer.add_name(name or Path(source.path).name)
+    """``general.name``: ``name`` when given; else a GGUF source's own (if it has one), a
+    Hugging Face source's folder name. Written after the vocabulary, which it is checked
+    against: a name llama.cpp takes for Phi-3's needs tokens that Phi-3's vocabulary has."""
+    kv = writer.kv_data[0]
+    own = kv.pop(gguf.Keys.General.NAME, None)  # a GGUF source's, copied with its other keys
+    if name is None and own is not None:
+        name = own.value
+    elif name is None and not isinstance(source, GgufFileSource):
+        name = Path(source.path).name
+    if name is None:
+        return  # a GGUF source without one
+    tokens = kv.get(gguf.Keys.Tokenizer.LIST)
+    writer.add_name(_not_phi3(name, set(tokens.value) if tokens is not None else set()))
+
+
+#: llama.cpp's vocabulary loader sets Phi-3 token attributes when the lowercased
+#: ``general.name`` contains "phi3" or "phi-3", looking these tokens up by text; a
+#: vocabulary without one of them (a GPT-2 style BPE one: Phi-4, SmolLM2) fails to load
+_PHI3_NAME = re.compile(r"(phi)-?(3)", re.IGNORECASE)
+_PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _not_phi3(name: str, tokens: set[str]) -> str:
+    """``name``, with "phi3" / "phi-3" written "phi 3" when llama.cpp's Phi-3 rules could not
+    find their tokens in ``tokens``."""
+    if all(t in tokens for t in _PHI3_TOKENS):
+        return name
+    return _PHI3_NAME.sub(r"\1 \2", name)
 
 
 def rope_freqs(spec: ModelSpec) -> np.ndarray | None:

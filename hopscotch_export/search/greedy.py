@@ -187,7 +187,7 @@ class Selector:
         self.calib, self.teacher = calib, teacher
         self.judge = calib, teacher
         n_fit = len(split_rows(options.samples)[0])
-        if options.replace == AUTO and n_fit < options.samples:
+        if options.replace == AUTO:  # options refuse auto with no held-out quarter
             self.calib, self.teacher = _part(calib, teacher, slice(0, n_fit))
             self.judge = _part(calib, teacher, slice(n_fit, None))
         self.n_rows = int(self.calib.train_ids.shape[0])

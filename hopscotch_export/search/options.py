@@ -18,6 +18,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: ``n_embd x n_embd`` map of its normalised input (``linear``, llama.cpp ``deci``'s linear
 #: attention), or whichever of the two loses less at each step (``auto``)
 REPLACEMENTS = ("skip", "linear", "auto")
+#: ``--replace auto`` compares the kinds on the last quarter of the training sequences
+#: (``linear.split_rows``), which is empty below this many
+AUTO_MIN_SAMPLES = 4
 
 #: The calibration budget on CPU when the user gives none. The dataclass defaults are the
 #: paper's scale, sized for a GPU; on two CPU cores they take hours even for a 135M model.
@@ -113,6 +116,11 @@ class SearchOptions:
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        if self.replace == "auto" and self.samples < AUTO_MIN_SAMPLES:
+            raise HopscotchError(
+                f"--replace auto judges skips against maps on a held-out quarter of --samples, and {self.samples} "
+                f"sequence(s) leave none; pass --samples {AUTO_MIN_SAMPLES} or more, or --replace skip|linear"
+            )
         if self.max_linear is not None and self.replace == "skip":
             raise HopscotchError(
                 "--max-linear bounds linear maps, which --replace skip makes none of; add --replace auto"

@@ -6,7 +6,8 @@ hidden state of every held-out token) and the largest activations of one batch (
 caches every layer's input; training keeps every layer's activations for the backward
 pass; each holds a batch of logits over the vocabulary). On a GPU the weights go to the
 first GPUs that have room (accelerate's ``device_map="sequential"`` with ``max_memory``),
-what does not fit stays on the CPU, and a large teacher cache stays in RAM.
+what does not fit stays on the CPU, and a large teacher cache stays in RAM. A GGUF source
+is first built whole in RAM before it moves to a GPU: that load is a need of its own.
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def plan_placement(
     """The placement for ``o.device`` / ``o.dtype`` on the GPUs ``gpus`` (default: all),
     with ``processes`` copies of the search sharing this machine's RAM (torchrun), for a
     source of ``source_kind`` (``hf`` or ``gguf``, whose metadata takes RAM)."""
-    placement = _placement(spec, o, gpus, source_overhead(source_kind, spec.vocab_size))
+    host = source_overhead(source_kind, spec.vocab_size)
+    placement = _placement(spec, o, gpus, host)
+    if source_kind == "gguf" and placement.device.type != "cpu":
+        placement = dataclasses.replace(placement, needs=[*placement.needs, _gguf_load(spec, placement, host)])
     if processes > 1:  # each process holds its own model and cache in RAM
         needs = [
             Need(n.where, f"{n.what} x {processes} processes", {k: v * processes for k, v in n.parts.items()}, n.fix)
@@ -118,6 +122,16 @@ def plan_placement(
         ]  # fmt: skip
         placement = dataclasses.replace(placement, needs=needs)
     return placement
+
+
+def _gguf_load(spec: ModelSpec, placement: Placement, host: dict[str, int]) -> Need:
+    """A GGUF source is built whole in RAM, in the search's dtype, and only then moved to the
+    GPU (``GgufFileSource.load_torch``): a peak of its own, before the search holds anything."""
+    return Need(
+        "ram", f"loading the GGUF source ({placement.dtype}) before it moves to {placement.device}",
+        {"process": PROCESS_BASE, **host, "weights, whole in RAM first": weight_bytes(spec, placement.dtype)},
+        "free memory, or search the Hugging Face folder of the model (it loads straight to the GPU)",
+    )  # fmt: skip
 
 
 def _placement(spec: ModelSpec, o: SearchOptions, gpus: list[int] | None, host: dict[str, int]) -> Placement:

@@ -428,7 +428,7 @@ def _resumable(resume: Path, ref: ModelRef, options: SearchOptions) -> Plan:
     prov = plan.provenance
     if prov.get("tool") != TOOL or "search" not in prov:
         raise HopscotchError(f"{resume} was not written by {TOOL}; it cannot be resumed")
-    plan.check_model(ref)
+    plan.check_model(ref, fix="start a new search on this model (without --resume)")
     diff = options.selection_mismatch(prov["options"])
     if diff:
         raise HopscotchError(

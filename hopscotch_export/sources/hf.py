@@ -205,6 +205,11 @@ def _check_shards(path: Path, files: list[Path]) -> None:
         )
 
 
+#: the longest JSON header the safetensors format's reference reader accepts (its
+#: ``MAX_HEADER_SIZE``); a longer one is damage, and would be read whole into memory
+MAX_HEADER = 100_000_000
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     """The safetensors JSON header and the offset where tensor data starts; a damaged or
     truncated file is named with the fix."""
@@ -216,6 +221,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else size
         if n > size - 8:
             raise SourceError(f"{damaged} (its header runs past the end); {fix}")
+        if n > MAX_HEADER:
+            raise SourceError(
+                f"{path}: its header says it is {n:,} bytes long, more than the {MAX_HEADER:,} safetensors "
+                f"allows; {fix}"
+            )
         try:
             header = json.loads(f.read(n))
             end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)

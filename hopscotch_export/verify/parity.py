@@ -97,7 +97,7 @@ def torch_parity(
     plan = load_plan(plan_path)
     source = open_source(source_spec)
     ref = source.model_ref()
-    plan.check_model(ref, force=True)  # shape checks; the fingerprint gets its own message
+    plan.check_model(ref, accept_foreign=True)  # shape checks; the fingerprint gets its own message
     if plan.model.fingerprint != ref.fingerprint:
         raise HopscotchError(
             f"--plan {plan_path} was made for other weights than --source {source_spec} "

@@ -6,13 +6,13 @@ reference with a Q4 model would charge quantization error to the skipped blocks.
 
 The temporary GGUF (a whole model) goes in a folder beside the GGUF being verified or in
 ``--work-dir``, not the system temp folder, which is often small or a RAM disk; free space
-there is checked first, and the folder is removed however verification ends.
+there is checked first, and the folder is removed however verification ends (or, after a
+SIGKILL or a power cut, by the next verify there).
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from gguf import LlamaFileType
 from rich.console import Console
 
 from ..errors import HopscotchError
+from ..files import temp_folder
 from ..resources import check
 from ..sources import ModelSource
 from ..sources.gguf_file import scan_gguf
@@ -43,6 +44,11 @@ _OUTTYPE_OF_FILE_TYPE = {
     LlamaFileType.MOSTLY_Q5_K_M: "q5_k_m",
     LlamaFileType.MOSTLY_Q6_K: "q6_k",
 }
+
+
+#: what the temporary folder of a converted reference is named after (with this process
+#: and host, so that the next verify there removes one a killed run left; see files.py)
+_NAME = "hopscotch-verify-reference"
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,9 @@ def reference_gguf(
     check_work_dir(work_dir)
     folder = Path(work_dir or Path(model_gguf).parent)
     check(convert_needs(source, choose_outtype(source, chosen), folder / "reference.gguf", folder))
-    with tempfile.TemporaryDirectory(prefix="hopscotch-verify-", dir=folder) as tmp:
-        out = Path(tmp) / "reference.gguf"
+    with temp_folder(folder / _NAME, fix="pass --work-dir on another disk") as tmp:
+        out = tmp / "reference.gguf"
         if console is not None:
             console.print(f"converting the reference {spec} to {chosen} (no skips) in {tmp} ...")
-        convert(source, None, out, outtype=chosen, console=console, work_dir=Path(tmp))
+        convert(source, None, out, outtype=chosen, console=console, work_dir=tmp)
         yield Reference(out, chosen)
