@@ -163,3 +163,21 @@ def test_k_quant_source_with_skip_linear_and_group_cuts(q4_k_m, tmp_path, monkey
     print(f"Q4_K_M: gate {gate}; wrong groups {wrong_gate}")
     assert code == 0 and gate["name"].startswith("parity with torch") and gate["passed"]
     assert wrong_code == 1 and not wrong_gate["passed"]
+
+
+def test_size_estimate_counts_the_smaller_tensors(tiny_llama, tmp_path):
+    """Layers 1 and 3 each lose one of two groups: two query heads and one KV head of rows
+    in q, k and v, two heads of attn_output columns (f32: 4 bytes each)."""
+    from hopscotch_export.converters.needs import convert_needs
+    from hopscotch_export.converters.outtypes import resolve_outtype
+
+    src = open_source(tiny_llama)
+    choice = resolve_outtype("f32", "hf", Q.F32)
+    plan = group_plan(tiny_llama, (2,), (4,), {1: (1,), 3: (0,)})
+
+    def disk(p: Plan) -> int:
+        return sum(convert_needs(src, choice, tmp_path / "m.gguf", plan=p)[0].parts.values())
+
+    hd, hidden = src.spec.head_dim, src.spec.hidden_size
+    per_layer = (2 * hd + hd + hd) * hidden + hidden * 2 * hd
+    assert disk(plan.with_fields(kv_groups={})) - disk(plan) == 2 * 4 * per_layer
