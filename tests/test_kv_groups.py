@@ -30,6 +30,16 @@ from test_cli import run_cli
 from test_linear_layers import check_parity, linear_plan
 
 
+@pytest.fixture(scope="module")
+def qwen2_gguf(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An f32 ``qwen2`` GGUF: q/k rows in NEOX order, permuted by the converter."""
+    from test_convert import write_qwen2_gguf
+
+    out = tmp_path_factory.mktemp("qwen2_gguf") / "q.gguf"
+    write_qwen2_gguf(tiny_qwen2, out)
+    return out
+
+
 def group_plan(spec: Path, skip: tuple[int, ...], linear: tuple[int, ...], groups: dict[int, tuple[int, ...]]) -> Plan:
     """Skips, linear maps and group cuts together, every scale 0.5..1.5."""
     return linear_plan(open_source(spec), skip=skip, linear=linear).with_fields(kv_groups=groups)
@@ -56,6 +66,7 @@ def test_layerwise_logits_equal_whole_model_with_group_cuts(tiny_qwen2):
         ("tiny_llama", "f32", 1e-5),
         ("tiny_llama", "q8_0", 1e-3),  # heads of 16: the Q8_0 columns are encoded from float32
         ("tiny_qwen2", "f32", 1e-5),  # q/k/v biases, q/k rows permuted to NORM order before the cut
+        ("qwen2_gguf", "source", 1e-5),  # the same on stored rows and columns (copied, not re-encoded)
     ],
 )
 def test_llama_cpp_matches_torch_with_group_cuts(request, tmp_path, fixture, outtype, max_kl):
