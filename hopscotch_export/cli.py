@@ -112,6 +112,8 @@ def inspect_command(
             value = " ".join(f"{v:.3g}" for v in value)
         elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             value = " ".join(value)  # layer kinds: keep skip linear ...
+        elif isinstance(value, dict) and key == "kv_groups":  # layer -> what it keeps
+            value = "; ".join(f"layer {i}: {v}" for i, v in value.items())
         elif key.endswith("bytes") or key.endswith("bytes_per_token"):
             value = f"{value:,} B" if value < 2**20 else f"{value / 2**20:,.2f} MiB"
         rows.append((key.replace("_", " "), str(value)))

@@ -2,7 +2,9 @@
 
 Each layer's attention is one of ``keep``, ``skip`` or ``linear`` (a fitted map in place
 of attention: in a GGUF, head_count > 0 with head_count_kv 0, as llama.cpp's ``deci``
-reads it).
+reads it). A layer that keeps only some of its KV groups is a ``keep`` layer; ``kv_groups``
+says which it keeps (``keep 2/3 KV groups``), from its head counts and, in our files, the
+``hopscotch.kv_groups`` key.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def gguf_summary(path: Path | str) -> dict[str, Any]:
         ) from None
     types = Counter(info[0].name for info in header.tensors.values())
     kinds = [layer_kind(h, kv) for h, kv in zip(heads, kv_heads)]
+    groups = _gguf_groups(get("hopscotch.kv_groups"), heads, kv_heads)
     return {
         "file": str(path),
         "architecture": arch,
@@ -62,11 +65,33 @@ def gguf_summary(path: Path | str) -> dict[str, Any]:
         "attention_layers": [i for i, k in enumerate(kinds) if k == "keep"],
         "skipped_attention": [i for i, k in enumerate(kinds) if k == "skip"],
         "linear_attention": [i for i, k in enumerate(kinds) if k == "linear"],
+        **({"kv_groups": groups} if groups else {}),
         "tensor_types": dict(types.most_common()),
         "tensors": len(header.tensors),
         "size_bytes": path.stat().st_size,
         "kv_cache_bytes_per_token": kv_per_token,
         "source_fingerprint": get("hopscotch.source_fingerprint"),
+    }
+
+
+def kept_line(kept: int, total: int, groups: Any = None) -> str:
+    """``keep 2/3 KV groups (0, 2)``: what a partly cut layer keeps."""
+    which = f" ({', '.join(map(str, groups))})" if groups else ""
+    return f"keep {kept}/{total} KV groups{which}"
+
+
+def _gguf_groups(recorded: Any, heads: list[int], kv_heads: list[int]) -> dict[str, str]:
+    """Layer -> what it keeps, for layers with fewer KV heads than the file's widest (layer
+    0 is never cut); the groups kept as ``hopscotch.kv_groups`` records them, if it does."""
+    try:
+        named = json.loads(recorded) if isinstance(recorded, str) else {}
+    except ValueError:
+        named = {}
+    widest = max(kv_heads, default=0)
+    return {
+        str(i): f"{kept_line(kv, widest, named.get(str(i)) if isinstance(named, dict) else None)}, {h} heads"
+        for i, (h, kv) in enumerate(zip(heads, kv_heads))
+        if 0 < kv < widest
     }
 
 
@@ -87,6 +112,8 @@ def plan_summary(path: Path | str) -> dict[str, Any]:
         "layer_kinds": [plan.kind(i) for i in range(plan.model.n_layers)],
         "skipped_attention": list(plan.skip),
         "linear_attention": list(plan.linear),
+        **({"kv_groups": {str(i): kept_line(len(g), plan.model.n_kv_heads or 0, g) for i, g in plan.kv_groups.items()},
+            "kv_saving": plan.kv_saving()} if plan.kv_groups else {}),
         "granularity": plan.granularity,
         "attn_scale_range": spread(plan.attn, plan.kept_attention),
         "mlp_scale_range": spread(plan.mlp, list(range(plan.model.n_layers))),

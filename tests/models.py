@@ -229,6 +229,9 @@ def llama_gguf(hf_dir: Path, out: Path) -> Path:
                        ("head_count", s.n_heads), ("head_count_kv", s.n_kv_heads), ("rope_dimension_count", s.head_dim),
                        ("layer_norm_rms_eps", s.rms_eps), ("rope_freq_base", s.rope_theta)):  # fmt: skip
         getattr(w, f"add_{key}")(value)  # scalars, as llama.cpp writes them (transformers reads them)
+    if s.head_dim != s.hidden_size // s.n_heads:  # as llama.cpp's converter writes a config's head_dim
+        w.add_key_length(s.head_dim)
+        w.add_value_length(s.head_dim)
     if s.rope_scaling and s.rope_scaling.get("rope_type") == "linear":
         w.add_rope_scaling_type(RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(s.rope_scaling["factor"])

@@ -44,6 +44,10 @@ class ConvertSummary:
     seconds: float
     skipped_layers: list[int] = field(default_factory=list)
     linear_layers: list[int] = field(default_factory=list)
+    #: layer -> KV groups kept, for layers that keep only some
+    kv_groups: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: tensor name -> how it was re-encoded after losing columns (``Q4_K -> Q5_0``)
+    requantized: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -51,6 +55,10 @@ class ConvertSummary:
             ("type", self.outtype),
             ("attention blocks skipped", ", ".join(map(str, self.skipped_layers)) or "none"),
             ("attention blocks made linear", ", ".join(map(str, self.linear_layers)) or "none"),
+            *([("KV groups kept", "; ".join(f"layer {i}: {', '.join(map(str, g))}" for i, g in self.kv_groups.items()))]
+              if self.kv_groups else []),
+            *([("requantized", "; ".join(f"{n} ({how})" for n, how in self.requantized.items()))]
+              if self.requantized else []),
             ("tensors written", str(self.tensors_written)),
             ("tensors dropped", str(self.tensors_dropped)),
             ("size", f"{self.bytes_written / 2**20:.1f} MiB"),
@@ -96,13 +104,13 @@ def convert(
     start = time.perf_counter()
     with atomic_output(out, force) as tmp:
         if choice.quantizer is None:
-            written, dropped = _write(source, plan, choice, tmp, name, console)
+            written, dropped, requantized = _write(source, plan, choice, tmp, name, console)
         else:
             fix = "pass --work-dir on another disk"
             mid = temp_file(out, work_dir, ".f16.tmp", fix)
             try:
                 with disk_errors(mid, fix, what="the f16 intermediate"):
-                    written, dropped = _write(source, plan, choice, mid, name, console)
+                    written, dropped, requantized = _write(source, plan, choice, mid, name, console)
                 with console.status(f"llama.cpp quantizing to {choice.name}"):
                     llama_quantize(mid, tmp, choice.quantizer)
             finally:
@@ -111,6 +119,7 @@ def convert(
     return ConvertSummary(
         out, choice.name, written, dropped, size, time.perf_counter() - start,
         list(plan.skip) if plan else [], sorted(plan.linear) if plan else [],
+        dict(plan.kv_groups) if plan else {}, requantized,
     )
 
 
@@ -141,12 +150,14 @@ def check_work_dir(work_dir: Path | None) -> None:
 
 def _write(
     source: ModelSource, plan: Plan | None, choice: OutputChoice, path: Path, name: str | None, console: Console
-) -> tuple[int, int]:
-    """Stream every tensor into ``path``; returns (written, dropped) counts."""
+) -> tuple[int, int, dict[str, str]]:
+    """Stream every tensor into ``path``; returns (written, dropped) counts and the tensors
+    re-encoded after a KV-group cut (name -> ``source type -> written type``)."""
     tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
     writer = GGUFWriter(path, ARCH)
-    write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else ())
+    write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else (),
+                  plan.kv_groups if plan else None)  # fmt: skip
     write_provenance(writer, plan, source)
     if isinstance(source, GgufFileSource):
         copy_gguf_metadata(writer, source)
@@ -169,7 +180,7 @@ def _write(
             progress.advance(task, t.nbytes)
             del data
     writer.close()
-    return len(tensors), len(dropped)
+    return len(tensors), len(dropped), {t.name: t.requantized for t in tensors if t.requantized}
 
 
 def _add_info(writer: GGUFWriter, t: OutTensor) -> None:

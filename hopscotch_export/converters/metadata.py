@@ -10,8 +10,10 @@ attention (llama.cpp reads the head size there).
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,21 @@ _NOT_COPIED_PREFIXES = ("GGUF.", "general.architecture", "general.file_type", "s
 
 
 def write_hparams(
-    writer: GGUFWriter, spec: ModelSpec, skip: tuple[int, ...], linear: tuple[int, ...] = ()
+    writer: GGUFWriter,
+    spec: ModelSpec,
+    skip: tuple[int, ...],
+    linear: tuple[int, ...] = (),
+    kv_groups: Mapping[int, tuple[int, ...]] | None = None,
 ) -> None:
     """Hyper-parameters; skipped layers get head_count 0 and head_count_kv 0, linear
-    layers head_count n_head and head_count_kv 0."""
-    heads = [0 if i in skip else spec.n_heads for i in range(spec.n_layers)]
-    kv_heads = [0 if i in skip or i in linear else spec.n_kv_heads for i in range(spec.n_layers)]
+    layers head_count n_head and head_count_kv 0, a layer keeping ``k`` KV groups
+    ``k * n_head / n_head_kv`` and ``k``."""
+    kv_groups = kv_groups or {}
+    per_group = spec.n_heads // spec.n_kv_heads
+    heads = [0 if i in skip else len(kv_groups[i]) * per_group if i in kv_groups else spec.n_heads
+             for i in range(spec.n_layers)]  # fmt: skip
+    kv_heads = [0 if i in skip or i in linear else len(kv_groups.get(i, ())) or spec.n_kv_heads
+                for i in range(spec.n_layers)]  # fmt: skip
     writer.add_block_count(spec.n_layers)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.hidden_size)
@@ -59,6 +70,9 @@ def write_provenance(writer: GGUFWriter, plan: Plan | None, source: ModelSource)
         writer.add_array("hopscotch.skip", [int(i) for i in plan.skip])
         if plan.linear:  # absent otherwise, so a plan without linear layers gives the same file as before
             writer.add_array("hopscotch.linear", sorted(int(i) for i in plan.linear))
+        if plan.kv_groups:  # absent otherwise, so a plan cutting no groups gives the same file as before
+            groups = {str(i): list(g) for i, g in plan.kv_groups.items()}
+            writer.add_string("hopscotch.kv_groups", json.dumps(groups, separators=(",", ":")))
         writer.add_string("hopscotch.granularity", plan.granularity)
 
 

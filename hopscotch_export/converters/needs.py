@@ -103,9 +103,11 @@ def _tensor_peak(t: OutTensor, stored: GGMLQuantizationType, source: ModelSource
     encoder = {Q.F32: 0, Q.F16: t.nbytes}.get(t.qtype, 2 * t.nbytes)
     if t.fitted:
         return 4 * n + encoder
-    read = nbytes(stored, t.shape)
+    read = nbytes(stored, t.source_shape or t.shape)
     order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
     changed = order is not None or factor is not None
+    if t.requantized:  # float32 rows of the source read, their kept columns, and the encoder's output
+        return t.nbytes + 4 * min(n, CHUNK_ELEMENTS) * 2 + read
     if choice.direct is None and t.qtype == stored:
         floats = 16 * n if factor is not None and stored in (Q.F32, Q.F16, Q.BF16) else 0
         return read + (read if changed else 0) + floats

@@ -104,6 +104,31 @@ def map_type(choice: OutputChoice, source_type: GGMLQuantizationType, hidden: in
     return tensor_type(choice, "attn_output.weight", (hidden, hidden), Q.F32)
 
 
+#: Types gguf-py's Python quantizer encodes; the others (K-quants, i-quants) go through
+#: llama.cpp's ``ggml_quantize_chunk`` (:func:`.quantize.ggml_quantize`).
+PYTHON_ENCODED = MAP_TYPES
+
+#: Types ggml quantizes only with an importance matrix, which a conversion does not have.
+_NEEDS_IMATRIX = frozenset({Q.IQ2_XXS, Q.IQ2_XS, Q.IQ1_S, Q.IQ1_M})
+
+#: What llama.cpp's quantizer writes when rows are not whole blocks of the type asked for
+#: (llama-quant.cpp, ``llama_tensor_get_type``'s fallback).
+_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.IQ4_XS: Q.IQ4_NL}
+
+
+def cut_type(qtype: GGMLQuantizationType, head_dim: int, n_cols: int) -> GGMLQuantizationType:
+    """The type of a kept ``attn_output`` (``qtype``) that lost the columns of whole query
+    heads (a KV-group cut), ``n_cols`` left: its own type when a head is whole blocks (the
+    blocks are copied) or when it can be requantized at the new width; else the type
+    llama.cpp's quantizer falls back to for such rows (Q4_K: Q5_0, Q6_K: Q8_0, ...), Q8_0
+    for types without one, F16 when even that does not fit."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    if head_dim % block == 0 or (n_cols % block == 0 and qtype not in _NEEDS_IMATRIX):
+        return qtype
+    fallback = _FALLBACK.get(qtype, Q.Q8_0)
+    return fallback if n_cols % GGML_QUANT_SIZES[fallback][0] == 0 else Q.F16
+
+
 def file_type(choice: OutputChoice, tensors: dict[str, GGMLQuantizationType]) -> int:
     """``general.file_type`` for the written file (tensor name -> type): the type asked of
     llama.cpp's quantizer or written directly, else the one llama.cpp's quantizer writes for

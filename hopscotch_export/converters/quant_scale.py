@@ -40,6 +40,8 @@ __all__ = [
     "UnsupportedQuantError",
     "permute_rows",
     "scale_rows",
+    "select_columns",
+    "select_rows",
 ]
 
 _Q = gguf.GGMLQuantizationType
@@ -291,4 +293,41 @@ def permute_rows(data: np.ndarray, order: np.ndarray) -> np.ndarray:
         )
     if not np.array_equal(np.sort(idx), np.arange(n_rows)):
         raise ValueError("order must be a permutation of range(n_rows): every row exactly once")
-    return np.ascontiguousarray(np.take(data, idx, axis=-2))
+    return select_rows(data, idx)
+
+
+def select_rows(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (axis -2; axis 0 of a 1-D tensor), in that order, of raw tensor data:
+    the q/k/v rows of the KV groups a layer keeps (whole blocks, so exact). Each row at
+    most once: a repeated row would silently corrupt a weight."""
+    data = np.asarray(data)
+    idx = np.asarray(rows)
+    axis = -2 if data.ndim > 1 else 0
+    n = data.shape[axis]
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(np.unique(idx)) != len(idx) or (idx.size and not (
+        0 <= idx.min() and idx.max() < n
+    )):
+        raise ValueError(f"rows must be distinct integers in 0..{n - 1}, got {idx[:8].tolist()}")
+    return np.ascontiguousarray(np.take(data, idx, axis=axis))
+
+
+def select_columns(data: np.ndarray, qtype: gguf.GGMLQuantizationType, columns: np.ndarray) -> np.ndarray:
+    """Columns ``columns`` (axis -1, in elements) of raw 2-D tensor data, copied without
+    requantizing: the ``attn_output`` inputs of the query heads a layer keeps.
+
+    Quantized data (``uint8`` rows of blocks) keeps whole blocks only, so ``columns`` must
+    be runs of whole, aligned blocks of ``qtype``; ValueError otherwise (requantize then).
+    """
+    qtype = _as_qtype(qtype)
+    data = np.asarray(data)
+    cols = np.asarray(columns, dtype=np.int64)
+    if data.dtype != np.uint8:  # F32 / F16 as typed values
+        return np.ascontiguousarray(data[..., cols])
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = cols.reshape(-1, block) if cols.size % block == 0 else None
+    if blocks is None or not (blocks[:, 0] % block == 0).all() or not (
+        blocks == blocks[:, :1] + np.arange(block)
+    ).all():
+        raise ValueError(f"columns are not whole {block}-wide {qtype.name} blocks; requantize the tensor instead")
+    byte_idx = ((blocks[:, 0] // block)[:, None] * size + np.arange(size)).ravel()
+    return np.ascontiguousarray(data[..., byte_idx])

@@ -1,15 +1,20 @@
-"""K-quant outputs through llama.cpp's own quantizer (its type mixes and fallbacks).
+"""K-quant outputs through llama.cpp's own quantizer (its type mixes and fallbacks), and
+single tensors through ggml's (types gguf-py cannot encode: K-quants, i-quants).
 
 llama-cpp-python exposes ``llama_model_quantize``; it accepts ``deci`` files
-(docs/design.md section 2).
+(docs/design.md section 2). ``ggml_quantize_chunk`` is in the ``libggml-base`` it ships.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
-from gguf import LlamaFileType
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ..errors import HopscotchError
 
@@ -25,3 +30,36 @@ def llama_quantize(src: Path, dst: Path, ftype: LlamaFileType, threads: int | No
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise HopscotchError(f"llama.cpp failed to quantize to {ftype.name} (code {rc}); try --outtype q8_0 or f16")
+
+
+def ggml_quantize(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """float32 rows ``x`` (2-D, rows whole blocks) encoded by ggml as ``qtype``: ``uint8``
+    rows of blocks, the layout gguf-py's writer takes."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows, width = x.shape
+    if width % block:
+        raise ValueError(f"rows of {width} are not whole {block}-wide {qtype.name} blocks")
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((rows, width // block * size), dtype=np.uint8)
+    written = _quantize_chunk()(int(qtype), src.ctypes.data, out.ctypes.data, 0, rows, width, None)
+    if written != out.nbytes:
+        raise HopscotchError(f"ggml could not quantize to {qtype.name}; try --outtype q8_0 or f16")
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _quantize_chunk() -> Any:
+    """``ggml_quantize_chunk`` from the ggml that llama-cpp-python ships."""
+    from ..llama_lib import llama_library
+
+    llama_cpp, _ = llama_library()
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    found = sorted(lib_dir.glob("*ggml-base.*"))
+    if not found:
+        raise HopscotchError(f"no ggml-base library in {lib_dir}; reinstall llama-cpp-python")
+    lib = ctypes.CDLL(str(found[0]))
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_void_p]  # fmt: skip
+    return fn

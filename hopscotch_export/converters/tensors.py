@@ -9,6 +9,14 @@ A skipped layer loses all its attention tensors. A linear layer (``deci``'s
 ``x + W · attn_norm(x)``) keeps ``attn_norm``, loses q/k/v and their biases and the
 ``attn_output`` bias (its graph reads none of them), and its ``attn_output`` is replaced,
 in place, by the plan's map with the attention scale folded into its rows.
+
+A layer that keeps only some KV groups keeps the rows of ``attn_q`` (its kept groups'
+query heads), ``attn_k`` and ``attn_v`` (their KV heads) and of their biases, and the
+matching input columns of ``attn_output``. Rows are whole blocks, so they are copied; the
+NORM-order rope permutation of q/k stays within a head, so it is applied first and the
+kept heads' rows taken from it. ``attn_output``'s columns are copied as whole blocks where
+a head is whole blocks of its type (float types, 32-wide blocks), and requantized
+otherwise (K-quants: :func:`.outtypes.cut_type` says to what).
 """
 
 from __future__ import annotations
@@ -20,14 +28,15 @@ from typing import Literal
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..families import ModelSpec
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
 from ..sources.layout import rope_permutation
-from .outtypes import OutputChoice, map_type, nbytes, tensor_type
-from .quant_scale import permute_rows, scale_rows
+from .outtypes import PYTHON_ENCODED, OutputChoice, cut_type, map_type, nbytes, tensor_type
+from .quant_scale import scale_rows, select_columns, select_rows
+from .quantize import ggml_quantize
 
 _LAYER = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _ATTENTION = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output"}
@@ -43,6 +52,10 @@ class OutTensor:
     produce: Callable[[], np.ndarray]
     #: made from a plan's linear map rather than read from the source
     fitted: bool = False
+    #: the source's shape, where the plan cuts rows or columns (None: the same)
+    source_shape: tuple[int, ...] | None = None
+    #: how a tensor that lost columns was re-encoded (``Q4_K -> Q5_0``); None when copied
+    requantized: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -66,8 +79,7 @@ def plan_tensors(
         if fate == "map" and plan is not None:
             kept.append(_map_tensor(t, plan, choice, source.spec))
             continue
-        qtype = tensor_type(choice, t.name, t.shape, t.qtype)
-        kept.append(OutTensor(t.name, t.shape, qtype, _producer(t, qtype, source, plan, keep_raw=choice.direct is None)))
+        kept.append(_out_tensor(t, source, plan, choice))
     return kept, dropped
 
 
@@ -101,23 +113,47 @@ def _map_tensor(t: SourceTensor, plan: Plan, choice: OutputChoice, spec: ModelSp
     return OutTensor(t.name, (hidden, hidden), qtype, produce, fitted=True)
 
 
+def _out_tensor(t: SourceTensor, source: ModelSource, plan: Plan | None, choice: OutputChoice) -> OutTensor:
+    """A kept source tensor: its rows (and ``attn_output``'s columns) under a group cut, its type."""
+    spec = source.spec
+    order, factor = row_transform(t.name, spec, source.q_k_rope_neox, plan)
+    cols = kept_columns(t.name, spec, plan)
+    shape = t.shape
+    if order is not None:
+        shape = (len(order), *shape[1:])
+    if cols is not None:
+        shape = (shape[0], len(cols))
+    qtype = tensor_type(choice, t.name, shape, t.qtype)
+    keep_raw = choice.direct is None and qtype == t.qtype
+    note = None
+    if cols is not None and keep_raw:
+        qtype = cut_type(t.qtype, spec.head_dim, len(cols))
+        keep_raw = spec.head_dim % GGML_QUANT_SIZES[t.qtype][0] == 0
+        if not keep_raw:
+            note = f"{t.qtype.name} -> {qtype.name}"
+    produce = _producer(t, qtype, order, factor, cols, keep_raw)
+    return OutTensor(t.name, shape, qtype, produce, source_shape=None if shape == t.shape else t.shape,
+                     requantized=note)  # fmt: skip
+
+
 def _producer(
-    t: SourceTensor, qtype: GGMLQuantizationType, source: ModelSource, plan: Plan | None, keep_raw: bool
+    t: SourceTensor, qtype: GGMLQuantizationType, order: np.ndarray | None, factor: np.ndarray | None,
+    cols: np.ndarray | None, raw_path: bool,
 ) -> Callable[[], np.ndarray]:
-    """A closure that loads, permutes, scales and encodes one tensor."""
-    order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
-    raw_path = keep_raw and qtype == t.qtype
+    """A closure that loads, reorders or selects rows (and columns), scales and encodes one tensor."""
 
     def produce() -> np.ndarray:
         if raw_path:
             data = t.raw()
             if order is not None:
-                data = permute_rows(data, order) if data.ndim > 1 else np.ascontiguousarray(data[order])
+                data = select_rows(data, order)
+            if cols is not None:
+                data = select_columns(data, t.qtype, cols)
             if factor is not None:
                 data = _scale_raw(data, t.qtype, factor)
             return data
         if order is None and len(t.shape) == 2:
-            return _encode_by_rows(t, factor, qtype)
+            return _encode_by_rows(t, factor, qtype, cols)
         x = t.float32()
         if order is not None:
             x = x[order]
@@ -131,14 +167,18 @@ def _producer(
 CHUNK_ELEMENTS = 2**23
 
 
-def _encode_by_rows(t: SourceTensor, factor: np.ndarray | None, qtype: GGMLQuantizationType) -> np.ndarray:
-    """Read, scale and encode a matrix a block of rows at a time, into one output array."""
+def _encode_by_rows(
+    t: SourceTensor, factor: np.ndarray | None, qtype: GGMLQuantizationType, cols: np.ndarray | None = None
+) -> np.ndarray:
+    """Read, scale and encode a matrix a block of rows at a time (only ``cols`` of each
+    row, when given), into one output array."""
     step = max(1, CHUNK_ELEMENTS // t.shape[1])
     out: np.ndarray | None = None
     for start in range(0, t.shape[0], step):
         stop = min(start + step, t.shape[0])
         rows = factor[start:stop] if factor is not None and factor.size > 1 else factor
-        part = encode(_scaled(t.rows(start, stop), rows), qtype)
+        x = t.rows(start, stop)
+        part = encode(_scaled(x if cols is None else x[:, cols], rows), qtype)
         if out is None:
             out = np.empty((t.shape[0], *part.shape[1:]), dtype=part.dtype)
         out[start:stop] = part
@@ -164,20 +204,47 @@ def _scale_raw(data: np.ndarray, qtype: GGMLQuantizationType, factor: np.ndarray
 def row_transform(
     name: str, spec: ModelSpec, neox: bool, plan: Plan | None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(row order, row factor) for one tensor; None where nothing changes. The factor is
-    the plan's branch scale times the family's constant for the tensor's kind."""
+    """(rows, row factor) for one tensor; None where nothing changes. The rows are the
+    output's rows in source order: the q/k rope permutation, and only the kept heads' rows
+    of a layer that cuts KV groups. The factor is the plan's branch scale times the
+    family's constant for the tensor's kind."""
     m = _LAYER.match(name)
     kind = m.group(2) if m else name.partition(".")[0]
     order = None
     if m and kind in ("attn_q", "attn_k") and neox:
         heads = spec.n_heads if kind == "attn_q" else spec.n_kv_heads
         order = rope_permutation(spec.head_dim * heads, heads)
+    if m and kind in ("attn_q", "attn_k", "attn_v"):
+        kept = _kept_channels(spec, plan, int(m.group(1)), kind)
+        if kept is not None:  # the permutation stays within a head: take the kept heads' rows of it
+            order = kept if order is None else order[kept]
     f = np.asarray([spec.folded.get(kind, 1.0)])
     if m and plan is not None and kind == "attn_output":
         f = f * plan.attn_factor(int(m.group(1)))
     elif m and plan is not None and kind == "ffn_down":
         f = f * plan.mlp_factor(int(m.group(1)))
     return order, None if f.size == 1 and f[0] == 1.0 else f
+
+
+def kept_columns(name: str, spec: ModelSpec, plan: Plan | None) -> np.ndarray | None:
+    """The input columns ``attn_output.weight`` keeps under a KV-group cut (those of the kept
+    query heads); None when it keeps all of them."""
+    m = _LAYER.match(name)
+    if m is None or m.group(2) != "attn_output" or m.group(3) != "weight":
+        return None
+    return _kept_channels(spec, plan, int(m.group(1)), "attn_q")
+
+
+def _kept_channels(spec: ModelSpec, plan: Plan | None, layer: int, kind: str) -> np.ndarray | None:
+    """Channels (head-major) of the heads that ``layer`` keeps: query heads for ``attn_q``,
+    KV heads for ``attn_k``/``attn_v``; None when the layer cuts no KV groups. Query head
+    ``h`` belongs to group ``h // (n_heads / n_kv_heads)``."""
+    groups = plan.kept_groups(layer) if plan is not None else None
+    if not groups:
+        return None
+    per_group = spec.n_heads // spec.n_kv_heads if kind == "attn_q" else 1
+    heads = np.asarray([g * per_group + j for g in groups for j in range(per_group)])
+    return (heads[:, None] * spec.head_dim + np.arange(spec.head_dim)).ravel()
 
 
 def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -188,7 +255,9 @@ def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
         import torch  # vectorised conversion; numpy's float16 cast is about 10x slower
 
         return torch.from_numpy(x).half().numpy()
-    return gguf.quants.quantize(x, qtype)
+    if qtype in PYTHON_ENCODED:
+        return gguf.quants.quantize(x, qtype)
+    return ggml_quantize(x.reshape(-1, x.shape[-1]), qtype).reshape(*x.shape[:-1], -1)
 
 
 def iter_produced(tensors: list[OutTensor]) -> Iterator[tuple[OutTensor, np.ndarray]]:

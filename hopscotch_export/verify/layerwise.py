@@ -9,7 +9,8 @@ window tokens' rows and the head in chunks of :data:`HEAD_ROWS` rows, so neither
 whole in float32. The plan is applied by :func:`torch_plan.scaled_model`, the function
 the search trains through: a skipped attention block is not computed, and its weights are
 not even read; a linear layer's map comes from the plan, its source attention weights
-are not read either.
+are not read either; a layer that keeps only some KV groups has the other groups' query
+heads zeroed before ``o_proj``, as in the whole model.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _final_hidden(
     embedded = [h * scale for h in _embed_rows(source, batches)]
     state: list[tuple[torch.Tensor, Positions]] = [(h, stack.positions(h)) for h in embedded]
     scales = BranchScales.from_plan(plan).requires_grad_(False)
-    with scaled_model(model, scales, plan.skip, plan_maps(plan)), torch.no_grad():
+    with scaled_model(model, scales, plan.skip, plan_maps(plan), plan.kv_groups), torch.no_grad():
         for i in range(stack.n_layers):
             with _weights(stack.layers[i], source, f"model.layers.{i}."):
                 state = [(stack.run(h, at, i, i + 1), at) for h, at in state]
