@@ -311,7 +311,7 @@ class LlamaSession:
 
 def _last_error(lines: list[str]) -> str:
     """The most telling line llama.cpp logged, for a one-line error."""
-    for key in ("error", "failed", "unknown"):
+    for key in ("error", "failed", "unknown", "not "):  # "... does not divide n_embd_head_k=16"
         for line in reversed(lines):
             if key in line.lower():
                 return line.strip()
