@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from hopscotch_export import cli
 from hopscotch_export.cli import app
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.errors import HopscotchError
@@ -31,6 +29,7 @@ from hopscotch_export.verify.perplexity import make_windows
 from hopscotch_export.verify.runner import LlamaSession
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
 from models import smollm2_tokenizer
+from test_cli import assert_one_line_error, run_cli
 
 #: One thread: on a shared 2-core machine OpenMP threads that wait for each other are slower.
 THREADS = 1
@@ -258,18 +257,13 @@ def test_cache_type_q8_0_makes_it_the_main_row(smol_skip3, smollm2, smol_report,
 
 
 def test_a_bad_cache_type_is_a_one_line_error(tiny, tmp_path, monkeypatch, capsys):
-    bad = CliRunner().invoke(app, ["verify", str(tiny["skip"]), "--reference", str(tiny["hf"]), "--cache-type", "q5"])
-    assert bad.exit_code == 2 and "--cache-type 'q5'" in bad.output and "f16, q8_0, q4_0" in bad.output
-    assert len(bad.output.strip().splitlines()) == 1
-    # the one command refuses before its search starts
-    out = tmp_path / "m.gguf"
-    monkeypatch.setattr(sys, "argv", ["hopscotch-export", str(tiny["hf"]), "--skips", "1", "-o", str(out),
-                                      "--cache-type", "q5"])  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "--cache-type 'q5'" in err and len(err.strip().splitlines()) == 1
-    assert not out.with_suffix(".plan.json").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "verify", str(tiny["skip"]), "--reference", str(tiny["hf"]),
+                           "--cache-type", "q5")  # fmt: skip
+    assert_one_line_error(code, err, "--cache-type 'q5'", "use f16, q8_0, q4_0")
+    out = tmp_path / "m.gguf"  # the one command refuses before its search starts
+    code, _, err = run_cli(monkeypatch, capsys, str(tiny["hf"]), "--skips", "1", "-o", str(out), "--cache-type", "q5")
+    assert_one_line_error(code, err, "--cache-type 'q5'")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_cache_llama_cpp_refuses_is_listed_not_fatal(tiny):
