@@ -231,7 +231,7 @@ def test_alternatives_are_measured_on_the_same_tokens(smol_report):
     console = Console(file=io.StringIO(), width=250)
     r.render(console)
     printed = console.file.getvalue()
-    assert "for memory take" in printed and "for speed take" in printed and "flash attention off" in printed
+    assert "For memory take" in printed and "for speed take" in printed and "flash attention off" in printed
 
 
 def test_cache_type_q8_0_makes_it_the_main_row(smol_skip3, smollm2, smol_report, tmp_path):

@@ -169,7 +169,8 @@ def test_recommendation_rule():
     assert r.kl_tolerance == pytest.approx(0.1785 * 1.05)
     assert r.memory.label == "original, q4_0 KV" and r.speed.label == "export, f16 KV"
     line = r.line(rows[0])
-    assert "for memory take original, q4_0 KV (KV x0.281" in line and "for speed take export, f16 KV (generation x1.20" in line
+    assert "For memory take the original with a q4_0 KV cache (KV x0.281" in line
+    assert "for speed take the export with an f16 KV cache (generation x1.20" in line
     strict = recommend(rows, 0.01)  # --max-kl: only q8_0 of the original is close enough
     assert strict.memory.label == "original, q8_0 KV" and strict.speed.label == "original, f16 KV"
     rows[4] = _row("export", "q8_0", 460, 0.1870, 13.0)  # the fastest, 4.8% above the main row's KL: taken

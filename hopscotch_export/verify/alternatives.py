@@ -35,6 +35,11 @@ def check_cache_type(cache_type: str) -> None:
         raise HopscotchError(f"--cache-type {cache_type!r} is not a KV cache type verify measures: use {', '.join(CACHE_TYPES)}")
 
 
+def row_label(model: str, cache_type: str) -> str:
+    """``original, q8_0 KV``: how a row is named in the table and the JSON report."""
+    return f"{model}, {cache_type} KV"
+
+
 def alternatives_for(cache_type: str) -> list[tuple[str, str]]:
     """The alternative rows when the export's main row uses ``cache_type``."""
     return [a for a in ALTERNATIVES if a != ("export", cache_type)]
@@ -56,7 +61,13 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.model}, {self.kv_cache.type_k} KV"
+        return row_label(self.model, self.kv_cache.type_k)
+
+    @property
+    def in_words(self) -> str:
+        """``the original with a q8_0 KV cache``."""
+        t = self.kv_cache.type_k
+        return f"the {self.model} with {'an' if t.startswith('f') else 'a'} {t} KV cache"
 
     @property
     def mean_kl(self) -> float:
@@ -93,13 +104,13 @@ class Recommendation:
         """The plain sentence under the table."""
         m = self.memory
         text = (
-            f"for memory take {m.label} (KV x{m.kv_cache.bytes / reference.kv_cache.bytes:.3f}, "
+            f"For memory take {m.in_words} (KV x{m.kv_cache.bytes / reference.kv_cache.bytes:.3f}, "
             f"mean KL {m.mean_kl:.4f})"
         )
         if self.speed is not None and reference.speed is not None:
             s = self.speed
             text += (
-                f"; for speed take {s.label} (generation x{s.speed.gen_tps / reference.speed.gen_tps:.2f}, "
+                f"; for speed take {s.in_words} (generation x{s.speed.gen_tps / reference.speed.gen_tps:.2f}, "
                 f"prompt x{s.speed.prompt_tps / reference.speed.prompt_tps:.2f})"
             )
         return (

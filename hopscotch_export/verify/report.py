@@ -278,7 +278,7 @@ class VerifyReport:
                 f"{kv.bytes_per_token:,}",
                 _mib(kv.bytes),
                 f"x{kv.bytes / ref.kv_cache.bytes:.3f}",
-                _mib(kv.flash_off_bytes) if kv.flash_off_bytes else "needs flash attn",
+                _mib(kv.flash_off_bytes) if kv.flash_off_bytes else "n/a (needs -fa)",
                 f"{row.mean_kl:.4f}",
                 f"{row.perplexity.ppl:.3f}",
                 f"{row.speed.prompt_tps:.1f}" if row.speed else "",

@@ -16,7 +16,7 @@ from ..errors import HopscotchError
 from ..inspect import gguf_summary
 from ..progress import progress_bars
 from ..resources import check, one_line
-from .alternatives import Row, alternatives_for, check_cache_type, recommend
+from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
 from .heldout import compare_windows
 from .needs import verify_needs
@@ -196,7 +196,7 @@ def _alternative_sessions(
         try:
             session = LlamaSession(base.path, n_ctx=opts.ctx, n_threads=threads, cache_type=cache_type, share=base)
         except HopscotchError as e:
-            refused[f"{name}, {cache_type} KV"] = str(e)
+            refused[row_label(name, cache_type)] = str(e)
             continue
         sessions.append((name, stack.enter_context(session)))
     return sessions, refused
