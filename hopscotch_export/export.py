@@ -25,11 +25,11 @@ from rich.table import Table
 from .errors import HopscotchError
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
+from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .search import distributed
 from .search.command import parse_layers, parse_shortlist, parse_skips, search_command
 from .search.options import SearchOptions
 from .sources import ModelSource, open_source
-from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .verify.alternatives import check_cache_type
 from .verify.command import EXIT_LIMIT, verify_command
 from .verify.run import VerifyOptions
@@ -205,6 +205,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
     table.add_column("original", justify="right")
     table.add_column("exported", justify="right")
     n = plan.model.n_layers
+    name = out.gguf.stem.lower()
     removed = [f"skipped {', '.join(map(str, plan.skip))}"] if plan.skip else []
     removed += [f"linear {', '.join(map(str, plan.linear))}"] if plan.linear else []
     kept = n - len(plan.skip) - len(plan.linear)
@@ -237,7 +238,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         "",
         f"llama.cpp: {llama_cpp_command(out.gguf, cache_type)}",
         f"Ollama:    {ollama_environment(cache_type)} ollama serve",
-        f"           {ollama_create_command(out.modelfile, out.gguf.stem.lower())} && ollama run {out.gguf.stem.lower()}",
+        f"           {ollama_create_command(out.modelfile, name)} && ollama run {name}",
         f"({WHY_FLASH_ATTENTION})",
     ]
     Console().print("\n".join(lines), highlight=False, soft_wrap=True)

@@ -32,7 +32,9 @@ ALTERNATIVES = (("original", "q8_0"), ("original", "q4_0"), ("export", "f16"), (
 def check_cache_type(cache_type: str) -> None:
     """``--cache-type`` must name a type llama.cpp's KV cache takes and verify measures."""
     if cache_type not in CACHE_TYPES:
-        raise HopscotchError(f"--cache-type {cache_type!r} is not a KV cache type verify measures: use {', '.join(CACHE_TYPES)}")
+        raise HopscotchError(
+            f"--cache-type {cache_type!r} is not a KV cache type verify measures: use {', '.join(CACHE_TYPES)}"
+        )
 
 
 def row_label(model: str, cache_type: str) -> str:
