@@ -266,6 +266,17 @@ def test_a_bad_cache_type_is_a_one_line_error(tiny, tmp_path, monkeypatch, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_one_command_passes_the_cache_type_to_verify(tiny, tmp_path, monkeypatch):
+    from hopscotch_export import export as one_command
+
+    seen = []
+    monkeypatch.setattr(one_command, "export", lambda model, output, search, verify, **kw: seen.append(verify) or 0)
+    args = [str(tiny["hf"]), "--skips", "1", "-o", str(tmp_path / "m.gguf"), "--cache-type", "q8_0"]
+    result = CliRunner().invoke(one_command.export_app, args)
+    assert result.exit_code == 0, result.output
+    assert seen[0].cache_type == "q8_0"
+
+
 def test_a_cache_llama_cpp_refuses_is_listed_not_fatal(tiny):
     """The tiny model's heads (16 values) hold no whole q8_0/q4_0 block: llama.cpp refuses those
     contexts; verify says why and reports the rest. As the main row it is the user's error."""
