@@ -117,7 +117,7 @@ class Recommendation:
             )
         return (
             f"{text}. Rule: among rows with mean KL at most {self.kl_tolerance:.4g} ({self.tolerance_from}), "
-            "the smallest KV cache; the fastest generation."
+            "the smallest KV cache for memory, the fastest generation (tokens/s) for speed."
         )
 
     def to_json(self) -> dict[str, Any]:
