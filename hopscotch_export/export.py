@@ -25,10 +25,12 @@ from rich.table import Table
 from .errors import HopscotchError
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
+from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .search import distributed
 from .search.command import parse_layers, parse_shortlist, parse_skips, search_command
 from .search.options import SearchOptions
 from .sources import ModelSource, open_source
+from .verify.alternatives import check_cache_type
 from .verify.command import EXIT_LIMIT, verify_command
 from .verify.run import VerifyOptions
 from .verify.reference import check_reference_outtype
@@ -97,6 +99,8 @@ def export(
     source = open_source(model)
     if verify is not None:
         check_reference_outtype(source, verify.reference_outtype)  # before hours of search
+        check_cache_type(verify.cache_type)
+    cache_type = verify.cache_type if verify is not None else "f16"
     if dry_run:
         _dry_run(source, model, out, search, verify, outtype, work_dir)
         return 0
@@ -118,7 +122,7 @@ def export(
     summary = convert(
         source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir
     )
-    write_text_atomic(out.modelfile, _modelfile_text(out.gguf), force=force)
+    write_text_atomic(out.modelfile, _modelfile_text(out.gguf, cache_type), force=force)
 
     report = None
     if verify is not None:
@@ -127,7 +131,7 @@ def export(
         report.render(console)
         report.save(out.report, force=force)
 
-    _summary(out, plan, summary.bytes_written, report, source)
+    _summary(out, plan, summary.bytes_written, report, source, cache_type)
     if report is not None and report.passed is False:
         failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
         console.print(f"[bold red]failed:[/] {failed} (figures in {out.report})", highlight=False, soft_wrap=True)
@@ -184,16 +188,16 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
     return plan
 
 
-def _modelfile_text(gguf_path: Path) -> str:
+def _modelfile_text(gguf_path: Path, cache_type: str) -> str:
     """Modelfile with the chat format and stop tokens read from the written GGUF."""
     from .ollama import modelfile
     from .verify.runner import chat_format
 
     template, eos = chat_format(gguf_path)
-    return modelfile(gguf_path.name, template, eos)
+    return modelfile(gguf_path.name, template, eos, cache_type)
 
 
-def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource) -> None:
+def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource, cache_type: str) -> None:
     from .ollama import ollama_create_command
 
     table = Table(title="hopscotch-export", show_header=True)
@@ -201,6 +205,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
     table.add_column("original", justify="right")
     table.add_column("exported", justify="right")
     n = plan.model.n_layers
+    name = out.gguf.stem.lower()
     removed = [f"skipped {', '.join(map(str, plan.skip))}"] if plan.skip else []
     removed += [f"linear {', '.join(map(str, plan.linear))}"] if plan.linear else []
     kept = n - len(plan.skip) - len(plan.linear)
@@ -231,8 +236,10 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         *([f"curve:     {out.curve}, {out.curve.with_suffix('.png')}"] if "curve" in plan.provenance else []),
         f"Modelfile: {out.modelfile}",
         "",
-        f"llama.cpp: llama-cli -m {out.gguf} -fa on -cnv",
-        f"Ollama:    {ollama_create_command(out.modelfile, out.gguf.stem.lower())} && ollama run {out.gguf.stem.lower()}",
+        f"llama.cpp: {llama_cpp_command(out.gguf, cache_type)}",
+        f"Ollama:    {ollama_environment(cache_type)} ollama serve",
+        f"           {ollama_create_command(out.modelfile, name)} && ollama run {name}",
+        f"({WHY_FLASH_ATTENTION})",
     ]
     Console().print("\n".join(lines), highlight=False, soft_wrap=True)
 

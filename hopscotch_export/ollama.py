@@ -11,6 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
+from .run_commands import WHY_FLASH_ATTENTION, ollama_environment
+
 CHATML = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
 {{ end }}<|im_start|>assistant
@@ -51,9 +53,15 @@ KNOWN_FORMATS = [
 ]
 
 
-def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None) -> str:
-    """Modelfile text for ``FROM ./gguf_name`` with the model's chat format and stop tokens."""
-    lines = [f"FROM ./{gguf_name}", ""]
+def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None, cache_type: str = "f16") -> str:
+    """Modelfile text for ``FROM ./gguf_name`` with the model's chat format and stop tokens,
+    and notes on the server settings it needs (a Modelfile cannot set them)."""
+    lines = [
+        f"# Start Ollama with {ollama_environment(cache_type)} ollama serve:",
+        f"# {WHY_FLASH_ATTENTION}.",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     stops: list[str] = []
     for marker, template, format_stops in KNOWN_FORMATS:
         if chat_template and marker in chat_template:

@@ -31,9 +31,12 @@ def test_one_command_on_smollm2(monkeypatch, capsys, tmp_path):
     assert report["passed"]
     assert report["model"]["kv_cache"]["bytes"] == report["reference"]["kv_cache"]["bytes"] * 28 // 30
     modelfile = (tmp_path / "smol.Modelfile").read_text()
-    assert modelfile.startswith("FROM ./smol.gguf\n")
+    assert modelfile.startswith("# Start Ollama with OLLAMA_FLASH_ATTENTION=1 ollama serve")
+    assert "\nFROM ./smol.gguf\n" in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "ollama create smol -f smol.Modelfile" in printed
+    assert "-fa on -cnv" in printed and "OLLAMA_FLASH_ATTENTION=1 ollama serve" in printed
+    assert {r["cache_type"] for r in report["alternatives"]["rows"]} == {"f16", "q8_0", "q4_0"}
     assert out.stat().st_mode & stat.S_IROTH  # readable by Ollama's service user
 
     import llama_cpp

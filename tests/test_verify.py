@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from hopscotch_export.cli import app
 from hopscotch_export.converters.convert import convert
+from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
@@ -28,6 +29,7 @@ from hopscotch_export.verify.perplexity import make_windows
 from hopscotch_export.verify.runner import LlamaSession
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
 from models import smollm2_tokenizer
+from test_cli import assert_one_line_error, run_cli
 
 #: One thread: on a shared 2-core machine OpenMP threads that wait for each other are slower.
 THREADS = 1
@@ -178,13 +180,112 @@ def test_smollm2_against_itself_and_independent_perplexity(smollm2):
     assert 1 < r.reference.perplexity.ppl < 1000
 
 
-def test_smollm2_with_skips_diverges(smollm2, tmp_path):
+@pytest.fixture(scope="module")
+def smol_skip3(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 with blocks 3, 9 and 15 removed, its own Q4_1 types kept."""
     src = open_source(smollm2)
-    out = tmp_path / "smol-skip3.gguf"
+    out = tmp_path_factory.mktemp("smol_skip3") / "smol-skip3.gguf"
     convert(src, Plan.identity(src.model_ref(), skip=(3, 9, 15)), out, outtype="source")
-    r = run_verify(out, smollm2, options(ctx=128, chunks=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def smol_report(smol_skip3: Path, smollm2: Path):
+    return run_verify(smol_skip3, smollm2, options(ctx=128, chunks=2, speed=True, speed_prompt=32, speed_gen=4,
+                                                     speed_rounds=2))  # fmt: skip
+
+
+def test_smollm2_with_skips_diverges(smol_report):
+    r = smol_report
     assert r.divergence.mean_kl > 1e-2 and r.divergence.same_top < 1.0
     assert r.model.kv_cache.bytes * 30 == r.reference.kv_cache.bytes * 27
+
+
+def test_alternatives_are_measured_on_the_same_tokens(smol_report):
+    """Original with q8_0 and q4_0 KV cache and the export with q8_0, beside the f16 rows: KV
+    bytes from the arithmetic (3 KV heads of 64 per layer), KL really measured."""
+    r = smol_report
+    rows = {(row.model, row.kv_cache.type_k): row for row in r.rows}
+    assert list(rows) == [("original", "f16"), ("original", "q8_0"), ("original", "q4_0"), ("export", "f16"),
+                          ("export", "q8_0")]  # fmt: skip
+    cells = r.reference.kv_cache.cells
+    per_layer = {"f16": 2 * 192 * 2, "q8_0": 2 * 192 // 32 * 34, "q4_0": 2 * 192 // 32 * 18}
+    for (model, cache_type), row in rows.items():
+        layers = 30 if model == "original" else 27
+        assert row.kv_cache.bytes_per_token == layers * per_layer[cache_type]
+        assert row.kv_cache.bytes == cells * layers * per_layer[cache_type]
+        assert row.perplexity.tokens == r.text.scored_tokens and row.speed is not None
+    # flash attention off: the three removed blocks keep their (padded) V cache, lose their K
+    assert rows["export", "f16"].kv_cache.flash_off_bytes == cells * (27 + 30) * 192 * 2
+    assert rows["original", "f16"].kv_cache.flash_off_bytes == r.reference.kv_cache.bytes
+    assert rows["original", "q8_0"].kv_cache.flash_off_bytes is None
+    q8, q4 = rows["original", "q8_0"].mean_kl, rows["original", "q4_0"].mean_kl
+    assert 0 < q8 < q4
+    main = rows["export", "f16"]
+    assert main.main and main.divergence == r.divergence and rows["original", "f16"].mean_kl == 0
+    assert len(main.speed.runs) == 2 and len(rows["export", "q8_0"].speed.runs) == 1  # fewer rounds for alternatives
+    data = r.to_json()["alternatives"]
+    assert [(x["model"], x["cache_type"], x["main"]) for x in data["rows"]][3] == ("export", "f16", True)
+    assert data["rows"][2]["kv_bytes"] == rows["original", "q4_0"].kv_cache.bytes
+    assert data["recommendation"]["memory"] == r.recommendation.memory.label
+    console = Console(file=io.StringIO(), width=250)
+    r.render(console)
+    printed = console.file.getvalue()
+    assert "For memory take" in printed and "for speed take" in printed and "flash attention off" in printed
+
+
+def test_cache_type_q8_0_makes_it_the_main_row(smol_skip3, smollm2, smol_report, tmp_path):
+    """``--cache-type q8_0``: the model side is the export with a q8_0 cache (the same KL as the
+    f16 run's q8_0 alternative: same tokens), the f16 export an alternative, and the printed
+    commands carry the cache type and flash attention."""
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, [
+        "verify", str(smol_skip3), "--reference", str(smollm2), "--ctx", "128", "--chunks", "2", "--no-speed",
+        "--threads", str(THREADS), "--cache-type", "q8_0", "--json", str(report),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["model"]["kv_cache"]["type_k"] == data["model"]["kv_cache"]["type_v"] == "q8_0"
+    assert data["settings"]["cache_type"] == "q8_0"
+    rows = {(x["model"], x["cache_type"]): x for x in data["alternatives"]["rows"]}
+    assert rows["export", "q8_0"]["main"] and not rows["export", "f16"]["main"]
+    before = {(row.model, row.kv_cache.type_k): row for row in smol_report.rows}
+    assert data["comparison"]["divergence"]["mean_kl"] == pytest.approx(before["export", "q8_0"].mean_kl, rel=1e-9)
+    assert rows["export", "f16"]["mean_kl"] == pytest.approx(smol_report.divergence.mean_kl, rel=1e-9)
+    assert "-fa on -ctk q8_0 -ctv q8_0" in result.output
+    assert "OLLAMA_FLASH_ATTENTION=1 OLLAMA_KV_CACHE_TYPE=q8_0 ollama serve" in result.output
+
+
+def test_a_bad_cache_type_is_a_one_line_error(tiny, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "verify", str(tiny["skip"]), "--reference", str(tiny["hf"]),
+                           "--cache-type", "q5")  # fmt: skip
+    assert_one_line_error(code, err, "--cache-type 'q5'", "use f16, q8_0, q4_0")
+    out = tmp_path / "m.gguf"  # the one command refuses before its search starts
+    code, _, err = run_cli(monkeypatch, capsys, str(tiny["hf"]), "--skips", "1", "-o", str(out), "--cache-type", "q5")
+    assert_one_line_error(code, err, "--cache-type 'q5'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_one_command_passes_the_cache_type_to_verify(tiny, tmp_path, monkeypatch):
+    from hopscotch_export import export as one_command
+
+    seen = []
+    monkeypatch.setattr(one_command, "export", lambda model, output, search, verify, **kw: seen.append(verify) or 0)
+    args = [str(tiny["hf"]), "--skips", "1", "-o", str(tmp_path / "m.gguf"), "--cache-type", "q8_0"]
+    result = CliRunner().invoke(one_command.export_app, args)
+    assert result.exit_code == 0, result.output
+    assert seen[0].cache_type == "q8_0"
+
+
+def test_a_cache_llama_cpp_refuses_is_listed_not_fatal(tiny):
+    """The tiny model's heads (16 values) hold no whole q8_0/q4_0 block: llama.cpp refuses those
+    contexts; verify says why and reports the rest. As the main row it is the user's error."""
+    r = run_verify(tiny["skip"], str(tiny["hf"]), options(chunks=2))
+    assert [(row.model, row.kv_cache.type_k) for row in r.rows] == [("original", "f16"), ("export", "f16")]
+    assert set(r.unmeasured) == {"original, q8_0 KV", "original, q4_0 KV", "export, q8_0 KV"}
+    assert all("does not divide" in why for why in r.unmeasured.values())
+    with pytest.raises(HopscotchError, match="q8_0 KV cache.*does not divide"):
+        run_verify(tiny["skip"], str(tiny["hf"]), options(chunks=2, cache_type="q8_0"))
 
 
 def test_the_floor_applies_to_a_model_stored_at_least_as_precisely(tiny, tmp_path):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
 from hopscotch_export.errors import HopscotchError
+from hopscotch_export.ollama import modelfile
+from hopscotch_export.run_commands import llama_cpp_command
+from hopscotch_export.verify.alternatives import Row, recommend
+from hopscotch_export.verify.runner import KvCacheInfo
+from hopscotch_export.verify.speed import Speed
 from hopscotch_export.verify.data import BUILTIN_NAME, load_text
 from hopscotch_export.verify.divergence import Divergence, log_softmax, token_kl
 from hopscotch_export.verify.heldout import window_outputs
@@ -140,3 +146,44 @@ def test_scan_gguf_reads_every_value_type(tmp_path):
     assert meta["test.flag"] is True and meta["test.name"] == "naïve" and meta["test.big"] == 2**40
     assert meta["tokenizer.ggml.tokens"] == 4  # string arrays: only their length
     assert meta["test.floats"] == [0.5, 1.5]
+
+
+def _row(model: str, cache_type: str, kv: int, kl: float | None, gen: float, main: bool = False) -> Row:
+    speed = Speed(100.0, gen, 100.0, gen, 32, 4, ())
+    divergence = None if kl is None else Divergence(kl, kl, kl, 1.0, 10)
+    return Row(model, "m.gguf", KvCacheInfo(kv, 1, 1, cache_type, cache_type, None), Perplexity(1, 0, 0, 1),
+               divergence, speed, main)  # fmt: skip
+
+
+def test_recommendation_rule():
+    """Among rows within the tolerance (the main row's KL + 5%, or --max-kl): the smallest KV
+    cache for memory, the fastest generation for speed."""
+    rows = [
+        _row("original", "f16", 1000, None, 10.0),
+        _row("original", "q8_0", 531, 0.005, 9.0),
+        _row("original", "q4_0", 281, 0.084, 9.5),
+        _row("export", "f16", 867, 0.1785, 12.0, main=True),
+        _row("export", "q8_0", 460, 0.1870, 11.0),  # 4.8% above the main row's KL: within
+    ]
+    r = recommend(rows, None)
+    assert r.kl_tolerance == pytest.approx(0.1785 * 1.05)
+    assert r.memory.label == "original, q4_0 KV" and r.speed.label == "export, f16 KV"
+    line = r.line(rows[0])
+    assert "For memory take the original with a q4_0 KV cache (KV x0.281" in line
+    assert "for speed take the export with an f16 KV cache (generation x1.20" in line
+    strict = recommend(rows, 0.01)  # --max-kl: only q8_0 of the original is close enough
+    assert strict.memory.label == "original, q8_0 KV" and strict.speed.label == "original, f16 KV"
+    rows[4] = _row("export", "q8_0", 460, 0.1870, 13.0)  # the fastest, 4.8% above the main row's KL: taken
+    assert recommend(rows, None).speed.label == "export, q8_0 KV"
+    rows[4] = _row("export", "q8_0", 460, 0.1900, 13.0)  # 6.4% above: left out
+    assert recommend(rows, None).speed.label == "export, f16 KV"
+
+
+def test_run_commands_and_modelfile_carry_flash_attention_and_the_cache_type(tmp_path):
+    assert llama_cpp_command(Path("a b.gguf")) == "llama-cli -m 'a b.gguf' -fa on -cnv"
+    assert llama_cpp_command(Path("m.gguf"), "q8_0") == "llama-cli -m m.gguf -fa on -ctk q8_0 -ctv q8_0 -cnv"
+    text = modelfile("m.gguf", "<|im_start|>", "<|im_end|>", "q8_0")
+    assert text.startswith("# Start Ollama with OLLAMA_FLASH_ATTENTION=1 OLLAMA_KV_CACHE_TYPE=q8_0 ollama serve")
+    assert "pads every layer's V cache" in text and "\nFROM ./m.gguf\n" in text
+    plain = modelfile("m.gguf", None, None)
+    assert "OLLAMA_FLASH_ATTENTION=1 ollama serve" in plain and "KV_CACHE_TYPE" not in plain

@@ -10,6 +10,8 @@ from rich.console import Console
 
 from ..errors import HopscotchError
 from ..files import check_writable
+from ..kv_cache import CACHE_TYPES
+from ..run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .run import VerifyOptions, run_verify
 from .tasks import DEFAULT_TEMPLATE
 
@@ -50,6 +52,10 @@ def verify_command(
     speed_prompt: int = typer.Option(512, "--speed-prompt", help="Prompt tokens per speed run (capped by --ctx)."),
     speed_gen: int = typer.Option(64, "--speed-gen", help="Generated tokens per speed run."),
     speed_rounds: int = typer.Option(3, "--speed-rounds", help="Interleaved rounds; the median is reported."),
+    cache_type: str = typer.Option(
+        "f16", "--cache-type", help=f"KV cache type of the main row ({'|'.join(CACHE_TYPES)}); "
+        "the others are measured beside it."
+    ),
     gpu_layers: int = typer.Option(0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: all cores; on a busy shared machine 1 can be faster)."
@@ -88,6 +94,7 @@ def verify_command(
         speed_prompt=speed_prompt,
         speed_gen=speed_gen,
         speed_rounds=speed_rounds,
+        cache_type=cache_type,
         gpu_layers=gpu_layers,
         threads=threads,
         reference_outtype=reference_outtype,
@@ -95,17 +102,23 @@ def verify_command(
         max_kl=max_kl,
         max_ppl_increase=max_ppl_increase,
     )
-    if dry_run:
-        from ..resources import print_report
-        from .needs import verify_needs
-
-        print_report(Console(), verify_needs(model, reference, options), f"verify {model}")
-        return
     try:
+        if dry_run:
+            from ..resources import print_report
+            from .needs import verify_needs
+
+            print_report(Console(), verify_needs(model, reference, options), f"verify {model}")
+            return
         if json_out is not None:
             check_writable(json_out, force)
         report = run_verify(model, reference, options, console)
-        report.render(Console())
+        out = Console()
+        report.render(out)
+        out.print(
+            f"run it with: {llama_cpp_command(model, cache_type)}\n"
+            f"Ollama: start the server as {ollama_environment(cache_type)} ollama serve\n({WHY_FLASH_ATTENTION})",
+            highlight=False, soft_wrap=True,
+        )
         if json_out is not None:
             report.save(json_out, force=force)
     except HopscotchError as e:

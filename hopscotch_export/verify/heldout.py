@@ -1,7 +1,10 @@
-"""Model and reference over the same held-out windows: perplexity of each and their divergence.
+"""Candidates and their reference over the same held-out windows: perplexity of each and
+each candidate's divergence from the reference.
 
-Both contexts advance one micro-batch at a time side by side, so only one batch of
-logits per model is in memory however long the window is.
+Every context advances one micro-batch at a time side by side; a candidate's logits are
+scored and dropped before the next candidate decodes, so the reference's batch of logits
+and one candidate's are in memory at once, however long the window and however many
+candidates (the export, and the KV cache alternatives).
 """
 
 from __future__ import annotations
@@ -20,10 +23,18 @@ _ROWS = 64
 
 
 @dataclass(frozen=True)
+class Scored:
+    """One candidate on the held-out windows."""
+
+    perplexity: Perplexity
+    divergence: Divergence
+
+
+@dataclass(frozen=True)
 class HeldOutResult:
     reference: Perplexity
-    model: Perplexity
-    divergence: Divergence
+    #: in the order the candidates were given
+    candidates: list[Scored]
 
 
 def window_outputs(n_ctx: int) -> list[bool]:
@@ -34,40 +45,45 @@ def window_outputs(n_ctx: int) -> list[bool]:
 
 def compare_windows(
     reference: LlamaSession,
-    model: LlamaSession,
+    candidates: Sequence[LlamaSession],
     windows: Sequence[Sequence[int]],
     advance: Callable[[], None] = lambda: None,
 ) -> HeldOutResult:
-    """Score every window on both models; ``advance`` is called after each window."""
+    """Score every window on the reference and each candidate; ``advance`` is called after each window."""
     nll_ref: list[np.ndarray] = []
-    nll_model: list[np.ndarray] = []
-    kls: list[np.ndarray] = []
-    tops: list[np.ndarray] = []
-    step = min(reference.n_batch, model.n_batch)
+    nll: list[list[np.ndarray]] = [[] for _ in candidates]
+    kls: list[list[np.ndarray]] = [[] for _ in candidates]
+    tops: list[list[np.ndarray]] = [[] for _ in candidates]
+    sessions = [reference, *candidates]
+    step = min(s.n_batch for s in sessions)
     for window in windows:
         outputs = window_outputs(len(window))
-        reference.clear()
-        model.clear()
+        for s in sessions:
+            s.clear()
         for start in range(0, len(window), step):
             piece = window[start : start + step]
             flags = outputs[start : start + step]
             if not any(flags):
-                reference.decode(piece, start, flags)
-                model.decode(piece, start, flags)
+                for s in sessions:
+                    s.decode(piece, start, flags)
                 continue
             targets = [window[pos + 1] for pos in range(start, start + len(piece)) if outputs[pos]]
             ref_logits = reference.decode(piece, start, flags)
-            logits = model.decode(piece, start, flags)
-            for r in range(0, len(targets), _ROWS):  # bounds the float64 temporaries
-                rows = slice(r, r + _ROWS)
-                ref_lp, lp = log_softmax(ref_logits[rows]), log_softmax(logits[rows])
-                nll_ref.append(token_nll(ref_lp, targets[rows]))
-                nll_model.append(token_nll(lp, targets[rows]))
-                kls.append(token_kl(ref_lp, lp))
-                tops.append(same_top(ref_logits[rows], logits[rows]))
+            chunks = [slice(r, r + _ROWS) for r in range(0, len(targets), _ROWS)]  # bounds float64 temporaries
+            nll_ref += [token_nll(log_softmax(ref_logits[rows]), targets[rows]) for rows in chunks]
+            for i, s in enumerate(candidates):
+                logits = s.decode(piece, start, flags)
+                for rows in chunks:  # the reference's log-probabilities again: cheaper than keeping them
+                    ref_lp, lp = log_softmax(ref_logits[rows]), log_softmax(logits[rows])
+                    nll[i].append(token_nll(lp, targets[rows]))
+                    kls[i].append(token_kl(ref_lp, lp))
+                    tops[i].append(same_top(ref_logits[rows], logits[rows]))
+                del logits  # before the next candidate's arrive
         advance()
     return HeldOutResult(
         Perplexity.from_nll(np.concatenate(nll_ref)),
-        Perplexity.from_nll(np.concatenate(nll_model)),
-        Divergence.from_values(np.concatenate(kls), np.concatenate(tops)),
+        [
+            Scored(Perplexity.from_nll(np.concatenate(n)), Divergence.from_values(np.concatenate(k), np.concatenate(t)))
+            for n, k, t in zip(nll, kls, tops)
+        ],
     )

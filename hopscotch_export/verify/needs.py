@@ -1,5 +1,6 @@
-"""What ``verify`` needs before it starts: memory for two llama.cpp models and the torch
-parity check, and disk for a reference that must be converted first.
+"""What ``verify`` needs before it starts: memory for two llama.cpp models (with a context
+for each KV cache type measured) and the torch parity check, and disk for a reference that
+must be converted first.
 
 Verification runs late in a long job; refusing at its start (or at the start of the one
 command) in one line beats the kernel's OOM killer halfway through.
@@ -12,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from ..converters.convert import choose_outtype
 from ..converters.needs import convert_needs
+from ..kv_cache import type_bytes
 from ..resources import PROCESS_BASE, Need
 from ..sources import open_source
+from .alternatives import alternatives_for, check_cache_type
 from .parity import PARITY_TOKENS, parity_needs
 from .reference import outtype_of
 from .runner import DEFAULT_BATCH
@@ -38,6 +41,7 @@ def verify_needs(
     upper bound for a file with skipped blocks. Before ``model_gguf`` exists (the one
     command's ``--dry-run``) pass its expected size and output type.
     """
+    check_cache_type(opts.cache_type)
     model_gguf = Path(model_gguf)
     source = open_source(str(reference))
     spec = source.spec
@@ -50,13 +54,16 @@ def verify_needs(
         conversion = convert_needs(source, choice, folder / "reference.gguf", folder)
         reference_bytes = next(v for n in conversion for k, v in n.parts.items() if k.startswith("reference.gguf"))
     batch = min(DEFAULT_BATCH, opts.ctx)
-    kv = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim * 2  # f16 K and V
+    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V
     buffers = 2 * batch * spec.vocab_size * 4  # llama.cpp's logits buffer and the graph's output
+    cache_types = ["f16", opts.cache_type] + [t for _, t in alternatives_for(opts.cache_type)]
     parts = {
         "process": PROCESS_BASE,
         "reference weights (mapped)": reference_bytes,
         "model weights (mapped)": model_gguf.stat().st_size if model_bytes is None else model_bytes,
-        "two llama.cpp contexts": 2 * (kv + buffers),
+        f"{len(cache_types)} llama.cpp contexts (KV cache types)": sum(
+            int(values * type_bytes(t)) + buffers for t in cache_types
+        ),
     }
     if opts.plan is not None:
         parity = parity_needs(spec, opts.parity_windows, min(opts.ctx, PARITY_TOKENS), source.kind)[0]

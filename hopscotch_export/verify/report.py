@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..files import write_text_atomic
+from .alternatives import Recommendation, Row
 from .divergence import Divergence
 from .parity import Parity
 from .perplexity import Perplexity
@@ -93,6 +94,11 @@ class VerifyReport:
     parity: Parity | None = None
     limits: list[LimitCheck] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: every model x KV cache type measured: the reference, the main row and the alternatives
+    rows: list[Row] = field(default_factory=list)
+    #: alternatives llama.cpp could not run (label: its reason)
+    unmeasured: dict[str, str] = field(default_factory=dict)
+    recommendation: Recommendation | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -103,6 +109,7 @@ class VerifyReport:
     def checks_run(self) -> list[str]:
         """What was measured, gates or not."""
         run = ["perplexity", "KL from reference", "KV cache"]
+        run += ["KV cache alternatives"] if len(self.rows) > 2 else []
         run += ["task"] if self.model.task else []
         run += ["speed"] if self.model.speed else []
         if self.parity:
@@ -157,6 +164,11 @@ class VerifyReport:
             "parity": self.parity.to_json() if self.parity else None,
             "limits": [c.to_json() for c in self.limits],
             "settings": self.settings,
+            "alternatives": {
+                "rows": [r.to_json() for r in self.rows],
+                "unmeasured": self.unmeasured,
+                "recommendation": self.recommendation.to_json() if self.recommendation else None,
+            },
         }
 
     def save(self, path: Path | str, force: bool = False) -> None:
@@ -180,6 +192,13 @@ class VerifyReport:
             _mib(m.kv_cache.bytes),
             _pct(m.kv_cache.bytes, r.kv_cache.bytes),
         )
+        if m.kv_cache.flash_off_bytes and r.kv_cache.flash_off_bytes:
+            table.add_row(
+                "  the same, flash attention off",
+                _mib(r.kv_cache.flash_off_bytes),
+                _mib(m.kv_cache.flash_off_bytes),
+                _pct(m.kv_cache.flash_off_bytes, r.kv_cache.flash_off_bytes),
+            )
         table.add_row(
             "perplexity",
             _ppl(r.perplexity),
@@ -220,6 +239,7 @@ class VerifyReport:
                 table.add_row("parity floor: unmodified file vs torch", f"{p.floor:.3g}", "", "")
             table.add_row("parity: same top token", "", f"{100 * p.same_top:.2f}%", "")
         console.print(table)
+        self._render_alternatives(console)
         t = self.text
         converted = f", converted to {self.reference_converted_to}" if self.reference_converted_to else ""
         console.print(f"reference: {self.reference_spec}{converted}")
@@ -240,6 +260,35 @@ class VerifyReport:
             )
         if not self.limits:
             console.print("no gate ran (no --plan, --max-kl or --max-ppl-increase): nothing passed or failed")
+
+    def _render_alternatives(self, console: Console) -> None:
+        """The export beside llama.cpp's KV cache quantization, and which row to take."""
+        if len(self.rows) < 2:
+            return
+        ref = self.rows[0]
+        table = Table(title="against what llama.cpp already offers (same tokens)", title_justify="left")
+        for name in ("model", "KV cache", "KV bytes/token", f"KV at {self.text.ctx}", "KV vs original",
+                     "KV, flash attn off", "mean KL", "perplexity", "prompt tok/s", "gen tok/s"):  # fmt: skip
+            table.add_column(name, justify="left" if name in ("model", "KV cache") else "right")
+        for row in self.rows:
+            kv = row.kv_cache
+            table.add_row(
+                row.model + (" (main)" if row.main else ""),
+                kv.type_k,
+                f"{kv.bytes_per_token:,}",
+                _mib(kv.bytes),
+                f"x{kv.bytes / ref.kv_cache.bytes:.3f}",
+                _mib(kv.flash_off_bytes) if kv.flash_off_bytes else "n/a (needs -fa)",
+                f"{row.mean_kl:.4f}",
+                f"{row.perplexity.ppl:.3f}",
+                f"{row.speed.prompt_tps:.1f}" if row.speed else "",
+                f"{row.speed.gen_tps:.1f}" if row.speed else "",
+            )
+        console.print(table)
+        for label, reason in self.unmeasured.items():
+            console.print(f"not measured: {label}: {reason}", highlight=False, soft_wrap=True)
+        if self.recommendation:
+            console.print(self.recommendation.line(ref), highlight=False, soft_wrap=True)
 
 
 def _kinds(kinds: dict[str, int]) -> str:

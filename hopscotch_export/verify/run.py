@@ -16,6 +16,7 @@ from ..errors import HopscotchError
 from ..inspect import gguf_summary
 from ..progress import progress_bars
 from ..resources import check, one_line
+from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
 from .heldout import compare_windows
 from .needs import verify_needs
@@ -55,6 +56,8 @@ class VerifyOptions:
     speed_prompt: int = 512
     speed_gen: int = 64
     speed_rounds: int = 3
+    #: KV cache type of the export's main row (``-ctk/-ctv``); the others are measured beside it
+    cache_type: str = "f16"
     #: llama.cpp placement: layers offloaded to a GPU (-1 = all) and CPU threads
     gpu_layers: int = 0
     threads: int | None = None
@@ -95,21 +98,24 @@ def run_verify(
         ref = stack.enter_context(
             reference_gguf(str(reference), model_gguf, opts.reference_outtype, console, opts.work_dir)
         )
-        sessions = [
-            stack.enter_context(LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=opts.gpu_layers))
-            for p in (ref.path, model_gguf)
-        ]
-        ref_s, model_s = sessions
+        ref_s, model_s = (
+            stack.enter_context(
+                LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=opts.gpu_layers, cache_type=c)
+            )
+            for p, c in ((ref.path, "f16"), (model_gguf, opts.cache_type))
+        )
         tokens = model_s.tokenize(text.text)
         if ref_s.n_vocab != model_s.n_vocab or ref_s.tokenize(text.text) != tokens:
             raise HopscotchError(
                 f"{model_gguf} and the reference {reference} tokenize differently: not the same base model"
             )
         windows = make_windows(tokens, opts.ctx, model_s.bos if model_s.add_bos else None, opts.chunks)
+        alternatives, unmeasured = _alternative_sessions(stack, {"original": ref_s, "export": model_s}, opts, threads)
+        sessions = [ref_s, model_s, *(s for _, s in alternatives)]
 
         with progress_bars(console) as progress:
-            bar = progress.add_task("perplexity and KL", total=len(windows))
-            heldout = compare_windows(ref_s, model_s, windows, lambda: progress.advance(bar))
+            bar = progress.add_task(f"perplexity and KL ({len(sessions)} rows)", total=len(windows))
+            heldout = compare_windows(ref_s, sessions[1:], windows, lambda: progress.advance(bar))
 
             task_scores: list[TaskScore | None] = [None, None]
             if task is not None:
@@ -126,23 +132,35 @@ def run_verify(
                     reference=ref_s if floor_applies(model_gguf, ref.path) else None,
                 )
 
-            speeds: list[Speed | None] = [None, None]
+            speeds: list[Speed | None] = [None] * len(sessions)
             if opts.speed:
                 prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
-                bar = progress.add_task("speed (interleaved)", total=2 * opts.speed_rounds)
+                rounds = [opts.speed_rounds] * 2 + [alternative_rounds(opts.speed_rounds)] * len(alternatives)
+                bar = progress.add_task("speed (interleaved)", total=sum(rounds))
                 speeds[:] = measure_speed(
                     sessions, tokens, prompt_tokens=prompt, gen_tokens=opts.speed_gen,
-                    rounds=opts.speed_rounds, advance=lambda: progress.advance(bar),
+                    rounds=rounds, advance=lambda: progress.advance(bar),
                 )
 
         # a converted reference lives in a temporary folder: name it by what the user passed
         ref_label = str(ref_s.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
+        main = heldout.candidates[0]
         sides = [
             Side(label, s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i], _layer_kinds(s.path))
             for i, (label, s, ppl) in enumerate(
-                ((ref_label, ref_s, heldout.reference), (str(model_s.path), model_s, heldout.model))
+                ((ref_label, ref_s, heldout.reference), (str(model_s.path), model_s, main.perplexity))
             )
         ]
+        rows = [
+            Row("original", ref_label, ref_s.kv_cache, heldout.reference, None, speeds[0]),
+            Row("export", str(model_s.path), model_s.kv_cache, main.perplexity, main.divergence, speeds[1], main=True),
+            *(
+                Row(name, str(s.path) if name == "export" else ref_label, s.kv_cache, scored.perplexity,
+                    scored.divergence, speed)
+                for (name, s), scored, speed in zip(alternatives, heldout.candidates[1:], speeds[2:])
+            ),
+        ]  # fmt: skip
+        rows.sort(key=lambda r: (r.model != "original", -r.kv_cache.bytes))  # the reference first
         report = VerifyReport(
             model=sides[1],
             reference=sides[0],
@@ -150,13 +168,38 @@ def run_verify(
             reference_converted_to=ref.converted_to,
             text=TextInfo(text.source, text.builtin, len(tokens), opts.ctx, len(windows),
                           len(windows) * (opts.ctx - 1 - first_scored(opts.ctx))),
-            divergence=heldout.divergence,
+            divergence=main.divergence,
             task_source=task.source if task else None,
             task_questions=len(task.questions) if task else 0,
             parity=parity,
             settings=_settings(opts, threads),
+            rows=rows,
+            unmeasured=unmeasured,
+            recommendation=recommend(rows, opts.max_kl),
         )
     return dataclasses.replace(report, limits=list(_limits(report, opts)))
+
+
+def alternative_rounds(rounds: int) -> int:
+    """Speed rounds of an alternative row: half the main rows' (rounded up), to keep verify short."""
+    return (rounds + 1) // 2
+
+
+def _alternative_sessions(
+    stack: contextlib.ExitStack, models: dict[str, LlamaSession], opts: VerifyOptions, threads: int
+) -> tuple[list[tuple[str, LlamaSession]], dict[str, str]]:
+    """A context per alternative on the model already loaded, closed before it; those llama.cpp
+    refuses (a head size its quantized cache cannot hold) are listed with its reason."""
+    sessions, refused = [], {}
+    for name, cache_type in alternatives_for(opts.cache_type):
+        base = models[name]
+        try:
+            session = LlamaSession(base.path, n_ctx=opts.ctx, n_threads=threads, cache_type=cache_type, share=base)
+        except HopscotchError as e:
+            refused[row_label(name, cache_type)] = str(e)
+            continue
+        sessions.append((name, stack.enter_context(session)))
+    return sessions, refused
 
 
 def _layer_kinds(path: Path) -> dict[str, int]:
@@ -184,6 +227,7 @@ def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
         raise HopscotchError(f"--speed-gen {opts.speed_gen} does not fit in --ctx {opts.ctx}")
     if opts.task_limit is not None and opts.task_limit < 1:
         raise HopscotchError("--task-limit must be at least 1")
+    check_cache_type(opts.cache_type)
     check_work_dir(opts.work_dir)
 
 
@@ -211,5 +255,6 @@ def _settings(opts: VerifyOptions, threads: int) -> dict[str, object]:
         "gpu_layers": opts.gpu_layers,
         "threads": threads,
         "flash_attention": True,
+        "cache_type": opts.cache_type,
         "ctx": opts.ctx,
     }

@@ -3,14 +3,17 @@
 The low-level API is used rather than ``llama_cpp.Llama`` because verification needs
 logits for chosen positions only (as ``llama-perplexity`` asks for them) and two contexts
 advanced batch by batch side by side. The KV cache size is computed from the file's own
-metadata and only cross-checked against the figure llama.cpp logs. Flash attention is
-always on: without it llama.cpp pads the V cache of every layer and skipped blocks would
-save no KV memory (docs/design.md section 2).
+metadata and only cross-checked against the figure llama.cpp logs. Flash attention is on
+unless asked otherwise: without it llama.cpp pads the V cache of every layer and removed
+blocks keep their V cache (docs/design.md section 2; kv_cache.py models both layouts).
+Several contexts may share one loaded model (``share=``): the same weights measured with
+another KV cache type cost a context, not a second copy of the model.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import re
 import time
@@ -35,6 +38,9 @@ DEFAULT_BATCH = 512
 #: cells, ...``); only a cross-check: a changed message must not break verification.
 _KV_LINE = re.compile(r"kv_cache\w*: size = +([\d.]+) MiB \( *(\d+) cells")
 
+#: V cache types llama.cpp can use without flash attention
+_UNQUANTIZED = ("f16", "f32", "bf16")
+
 
 @dataclass(frozen=True)
 class KvCacheInfo:
@@ -54,14 +60,25 @@ class KvCacheInfo:
     #: what llama.cpp logged, or None when no such line was found
     llama_mib: float | None
     warning: str | None = None
+    #: the same cache with flash attention off (every layer's V padded to the widest); None
+    #: where llama.cpp needs flash attention for the V type (a quantized V cache)
+    flash_off_bytes: int | None = None
+    flash_attn: bool = True
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.bytes // self.cells
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bytes": self.bytes,
+            "bytes_per_token": self.bytes_per_token,
             "cells": self.cells,
             "layers": self.layers,
             "type_k": self.type_k,
             "type_v": self.type_v,
+            "flash_attention": self.flash_attn,
+            "flash_attention_off_bytes": self.flash_off_bytes,
             "llama_cpp_mib": self.llama_mib,
             "warning": self.warning,
         }
@@ -133,7 +150,11 @@ def default_threads() -> int:
 
 
 class LlamaSession:
-    """A GGUF loaded in llama.cpp with one context of ``n_ctx`` tokens (one sequence)."""
+    """A GGUF loaded in llama.cpp with one context of ``n_ctx`` tokens (one sequence).
+
+    ``cache_type`` is the K and V cache type (``-ctk/-ctv``); ``share`` another session whose
+    loaded model this one uses (its path and GPU layers then apply; close this one first).
+    """
 
     def __init__(
         self,
@@ -143,20 +164,27 @@ class LlamaSession:
         n_threads: int | None = None,
         gpu_layers: int = 0,
         n_batch: int = DEFAULT_BATCH,
+        cache_type: str = "f16",
+        flash_attn: bool = True,
+        share: LlamaSession | None = None,
     ) -> None:
         llama_cpp, log = llama_library()
         self._lib = llama_cpp
         self.path = Path(path)
-        if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
-            raise HopscotchError(
-                "--gpu-layers needs a llama-cpp-python built with CUDA or Metal; this one is CPU only "
-                '(reinstall with CMAKE_ARGS="-DGGML_CUDA=on") or drop --gpu-layers'
-            )
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
-        self._model = _load_model(self.path, mparams)
         self._ctx = None
         self._batch = None
+        self._owns_model = share is None
+        if share is not None:
+            self._model = share._model
+        else:
+            if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+                raise HopscotchError(
+                    "--gpu-layers needs a llama-cpp-python built with CUDA or Metal; this one is CPU only "
+                    '(reinstall with CMAKE_ARGS="-DGGML_CUDA=on") or drop --gpu-layers'
+                )
+            mparams = llama_cpp.llama_model_default_params()
+            mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
+            self._model = _load_model(self.path, mparams)
         try:
             self._vocab = llama_cpp.llama_model_get_vocab(self._model)
             self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -171,18 +199,19 @@ class LlamaSession:
             cparams.n_seq_max = 1
             cparams.n_threads = threads
             cparams.n_threads_batch = threads
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+            cparams.type_k = cparams.type_v = gguf.GGMLQuantizationType[cache_type.upper()].value
             mark = log.count
             self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
             if not self._ctx:
                 raise HopscotchError(
-                    f"llama.cpp could not create a {n_ctx}-token context for {self.path}: "
-                    f"{_last_error(log.since(mark))}"
+                    f"llama.cpp could not create a {n_ctx}-token context with a {cache_type} KV cache for "
+                    f"{self.path}: {_last_error(log.since(mark))}"
                 )
             self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
-            self.kv_cache = _kv_cache_info(
-                self.path, self.n_ctx, _type_name(cparams.type_k), _type_name(cparams.type_v), log.since(mark)
-            )
+            self.kv_cache = _kv_cache_info(self.path, self.n_ctx, cache_type, flash_attn, log.since(mark))
             self._memory = llama_cpp.llama_get_memory(self._ctx)
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         except BaseException:
@@ -204,9 +233,9 @@ class LlamaSession:
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
-        if self._model:
+        if self._model and self._owns_model:
             lib.llama_model_free(self._model)
-            self._model = None
+        self._model = None
 
     @property
     def file_bytes(self) -> int:
@@ -282,21 +311,25 @@ class LlamaSession:
 
 def _last_error(lines: list[str]) -> str:
     """The most telling line llama.cpp logged, for a one-line error."""
-    for key in ("error", "failed", "unknown"):
+    for key in ("error", "failed", "unknown", "not "):  # "... does not divide n_embd_head_k=16"
         for line in reversed(lines):
             if key in line.lower():
                 return line.strip()
     return "see llama.cpp's log (no error line captured); is it a complete GGUF?"
 
 
-def _kv_cache_info(path: Path, cells: int, type_k: str, type_v: str, lines: list[str]) -> KvCacheInfo:
+def _kv_cache_info(path: Path, cells: int, cache_type: str, flash_attn: bool, lines: list[str]) -> KvCacheInfo:
     """The KV cache of ``cells`` positions from the file's metadata, checked against the size
-    llama.cpp logged in ``lines`` when it did."""
-    per_cell, layers = kv_bytes_per_cell(scan_gguf(path).metadata, type_k, type_v)
+    llama.cpp logged in ``lines`` when it did; with the flash-attention-off figure beside it."""
+    meta = scan_gguf(path).metadata
+    per_cell, layers = kv_bytes_per_cell(meta, cache_type, cache_type, flash_attn=flash_attn)
     exact = cells * per_cell
+    flash_off = cells * kv_bytes_per_cell(meta, cache_type, cache_type, flash_attn=False)[0]
+    info = KvCacheInfo(exact, cells, layers, cache_type, cache_type, None, None,
+                       flash_off if cache_type in _UNQUANTIZED else None, flash_attn)  # fmt: skip
     reported = next((m for m in map(_KV_LINE.search, lines) if m), None)
     if reported is None:
-        return KvCacheInfo(exact, cells, layers, type_k, type_v, None)
+        return info
     mib, llama_cells = float(reported[1]), int(reported[2])
     warning = None
     if llama_cells != cells or abs(exact / 2**20 - mib) > 0.006:  # llama.cpp prints two decimals
@@ -304,9 +337,4 @@ def _kv_cache_info(path: Path, cells: int, type_k: str, type_v: str, lines: list
             f"llama.cpp reports a KV cache of {mib:.2f} MiB for {llama_cells} cells, the file's metadata gives "
             f"{exact / 2**20:.2f} MiB for {cells}; the metadata figure is reported"
         )
-    return KvCacheInfo(exact, cells, layers, type_k, type_v, mib, warning)
-
-
-def _type_name(ggml_type: int) -> str:
-    """``f16`` for GGML type 1: the names llama.cpp prints and gguf-py knows."""
-    return gguf.GGMLQuantizationType(ggml_type).name.lower()
+    return dataclasses.replace(info, llama_mib=mib, warning=warning)

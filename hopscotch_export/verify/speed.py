@@ -4,9 +4,10 @@ On a shared or thermally throttled machine the background load drifts over minut
 model measured entirely before another would absorb that drift as a fake speed-up. So
 every round runs each model once, in forward order on even rounds and reverse order on
 odd ones (A B C, C B A, ...: a linear drift then hits every model equally), and the
-median round is reported. Generation feeds the held-out text's next token one position
-at a time (logits on), the same work as greedy decoding without sampling noise in what
-is decoded.
+median round is reported. A model may take part in fewer rounds (the first ones) than
+the others: verify's KV cache alternatives do, to keep its runtime down. Generation feeds
+the held-out text's next token one position at a time (logits on), the same work as
+greedy decoding without sampling noise in what is decoded.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def measure_speed(
     *,
     prompt_tokens: int,
     gen_tokens: int,
-    rounds: int,
+    rounds: int | Sequence[int],
     advance: Callable[[], None] = lambda: None,
 ) -> list[Speed]:
-    """Speeds of each session in ``sessions`` order; ``advance`` is called after each run."""
+    """Speeds of each session in ``sessions`` order; ``rounds`` for all or per session;
+    ``advance`` is called after each run."""
     n_ctx = min(s.n_ctx for s in sessions)
-    if prompt_tokens < 1 or gen_tokens < 1 or rounds < 1:
+    per_session = [rounds] * len(sessions) if isinstance(rounds, int) else list(rounds)
+    if len(per_session) != len(sessions):
+        raise ValueError(f"{len(per_session)} round counts for {len(sessions)} sessions")
+    if prompt_tokens < 1 or gen_tokens < 1 or min(per_session) < 1:
         raise HopscotchError("speed prompt tokens, generated tokens and rounds must all be at least 1")
     if prompt_tokens + gen_tokens > n_ctx:
         raise HopscotchError(
@@ -85,9 +90,9 @@ def measure_speed(
         s.clear()
         s.timed_decode(feed[:_WARMUP], 0)
     runs: list[list[Run]] = [[] for _ in sessions]
-    for r in range(rounds):
+    for r in range(max(per_session)):
         order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
-        for i in order:
+        for i in (i for i in order if r < per_session[i]):
             runs[i].append(_one_run(sessions[i], feed, prompt_tokens, gen_tokens))
             advance()
     return [
