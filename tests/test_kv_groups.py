@@ -25,6 +25,7 @@ from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import apply_plan
 from hopscotch_export.verify.layerwise import planned_logits
 from hopscotch_export.verify.parity import FLOOR_MULTIPLE, SLACK
+from hopscotch_export.verify.run import _layer_kinds
 from models import llama_gguf, make_tiny_model
 from test_cli import run_cli
 from test_linear_layers import check_parity, linear_plan
@@ -88,6 +89,8 @@ def test_llama_cpp_matches_torch_with_group_cuts(request, tmp_path, fixture, out
     info = gguf_summary(out)
     assert info["layer_kinds"] == ["keep", "keep", "skip", "keep", "linear", "keep"]
     assert info["kv_groups"] == {"1": "keep 1/2 KV groups (1), 2 heads", "3": "keep 1/2 KV groups (0), 2 heads"}
+    # verify's "attention layers" row counts the partly cut layers apart
+    assert _layer_kinds(out) == {"keep": 2, "keep some KV groups": 2, "skip": 1, "linear": 1}
 
 
 def test_plans_without_group_cuts_convert_as_before(tiny_llama, tmp_path):

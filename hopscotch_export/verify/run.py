@@ -203,8 +203,15 @@ def _alternative_sessions(
 
 
 def _layer_kinds(path: Path) -> dict[str, int]:
-    """How many layers keep their attention, skip it, or hold a linear map instead."""
-    return dict(Counter(gguf_summary(path)["layer_kinds"]))
+    """How many layers keep their attention (whole, or some KV groups), skip it, or hold a
+    linear map instead."""
+    summary = gguf_summary(path)
+    kinds = Counter(summary["layer_kinds"])
+    partly = len(summary.get("kv_groups", {}))
+    if partly:
+        kinds["keep"] -= partly
+        kinds["keep some KV groups"] = partly
+    return {k: n for k, n in kinds.items() if n}
 
 
 def _check_inputs(model_gguf: Path, opts: VerifyOptions) -> None:
