@@ -140,7 +140,9 @@ def parse_skips(text: str | None, max_skips: int, kv_saving: float | None = None
             raise HopscotchError("--kv-saving and --skips are alternatives; give one of them")
         return {"skips": 0, "curve": False, "kv_saving": kv_saving}
     if text is None:
-        raise HopscotchError("say how much to remove: --skips N (or auto), or --kv-saving F (a fraction of the KV cache)")
+        raise HopscotchError(
+            "say how much to remove: --skips N (or auto), or --kv-saving F (a fraction of the KV cache)"
+        )
     if text.strip().lower() == "auto":
         return {"skips": max_skips, "curve": True}
     try:

@@ -129,10 +129,6 @@ class Step:
     before: float | None = None
 
     @property
-    def trial(self) -> Trial:
-        return Trial(self.chosen, self.kind, self.group)
-
-    @property
     def scores(self) -> dict[Key, float]:
         """The chosen kind's screening scores."""
         return self.losses[self.kind].scores
@@ -221,7 +217,8 @@ class SearchState:
         groups = {i: g for i, g in removed.kv_groups.items() if i != c}
         if trial.kind == LINEAR:
             return removed.skip, {**self.maps, c: fits[c].weight}, groups
-        kept = () if trial.kind == SKIP else tuple(g for g in removed.kv_groups.get(c, range(self.n_kv)) if g != trial.group)
+        now = removed.kv_groups.get(c, range(self.n_kv))
+        kept = () if trial.kind == SKIP else tuple(g for g in now if g != trial.group)
         if not kept:
             return removed.skip + [c], dict(self.maps), groups
         return removed.skip, dict(self.maps), {**groups, c: kept}
@@ -332,12 +329,15 @@ class Selector:
             return sum(min(len(v), n) for v in by_kind.values())
 
         linear = [t.layer for t in by_kind.get(LINEAR, [])]
-        n_fit = fit_batches(mine(len(linear)), self.stack.config.hidden_size, self.n_rows, self.score_batch) if linear else 0
+        hidden = self.stack.config.hidden_size
+        n_fit = fit_batches(mine(len(linear)), hidden, self.n_rows, self.score_batch) if linear else 0
         n_scoring = 0 if exhaustive else (
             mine(per_kind(most)) * len(self._batches(self.screen))
             + mine(per_kind(n_finalists)) * len(self._batches(self.rest))
         )  # fmt: skip
-        label = f"step {k}/{o.skips}" if o.unit == BLOCK else f"step {k} ({state.removed.saved}/{self.target} KV groups)"
+        label = f"step {k}/{o.skips}"
+        if o.unit != BLOCK:
+            label = f"step {k} ({state.removed.saved}/{self.target} KV groups)"
         self.progress.begin(label, n_fit + n_scoring + mine(per_kind(n_short)) * n_train)
         fits = self._fit(state, linear, k) if linear else {}
         losses = {kind: Losses() for kind in kinds}

@@ -152,7 +152,9 @@ class SearchOptions:
         if f is None:
             return
         if not (math.isfinite(f) and 0 < f < 1):
-            raise HopscotchError(f"--kv-saving is a fraction of the KV cache between 0 and 1 (0.25: a quarter), got {f}")
+            raise HopscotchError(
+                f"--kv-saving is a fraction of the KV cache between 0 and 1 (0.25: a quarter), got {f}"
+            )
         if self.curve or self.skips:
             raise HopscotchError("--kv-saving and --skips are alternatives; give one of them")
 
@@ -209,7 +211,9 @@ class SearchOptions:
             raise HopscotchError(f"--protect {bad} out of range: the model has layers 0..{n_layers - 1}")
         found = [i for i in range(1, n_layers) if i not in self.protect]
         if self.skips >= len(found):
-            asked = f"--skips {self.skips}" if self.kv_saving is None else f"--kv-saving {self.kv_saving:g} ({self.skips} blocks' worth)"
+            asked = f"--skips {self.skips}"
+            if self.kv_saving is not None:
+                asked = f"--kv-saving {self.kv_saving:g} ({self.skips} blocks' worth)"
             raise HopscotchError(
                 f"{asked} needs more candidates than the {len(found)} this model offers "
                 f"({n_layers} layers, layer 0 and {len(set(self.protect) - {0})} protected kept); "

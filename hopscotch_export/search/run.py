@@ -280,7 +280,9 @@ def search_workspace(
     if o.curve:
         state, final, maps, curve, measured = _trace_curve(ws, o, state, snapshots, resumed, progress)
     else:
-        final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps, groups=state.kv_groups)
+        final, maps = final_training(
+            ws, o, state.skip, state.scales, progress, state.maps, groups=state.kv_groups
+        )
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
     heldout = evaluate(ws, state, final, maps, o.batch_size, measured)
