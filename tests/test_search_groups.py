@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import Plan, load_plan
@@ -128,14 +127,19 @@ def test_group_curve_has_a_point_at_every_block_of_kv(tiny: Path, text_file: Pat
         ([], "say how much to remove: --skips N (or auto), or --kv-saving F"),
         (["--kv-saving", "1.5"], "--kv-saving is a fraction of the KV cache between 0 and 1"),
         (["--skips", "1", "--unit", "head"], "--unit must be one of block, group, auto, got 'head'"),
+        (["--skips", "1", "--unit", "group", "--replace", "linear"], "use --unit auto (blocks and groups)"),
     ],
 )
-def test_unit_and_kv_saving_errors_are_one_line(tiny: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    from hopscotch_export.cli import app
+@pytest.mark.parametrize("command", [["search"], []], ids=["search", "one-command"])
+def test_unit_and_kv_saving_errors_are_one_line(
+    monkeypatch, capsys, tiny: Path, tmp_path: Path, command: list[str], args: list[str], message: str
+) -> None:  # fmt: skip
+    from test_cli import assert_one_line_error, run_cli
 
-    result = CliRunner().invoke(app, ["search", str(tiny), "-o", str(tmp_path / "p.json"), *args])
-    text = str(result.exception or result.output)
-    assert result.exit_code != 0 and message in text and "\n" not in text.strip()
+    out = tmp_path / ("p.json" if command else "m.gguf")
+    code, _, err = run_cli(monkeypatch, capsys, *command, str(tiny), "-o", str(out), *args)
+    assert_one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_kv_saving_budgets() -> None:

@@ -122,6 +122,11 @@ class SearchOptions:
             raise HopscotchError(f"--replace must be one of {', '.join(REPLACEMENTS)}, got {self.replace!r}")
         if self.unit not in UNITS:
             raise HopscotchError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.unit == "group" and self.replace != "skip":
+            raise HopscotchError(
+                f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
+                "use --unit auto (blocks and groups) or --unit block"
+            )
         self._check_kv_saving()
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
