@@ -152,3 +152,16 @@ def test_kv_saving_budgets() -> None:
     from hopscotch_export.export import export_command
 
     assert {"unit", "kv_saving"} <= set(export_command.__signature__.parameters)  # type: ignore[attr-defined]
+
+
+def test_one_command_reuses_a_finished_plan_of_the_same_kv_budget(grouped: Plan, tiny: Path) -> None:
+    from hopscotch_export.export import _reusable_plan
+
+    path, source = Path(grouped.origin or ""), open_source(tiny)
+    same = SearchOptions(skips=0, kv_saving=0.3, unit="group")
+    assert _reusable_plan(path, source, same, force=False) == grouped
+    assert _reusable_plan(path, source, SearchOptions(skips=0, kv_saving=0.25, unit="group"), force=False) == grouped
+    for other, wanted in ((SearchOptions(skips=0, kv_saving=0.4, unit="group"), "not --kv-saving 0.4 with --unit group"),
+                          (SearchOptions(skips=0, kv_saving=0.3), "not --kv-saving 0.3; pass --force")):  # fmt: skip
+        with pytest.raises(HopscotchError, match=f"removes 30.0% of the KV cache, {wanted}"):
+            _reusable_plan(path, source, other, force=False)
