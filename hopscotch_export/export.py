@@ -174,15 +174,21 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
         return None
     removed = len(plan.skip) + len(plan.linear)
     curve = plan.provenance.get("curve")
+    unit = plan.provenance.get("options", {}).get("unit", "block")
     if search.curve:
         limits = {"max_kl": search.max_kl, "max_ppl_increase": search.max_ppl_increase}
-        same = curve is not None and curve["limits"] == limits
+        same = curve is not None and curve["limits"] == limits and unit == search.unit
         wanted = "a count chosen under these limits"
     else:
-        same, wanted = curve is None and removed == search.skips, f"{search.skips} blocks removed"
+        n, kv = plan.model.n_layers, plan.model.n_kv_heads or 1
+        saved = round((plan.kv_saving() or 0.0) * n * kv)  # KV groups; blocks when the plan predates n_kv_heads
+        same = curve is None and unit == search.unit and saved == search.for_model(n).kv_target(n, kv)
+        wanted = f"{search.skips} blocks removed" if search.kv_saving is None else f"--kv-saving {search.kv_saving:g}"
+        wanted += "" if search.unit == "block" else f" with --unit {search.unit}"
     if not same:
+        what = f"{removed} blocks" if not plan.kv_groups else f"{plan.kv_saving():.1%} of the KV cache"
         raise HopscotchError(
-            f"{path} holds a finished plan that removes {removed} blocks{' (--skips auto)' if curve else ''}, "
+            f"{path} holds a finished plan that removes {what}{' (--skips auto)' if curve else ''}, "
             f"not {wanted}; pass --force to search again"
         )
     return plan
@@ -272,7 +278,7 @@ def export_command(**kwargs: Any) -> None:
     """Search, convert and verify in one go: MODEL --skips N -o model.gguf."""
     search_fields = {f.name for f in dataclasses.fields(SearchOptions)}
     search_kw = {k: v for k, v in kwargs.items() if k in search_fields}
-    search_kw |= parse_skips(kwargs["skips"], kwargs["max_skips"])
+    search_kw |= parse_skips(kwargs["skips"], kwargs["max_skips"], kwargs["kv_saving"])
     search_kw["shortlist"] = parse_shortlist(search_kw["shortlist"])
     search_kw["protect"] = parse_layers(search_kw["protect"])
     if not search_kw["curve"]:  # a fixed count: the limits are verify's alone

@@ -124,3 +124,20 @@ def test_two_processes_find_the_single_process_linear_plan(tiny_llama: Path, tmp
     maps, reference_maps = load_plan(two).maps, load_plan(one).maps
     for i in reference_maps:
         assert maps[i] == pytest.approx(reference_maps[i], abs=1e-5)
+
+
+def test_two_processes_find_the_single_process_auto_unit_plan(tiny_llama: Path, tmp_path: Path) -> None:
+    """Blocks and KV groups shared out as trials: every process ranks them alike and ends
+    with the same cuts."""
+    extra = ("--skips", "1", "--unit", "auto")
+    one, two = tmp_path / "one" / "plan.json", tmp_path / "two" / "plan.json"
+    for out in (one, two):
+        out.parent.mkdir()
+    reference = finished(search(tiny_llama, one, *extra), one)
+    plan = finished(search(tiny_llama, two, *extra, processes=2), two)
+    assert_same_plan(plan, reference)
+    assert plan["kv_groups"] == reference["kv_groups"]
+    kinds = [(s["kind"], s.get("group")) for s in plan["provenance"]["search"]["steps"]]
+    assert kinds == [(s["kind"], s.get("group")) for s in reference["provenance"]["search"]["steps"]]
+    candidates = plan["provenance"]["search"]["steps"][0]["candidates"]
+    assert {c["kind"] for c in candidates if c["trained"] is not None} == {"skip", "group"}

@@ -32,9 +32,10 @@ def _budget(name: str) -> str:
 
 def search_command(
     model: str = typer.Argument(..., help="Hugging Face folder, hub id (org/name), .gguf file or bundled:smollm2"),
-    skips: str = typer.Option(
-        ..., "--skips", help="attention blocks to remove (skip, or replace: see --replace); auto: the most within "
-        "--max-kl / --max-ppl-increase, trying up to --max-skips, with the quality curve of every count"
+    skips: Optional[str] = typer.Option(
+        None, "--skips", help="attention blocks to remove (skip, or replace: see --replace; with --unit group or "
+        "auto, blocks' worth of KV cache); auto: the most within --max-kl / --max-ppl-increase, trying up to "
+        "--max-skips, with the quality curve of every count"
     ),
     output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
     granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),
@@ -81,6 +82,15 @@ def search_command(
     ),
     max_linear: Optional[int] = typer.Option(None, help="at most this many blocks become linear maps (default: no bound)"),
     map_lr: float = typer.Option(D.map_lr, help="learning rate of the linear maps (brief and final training)"),
+    unit: str = typer.Option(
+        D.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
+        "head and its query heads; a layer losing its last is skipped) or auto (either, by loss added per KV byte "
+        "saved)"
+    ),
+    kv_saving: Optional[float] = typer.Option(
+        None, "--kv-saving", help="instead of --skips: the fraction of the KV cache to remove (0.25: a quarter); "
+        "steps continue until it is reached, none overshooting it with --unit group or auto"
+    ),
     max_skips: int = typer.Option(
         MAX_SKIPS, help="--skips auto: the most blocks tried (lowered to what the model offers)"
     ),
@@ -98,12 +108,12 @@ def search_command(
 ) -> None:
     """Choose attention blocks to remove and train the branch scales (and linear maps) that repair the drift."""
     options = SearchOptions.sized_for_device(
-        **parse_skips(skips, max_skips), max_kl=max_kl, max_ppl_increase=max_ppl_increase, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
+        **parse_skips(skips, max_skips, kv_saving), max_kl=max_kl, max_ppl_increase=max_ppl_increase, granularity=granularity, objective=objective, shortlist=parse_shortlist(shortlist),
         protect=parse_layers(protect), data=data, data_config=data_config, data_split=data_split,
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
         batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
         device=device, dtype=dtype, max_new_tokens=max_new_tokens, replace=replace, linear_epochs=linear_epochs,
-        max_linear=max_linear, map_lr=map_lr,
+        max_linear=max_linear, map_lr=map_lr, unit=unit,
     )  # fmt: skip
     source = open_source(model)
     if dry_run:
@@ -122,8 +132,17 @@ def print_estimate(source: ModelSource, options: SearchOptions, console: Console
     return placement
 
 
-def parse_skips(text: str, max_skips: int) -> dict[str, Any]:
-    """``--skips N`` or ``--skips auto`` (a curve up to ``max_skips``), as SearchOptions fields."""
+def parse_skips(text: str | None, max_skips: int, kv_saving: float | None = None) -> dict[str, Any]:
+    """``--skips N``, ``--skips auto`` (a curve up to ``max_skips``) or ``--kv-saving F``,
+    as SearchOptions fields."""
+    if kv_saving is not None:
+        if text is not None:
+            raise HopscotchError("--kv-saving and --skips are alternatives; give one of them")
+        return {"skips": 0, "curve": False, "kv_saving": kv_saving}
+    if text is None:
+        raise HopscotchError(
+            "say how much to remove: --skips N (or auto), or --kv-saving F (a fraction of the KV cache)"
+        )
     if text.strip().lower() == "auto":
         return {"skips": max_skips, "curve": True}
     try:

@@ -7,6 +7,11 @@ training, started from its step's state, so that the point for k is the plan
 ``--skips k`` would write, and its held-out figures. The largest count within
 ``--max-kl`` / ``--max-ppl-increase`` becomes the plan.
 
+With ``--unit group`` or ``auto`` the steps are many (one per KV group) and the x axis is
+KV saved: the curve's point ``k`` is the first step state that frees ``k`` blocks' worth of
+KV cache (``k / n_layers`` of it, :func:`units.curve_counts`), so the final trainings stay
+one per block's worth.
+
 The held-out sequences choose the count, so the chosen point's figures are slightly
 optimistic; ``verify`` measures the exported file on other text.
 """
@@ -23,6 +28,7 @@ from ..torch_plan import BranchScales
 from .greedy import LINEAR, SearchState, Step
 from .options import SearchOptions
 from .savings import block_savings, model_flops_per_token
+from .units import BLOCK, GROUP, kv_heads, replay
 
 
 @dataclass
@@ -49,7 +55,8 @@ class Snapshot:
 
 @dataclass
 class Point:
-    """One count of removed blocks: which, as what, and what it keeps and saves."""
+    """One count of removed blocks (of blocks' worth of KV): which, as what, and what it
+    keeps and saves."""
 
     steps: list[Step]
     #: held-out KL to the original model, cross-entropy and perplexity after final training
@@ -58,35 +65,44 @@ class Point:
     kv_saved_pct: float
     compute_saved_pct: float
     within: bool
-
-    @property
-    def removed(self) -> int:
-        return len(self.steps)
+    #: blocks removed, or with KV-group units the blocks' worth of KV the point stands for
+    removed: int
+    #: KV-group units: the fraction of the KV cache saved and the partly cut layers' kept groups
+    kv: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        groups = {"groups": [s.group for s in self.steps]} if self.kv is not None else {}
         return {
             "removed": self.removed,
             "layers": [s.chosen for s in self.steps],
             "kinds": [s.kind for s in self.steps],
+            **groups,
             **{k: self.metrics[k] for k in ("kl", "ce", "ppl")},
             "ppl_increase_pct": self.ppl_increase_pct,
             "kv_saved_pct": self.kv_saved_pct,
             "compute_saved_pct": self.compute_saved_pct,
+            **(self.kv or {}),
             "within_limits": self.within,
         }
 
 
 def point(steps: list[Step], metrics: dict[str, float], original: dict[str, float], config: Any,
-          o: SearchOptions) -> Point:  # fmt: skip
-    """The curve's point for ``steps``, judged against ``o``'s limits."""
+          o: SearchOptions, removed: int) -> Point:  # fmt: skip
+    """The curve's point for ``steps`` (``removed`` blocks' worth), judged against ``o``'s limits."""
     rise = 100.0 * (metrics["ppl"] / original["ppl"] - 1.0)
-    flops = sum(block_savings(config, s.kind)["flops_per_token"] for s in steps)
+    n_kv = kv_heads(config)
+    done = replay(steps, n_kv)
+    flops = sum(block_savings(config, s.kind, f)["flops_per_token"] for s, f in zip(steps, done.freed))
     within = (o.max_kl is None or metrics["kl"] <= o.max_kl) and (
         o.max_ppl_increase is None or rise <= o.max_ppl_increase
     )
+    kv = None
+    if o.unit != BLOCK:
+        kv = {"kv_saved": done.saved / (config.num_hidden_layers * n_kv),
+              "kv_groups": {str(i): list(g) for i, g in done.kv_groups.items()}}  # fmt: skip
     return Point(
-        list(steps), metrics, rise, 100.0 * len(steps) / config.num_hidden_layers,
-        100.0 * flops / model_flops_per_token(config), within,
+        list(steps), metrics, rise, 100.0 * done.saved / (config.num_hidden_layers * n_kv),
+        100.0 * flops / model_flops_per_token(config), within, removed, kv,
     )  # fmt: skip
 
 
@@ -100,6 +116,7 @@ def curve_json(points: list[Point], original: dict[str, float], o: SearchOptions
     best = chosen(points)
     return {
         "replace": o.replace,
+        **({"unit": o.unit, "x": "blocks' worth of KV cache saved"} if o.unit != BLOCK else {}),
         "limits": {"max_kl": o.max_kl, "max_ppl_increase": o.max_ppl_increase},
         "max_skips": o.skips,
         "heldout": f"{o.heldout} sequences of {o.seq_len} tokens, not trained on",
@@ -121,11 +138,16 @@ def curve_table(curve: dict[str, Any]) -> Table:
     o = curve["original"]
     t.add_row("0", "", "0", f"{o['ppl']:.2f}", "", "", "", "")
     for p in curve["points"]:
-        names = [f"{i}{'L' if k == LINEAR else ''}" for i, k in zip(p["layers"], p["kinds"])]
+        groups = p.get("groups") or [None] * len(p["kinds"])
+        names = [f"{i}{'L' if k == LINEAR else ''}{f'g{g}' if k == GROUP else ''}"
+                 for i, k, g in zip(p["layers"], p["kinds"], groups)]  # fmt: skip
         mark = "chosen" if p["removed"] == curve["chosen"] else ("" if p["within_limits"] else "over")
         t.add_row(
             str(p["removed"]), ",".join(names), f"{p['kl']:.4f}", f"{p['ppl']:.2f}", f"{p['ppl_increase_pct']:+.1f}%",
             f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%", mark,
         )  # fmt: skip
     t.caption = "L: replaced by a linear map; the others are skipped"
+    if curve.get("unit", BLOCK) != BLOCK:
+        t.caption = "L: replaced by a linear map; gN: its KV group N removed; the others are skipped"
+        t.columns[0].header = "blocks' worth"
     return t

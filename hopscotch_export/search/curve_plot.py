@@ -39,7 +39,8 @@ def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
     if curve.get("chosen"):
         k = curve["chosen"]
         left.plot(k, kl[k], "o", markersize=14, markerfacecolor="none", color="black", label=f"exported ({k})")
-    left.set_xlabel("attention blocks removed")
+    xlabel = "attention blocks removed" if curve.get("unit", "block") == "block" else "blocks' worth of KV removed"
+    left.set_xlabel(xlabel)
     left.set_ylabel("held-out KL to original", color="tab:blue")
     right_kl.set_ylabel("held-out perplexity rise (%)", color="tab:orange")
     left.set_title(f"cost (--replace {curve['replace']}; squares: plan has linear maps)")
@@ -47,7 +48,7 @@ def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
 
     right.plot(ks, [0.0] + [p["kv_saved_pct"] for p in points], "o-", label="KV cache")
     right.plot(ks, [0.0] + [p["compute_saved_pct"] for p in points], "s-", label="compute per token")
-    right.set_xlabel("attention blocks removed")
+    right.set_xlabel(xlabel)
     right.set_ylabel("saved (%)")
     right.set_title("savings (compute at short context)")
     right.legend(loc="upper left")

@@ -41,6 +41,7 @@ def summary_tables(steps: list[dict[str, Any]], heldout: dict[str, dict[str, flo
         # a candidate tried as both kinds (--replace auto) counts twice
         counts = [str(sum(c.get(key) is not None for c in s["candidates"])) for key in ("score", "rescored", "trained")]
         kind = s.get("kind", "skip")
+        kind = f"KV group {s['group']}" if kind == "group" else kind
         t.add_row(str(k), str(s["chosen"]), kind, *counts, f"{s['loss']:.4f}", f"{s['seconds']:.1f}")
     h = Table(title="held-out tokens (not used for training)")
     for col in ("model", "KL to original", "cross-entropy", "perplexity"):

@@ -31,6 +31,14 @@ tokens the trained loss of the best map was a fifth of the best skip's, yet its 
 KL was higher, and an ``auto`` that compared training losses picked maps at every step
 and ended worse than ``skip`` (docs/search-benchmark.md). The step's recorded loss is then
 the last quarter's.
+
+With ``--unit group`` a trial removes one KV group of a kept layer (``units.py``): it is
+screened from the same cached layer input as a block, every remaining group of every
+candidate layer, and has its own finalists and shortlist, like each block kind. With
+``--unit auto`` block and group trials compete, and the winner is the trained trial with
+the least loss added (its loss minus the current state's) per KV group it frees: a block
+frees the groups its layer still has, a group one. A trial that would free more than the
+budget has left is not tried, so an ``auto`` search ends on groups.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -53,6 +61,8 @@ from .linear import Fit, fit_batches, fit_maps, split_rows
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
 from .train import check_finite, mean_loss, train_scales
+from .units import AUTO as AUTO_UNIT
+from .units import BLOCK, GROUP, LINEAR, SKIP, Removed, kv_heads, replay
 
 #: candidates per shortlisted one that the screen passes on to scoring on all training data
 RESCORE = 4
@@ -60,9 +70,21 @@ RESCORE = 4
 #: tokens per batch to bound the logits' memory (4 rows of 48 tokens -> 8: 25% faster on CPU).
 SCORE_TOKENS = 2048
 
-SKIP, LINEAR, AUTO = "skip", "linear", "auto"
-#: a candidate layer tried as one kind of replacement
-Trial = tuple[int, str]
+AUTO = "auto"
+#: what a trial's losses are recorded under: its layer, or (layer, group) for a KV group
+Key = Any
+
+
+class Trial(NamedTuple):
+    """A candidate layer tried as one kind of removal; ``group`` for a KV-group trial."""
+
+    layer: int
+    kind: str
+    group: int | None = None
+
+    @property
+    def key(self) -> Key:
+        return self.layer if self.group is None else (self.layer, self.group)
 
 
 class Progress(Protocol):
@@ -75,14 +97,15 @@ class Progress(Protocol):
 
 @dataclass
 class Losses:
-    """What the candidates scored in one step as one kind of replacement, by layer."""
+    """What the candidates scored in one step as one kind of removal, by layer (by
+    (layer, group) for KV groups)."""
 
     #: training-free score on the screening sequences (empty for the exhaustive procedure)
-    scores: dict[int, float] = field(default_factory=dict)
+    scores: dict[Key, float] = field(default_factory=dict)
     #: training-free score on all training sequences, for the candidates the screen kept
-    rescored: dict[int, float] = field(default_factory=dict)
+    rescored: dict[Key, float] = field(default_factory=dict)
     #: loss after brief training, for the candidates that were trained
-    trained: dict[int, float] = field(default_factory=dict)
+    trained: dict[Key, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,38 +117,44 @@ class Step:
     #: sequences (``auto``: on their last quarter, which the step did not fit or train on)
     loss: float
     seconds: float
-    #: how the chosen block was removed: ``skip`` or ``linear``
+    #: how the chosen block was removed: ``skip`` or ``linear``; ``group``: one KV group of it
     kind: str = SKIP
     #: the candidates' losses by kind tried
     losses: dict[str, Losses] = field(default_factory=dict)
     #: the ridge of the chosen map's closed-form fit (``linear`` only)
     ridge: float | None = None
+    #: the KV group removed (``group`` only)
+    group: int | None = None
+    #: ``--unit auto``: the loss before this step, from which each trial's loss added was counted
+    before: float | None = None
 
     @property
-    def scores(self) -> dict[int, float]:
+    def scores(self) -> dict[Key, float]:
         """The chosen kind's screening scores."""
         return self.losses[self.kind].scores
 
     @property
-    def rescored(self) -> dict[int, float]:
+    def rescored(self) -> dict[Key, float]:
         return self.losses[self.kind].rescored
 
     @property
-    def trained(self) -> dict[int, float]:
+    def trained(self) -> dict[Key, float]:
         return self.losses[self.kind].trained
 
     def to_json(self) -> dict[str, Any]:
         candidates = []
         for kind, ls in self.losses.items():
-            for i in sorted(set(ls.scores) | set(ls.trained)):
-                candidates.append({"layer": i, "kind": kind, "score": ls.scores.get(i),
-                                   "rescored": ls.rescored.get(i), "trained": ls.trained.get(i)})  # fmt: skip
+            for key in sorted(set(ls.scores) | set(ls.trained)):
+                at = {"layer": key[0], "group": key[1]} if kind == GROUP else {"layer": key}
+                candidates.append({**at, "kind": kind, "score": ls.scores.get(key),
+                                   "rescored": ls.rescored.get(key), "trained": ls.trained.get(key)})  # fmt: skip
+        optional = {"ridge": self.ridge, "group": self.group, "before": self.before}
         return {
             "chosen": self.chosen,
             "kind": self.kind,
             "loss": self.loss,
             "seconds": round(self.seconds, 3),
-            **({"ridge": self.ridge} if self.ridge is not None else {}),
+            **{k: v for k, v in optional.items() if v is not None},
             "candidates": candidates,
         }
 
@@ -134,14 +163,17 @@ class Step:
         """A recorded step; entries without a kind are skips (plans from before linear maps)."""
         losses: dict[str, Losses] = {}
         for c in data["candidates"]:
-            ls = losses.setdefault(c.get("kind", SKIP), Losses())
-            for key, values in (("score", ls.scores), ("rescored", ls.rescored), ("trained", ls.trained)):
-                if c.get(key) is not None:
-                    values[int(c["layer"])] = float(c[key])
-        ridge = data.get("ridge")
+            kind = c.get("kind", SKIP)
+            ls = losses.setdefault(kind, Losses())
+            at = (int(c["layer"]), int(c["group"])) if kind == GROUP else int(c["layer"])
+            for name, values in (("score", ls.scores), ("rescored", ls.rescored), ("trained", ls.trained)):
+                if c.get(name) is not None:
+                    values[at] = float(c[name])
+        ridge, group, before = (data.get(k) for k in ("ridge", "group", "before"))
         return cls(
             int(data["chosen"]), float(data["loss"]), float(data["seconds"]), data.get("kind", SKIP),
-            losses, None if ridge is None else float(ridge),
+            losses, None if ridge is None else float(ridge), None if group is None else int(group),
+            None if before is None else float(before),
         )  # fmt: skip
 
 
@@ -153,23 +185,43 @@ class SearchState:
     steps: list[Step] = field(default_factory=list)
     #: the linear layers' maps: float32 (out, in), each on its layer's device
     maps: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: the model's KV heads per layer (the :class:`Selector` sets it; 1 is right for blocks alone)
+    n_kv: int = 1
 
     @property
     def order(self) -> list[int]:
-        """Every removed block, in the order the steps chose them."""
+        """The layer of every step, in the order the steps chose them."""
         return [s.chosen for s in self.steps]
 
     @property
-    def skip(self) -> list[int]:
-        """The skipped blocks (removed and not replaced), in step order."""
-        return [s.chosen for s in self.steps if s.kind == SKIP]
+    def removed(self) -> Removed:
+        return replay(self.steps, self.n_kv)
 
-    def with_trial(self, trial: Trial, fits: dict[int, Fit]) -> tuple[list[int], dict[int, torch.Tensor]]:
-        """The plan's skips and maps with ``trial`` added (the maps are this state's tensors)."""
-        c, kind = trial
-        if kind == SKIP:
-            return self.skip + [c], dict(self.maps)
-        return self.skip, {**self.maps, c: fits[c].weight}
+    @property
+    def skip(self) -> list[int]:
+        """The skipped blocks (removed and not replaced, or left without KV groups), in step order."""
+        return self.removed.skip
+
+    @property
+    def kv_groups(self) -> dict[int, tuple[int, ...]]:
+        """Partly cut layers -> the KV groups they keep."""
+        return self.removed.kv_groups
+
+    def with_trial(
+        self, trial: Trial, fits: dict[int, Fit]
+    ) -> tuple[list[int], dict[int, torch.Tensor], dict[int, tuple[int, ...]]]:
+        """The plan's skips, maps and kept KV groups with ``trial`` added (the maps are this
+        state's tensors)."""
+        c = trial.layer
+        removed = self.removed
+        groups = {i: g for i, g in removed.kv_groups.items() if i != c}
+        if trial.kind == LINEAR:
+            return removed.skip, {**self.maps, c: fits[c].weight}, groups
+        now = removed.kv_groups.get(c, range(self.n_kv))
+        kept = () if trial.kind == SKIP else tuple(g for g in now if g != trial.group)
+        if not kept:
+            return removed.skip + [c], dict(self.maps), groups
+        return removed.skip, dict(self.maps), {**groups, c: kept}
 
 
 class Selector:
@@ -198,46 +250,98 @@ class Selector:
         self.score_batch = max(
             options.batch_size, min(4 * options.batch_size, SCORE_TOKENS // options.seq_len)
         )
+        self.n_kv = kv_heads(stack.config)
+        #: the KV groups the search frees in all (``--skips N``: N blocks' worth)
+        self.target = options.kv_target(stack.n_layers, self.n_kv)
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
-        """Add steps to ``state`` until it removes ``options.skips`` blocks."""
-        while len(state.steps) < self.o.skips:
+        """Add steps to ``state`` until it frees the budget's KV groups (``--skips N``
+        with blocks: until it removes N blocks)."""
+        state.n_kv = self.n_kv
+        while state.removed.saved < self.target:
             state.steps.append(self.step(state))
             on_step(state)
 
     def kinds(self, state: SearchState) -> list[str]:
-        """The kinds of replacement this step tries: ``--replace``'s, within ``--max-linear``."""
+        """The kinds of removal this step tries: ``--replace``'s within ``--max-linear``
+        (``--unit block``), single KV groups (``group``), or both (``auto``)."""
         o = self.o
+        if o.unit == GROUP:
+            return [GROUP]
         room = o.max_linear is None or sum(s.kind == LINEAR for s in state.steps) < o.max_linear
         if o.replace == SKIP or not room:
-            return [SKIP]
-        return [LINEAR] if o.replace == LINEAR else [SKIP, LINEAR]
+            blocks = [SKIP]
+        else:
+            blocks = [LINEAR] if o.replace == LINEAR else [SKIP, LINEAR]
+        return blocks + [GROUP] if o.unit == AUTO_UNIT else blocks
+
+    def trials(self, state: SearchState) -> dict[str, list[Trial]]:
+        """This step's trials by kind: every candidate layer still there as each block kind,
+        and every KV group it still has; none that frees more than the budget has left
+        (a kind left without trials is dropped)."""
+        removed = state.removed
+        room = self.target - removed.saved
+        kinds = self.kinds(state)
+        layers = [c for c in self.candidates if removed.left(c) > 0]
+        by_kind: dict[str, list[Trial]] = {}
+        for kind in kinds:
+            if kind != GROUP:
+                found = [Trial(c, kind) for c in layers if removed.left(c) <= room]
+            else:  # a layer's last group is its skip trial when skips are tried
+                last_is_skip = SKIP in kinds
+                found = [
+                    Trial(c, GROUP, g) for c in layers if not (last_is_skip and removed.left(c) == 1)
+                    for g in range(self.n_kv) if g not in removed.cut.get(c, ())
+                ]  # fmt: skip
+            if found:
+                by_kind[kind] = found
+        return by_kind
+
+    def rank(self, state: SearchState, trained: dict[Trial, float]) -> tuple[Callable[[Trial], float], float | None]:
+        """How trained trials are compared: by loss (every trial of a block or group
+        search frees as much), or with ``--unit auto`` by loss added per KV group freed;
+        and the loss before the step that ``auto`` subtracts."""
+        if self.o.unit != AUTO_UNIT:
+            return trained.__getitem__, None
+        before = state.steps[-1].loss if state.steps else self._original_loss(state)
+        removed = state.removed
+        freed = {t: 1 if t.kind == GROUP else removed.left(t.layer) for t in trained}
+        return (lambda t: (trained[t] - before) / freed[t]), before
 
     def step(self, state: SearchState) -> Step:
         """One greedy step. Under torchrun each process fits, scores and trains its share of
         the candidates; all of them then hold the same results and pick the same winner."""
         t0 = time.perf_counter()
         o = self.o
+        state.n_kv = self.n_kv
         k = len(state.steps) + 1
-        remaining = [c for c in self.candidates if c not in state.order]
-        kinds = self.kinds(state)
-        exhaustive = o.shortlist is None or o.shortlist >= len(remaining)
+        by_kind = self.trials(state)
+        kinds = list(by_kind)
+        most = max(len(v) for v in by_kind.values())
+        exhaustive = o.shortlist is None or o.shortlist >= most
         n_judge = int(self.judge[0].train_ids.shape[0])
         n_train = o.epochs * len(batches(self.n_rows, o.batch_size)) + len(batches(n_judge, o.batch_size))
-        n_short = len(remaining) if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
-        n_finalists = min(len(remaining), RESCORE * n_short) if len(self.rest) else 0
-        mine, n_kinds = distributed.share_size, len(kinds)  # the progress bar counts this process's work
-        n_fit = 0
-        if LINEAR in kinds:
-            n_fit = fit_batches(mine(len(remaining)), self.stack.config.hidden_size, self.n_rows, self.score_batch)
+        n_short = most if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
+        n_finalists = RESCORE * n_short if len(self.rest) else 0
+        mine = distributed.share_size  # the progress bar counts this process's work
+
+        def per_kind(n: int) -> int:
+            return sum(min(len(v), n) for v in by_kind.values())
+
+        linear = [t.layer for t in by_kind.get(LINEAR, [])]
+        hidden = self.stack.config.hidden_size
+        n_fit = fit_batches(mine(len(linear)), hidden, self.n_rows, self.score_batch) if linear else 0
         n_scoring = 0 if exhaustive else (
-            mine(n_kinds * len(remaining)) * len(self._batches(self.screen))
-            + mine(n_kinds * n_finalists) * len(self._batches(self.rest))
+            mine(per_kind(most)) * len(self._batches(self.screen))
+            + mine(per_kind(n_finalists)) * len(self._batches(self.rest))
         )  # fmt: skip
-        self.progress.begin(f"step {k}/{o.skips}", n_fit + n_scoring + mine(n_kinds * n_short) * n_train)
-        fits = self._fit(state, remaining, k) if LINEAR in kinds else {}
+        label = f"step {k}/{o.skips}"
+        if o.unit != BLOCK:
+            label = f"step {k} ({state.removed.saved}/{self.target} KV groups)"
+        self.progress.begin(label, n_fit + n_scoring + mine(per_kind(n_short)) * n_train)
+        fits = self._fit(state, linear, k) if linear else {}
         losses = {kind: Losses() for kind in kinds}
-        shortlist = [(c, kind) for kind in kinds for c in remaining]
+        shortlist = [t for kind in kinds for t in by_kind[kind]]
         if not exhaustive:
             shortlist = self._shortlist(state, fits, shortlist, n_finalists, n_short, losses, k)
         trials: dict[Trial, tuple[BranchScales, dict[int, torch.Tensor]]] = {}
@@ -245,25 +349,25 @@ class Selector:
         def train_share() -> dict[Trial, float]:
             trained: dict[Trial, float] = {}
             for trial in distributed.share(shortlist):
-                c, kind = trial
                 scales = copy.deepcopy(state.scales)
-                skip, maps = state.with_trial(trial, fits)
+                skip, maps, groups = state.with_trial(trial, fits)
                 maps = {i: m.clone() for i, m in maps.items()}
-                what = "the scales" if kind == SKIP else "the scales and maps"
-                where = f"at step {k} training {what} for {_removing(c, kind)}"
+                what = "the scales and maps" if trial.kind == LINEAR else "the scales"
+                where = f"at step {k} training {what} for {_removing(trial)}"
                 train_scales(
                     self.stack, scales, skip, self.calib, self.teacher, o.objective,
                     lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
-                    where=where, on_batch=self.progress.advance, maps=maps, map_lr=o.map_lr,
+                    where=where, on_batch=self.progress.advance, maps=maps, map_lr=o.map_lr, kv_groups=groups,
                 )  # fmt: skip
                 trials[trial] = scales, maps
-                trained[trial] = self._loss(scales, skip, maps, where)
+                trained[trial] = self._loss(scales, skip, maps, groups, where)
             return trained
 
         trained = distributed.merged(train_share)
-        for (c, kind), value in trained.items():
-            losses[kind].trained[c] = value
-        chosen = min(shortlist, key=trained.__getitem__)  # of equal losses the first (skips first), everywhere
+        for trial, value in trained.items():
+            losses[trial.kind].trained[trial.key] = value
+        key, before = self.rank(state, trained)
+        chosen = min(shortlist, key=key)  # of equal ranks the first (skips first), everywhere
         scales, maps = distributed.shared(  # the scales and maps, from the process that trained them
             lambda: (
                 {name: t.cpu() for name, t in trials[chosen][0].state_dict().items()},
@@ -273,12 +377,12 @@ class Selector:
         )
         state.scales.load_state_dict(scales)
         state.maps = {i: m.to(module_device(self.stack.layers[i])) for i, m in maps.items()}
-        c, kind = chosen
-        if kind == SKIP:
+        c = chosen.layer
+        if c in state.with_trial(chosen, fits)[0]:
             with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
                 state.scales.attn[c] = 1.0
-        ridge = fits[c].ridge if kind == LINEAR else None
-        return Step(c, trained[chosen], time.perf_counter() - t0, kind, losses, ridge)
+        ridge = fits[c].ridge if chosen.kind == LINEAR else None
+        return Step(c, trained[chosen], time.perf_counter() - t0, chosen.kind, losses, ridge, chosen.group, before)
 
     def _fit(self, state: SearchState, remaining: list[int], k: int) -> dict[int, Fit]:
         """The closed-form map of every remaining candidate under the current plan, each
@@ -287,7 +391,7 @@ class Selector:
         def fit_share() -> dict[int, Fit]:
             fits = fit_maps(
                 self.stack, state.scales, state.skip, state.maps, distributed.share(remaining), self.calib,
-                self.score_batch, f"at step {k}", self.progress.advance,
+                self.score_batch, f"at step {k}", self.progress.advance, kv_groups=state.kv_groups,
             )  # fmt: skip
             return {c: dataclasses.replace(f, weight=f.weight.cpu()) for c, f in fits.items()}
 
@@ -295,17 +399,26 @@ class Selector:
         devices = {c: module_device(self.stack.layers[c]) for c in fits}
         return {c: dataclasses.replace(f, weight=f.weight.to(devices[c])) for c, f in fits.items()}
 
-    def _loss(self, scales: BranchScales, skip: list[int], maps: dict[int, torch.Tensor], where: str) -> float:
+    def _loss(
+        self, scales: BranchScales, skip: list[int], maps: dict[int, torch.Tensor],
+        groups: dict[int, tuple[int, ...]], where: str, advance: bool = True,
+    ) -> float:  # fmt: skip
         """The objective on the judging sequences: what the trained shortlist is compared on."""
         calib, teacher = self.judge
         n_rows = int(calib.train_ids.shape[0])
         value = mean_loss(
             self.stack, scales, skip, calib, teacher, self.o.objective,
-            n_rows=n_rows, batch_size=self.o.batch_size, where=where, maps=maps,
+            n_rows=n_rows, batch_size=self.o.batch_size, where=where, maps=maps, kv_groups=groups,
         )  # fmt: skip
-        for _ in batches(n_rows, self.o.batch_size):
+        for _ in batches(n_rows, self.o.batch_size) if advance else []:
             self.progress.advance()
         return value
+
+    def _original_loss(self, state: SearchState) -> float:
+        """The unmodified model's objective on the judging sequences (``auto``'s first step
+        counts the loss added from it; ~0 for ``kl``)."""
+        ones = BranchScales(*state.scales.attn.shape).to(state.scales.attn.device)
+        return self._loss(ones, [], {}, {}, "of the original model", advance=False)
 
     def _shortlist(
         self, state: SearchState, fits: dict[int, Fit], trials: list[Trial], n_finalists: int, n_short: int,
@@ -320,16 +433,16 @@ class Selector:
                 f"the first {self.n_score} calibration sequences have no target tokens; raise --score-samples"
             )
         scores = self._means(screen, k)
-        for (c, kind), value in scores.items():
-            losses[kind].scores[c] = value
+        for t, value in scores.items():
+            losses[t.kind].scores[t.key] = value
         if not n_finalists:
             return _best(scores, losses, n_short)
         finalists = _best(scores, losses, n_finalists)
         rest = distributed.merged(lambda: self._score_sums(state, fits, distributed.share(finalists), self.rest))
         both = {t: (screen[t][0] + rest[t][0], screen[t][1] + rest[t][1]) for t in finalists}
         rescored = self._means(both, k)
-        for (c, kind), value in rescored.items():
-            losses[kind].rescored[c] = value
+        for t, value in rescored.items():
+            losses[t.kind].rescored[t.key] = value
         return _best(rescored, losses, n_short)
 
     @torch.no_grad()
@@ -344,12 +457,12 @@ class Selector:
         count = 0
         for batch in self._batches(rows) if trials else []:
             ids, targets = calib.train_ids[batch], calib.train_targets[batch]
-            with scaled_model(st.model, state.scales, state.skip, state.maps):
+            with scaled_model(st.model, state.scales, state.skip, state.maps, state.kv_groups):
                 inputs, _, at = st.layer_inputs(ids)
             for trial in trials:
-                c = trial[0]
-                skip, maps = state.with_trial(trial, fits)
-                with scaled_model(st.model, state.scales, skip, maps):
+                c = trial.layer
+                skip, maps, groups = state.with_trial(trial, fits)
+                with scaled_model(st.model, state.scales, skip, maps, groups):
                     h = st.run(inputs[c], at, c)
                     s, n = loss_sum(objective, st.logits(st.final_hidden(h)), ids, targets, self.teacher, batch)
                 sums[trial] += float(s)
@@ -364,8 +477,8 @@ class Selector:
     @staticmethod
     def _means(sums: dict[Trial, tuple[float, int]], k: int) -> dict[Trial, float]:
         scores = {t: total / count for t, (total, count) in sums.items()}
-        for (c, kind), v in scores.items():
-            check_finite(v, f"at step {k} scoring layer {c}" + ("" if kind == SKIP else " as a linear map"))
+        for t, v in scores.items():
+            check_finite(v, f"at step {k} scoring {_removing(t)}")
         return scores
 
 
@@ -377,14 +490,19 @@ def _part(calib: Calibration, teacher: Teacher, rows: slice) -> tuple[Calibratio
 
 
 def _best(ranking: dict[Trial, float], kinds: dict[str, Losses], n: int) -> list[Trial]:
-    """The ``n`` best-ranked trials of each kind (lowest loss, then lowest layer), kind by kind."""
+    """The ``n`` best-ranked trials of each kind (lowest loss, then lowest layer and
+    group), kind by kind."""
     best: list[Trial] = []
     for kind in kinds:
-        mine = [t for t in ranking if t[1] == kind]
-        best += sorted(mine, key=lambda t: (ranking[t], t[0]))[:n]
+        mine = [t for t in ranking if t.kind == kind]
+        best += sorted(mine, key=lambda t: (ranking[t], t.layer, t.group or 0))[:n]
     return best
 
 
-def _removing(layer: int, kind: str) -> str:
-    """``skipping layer 5`` / ``replacing layer 5 by a linear map``, for messages."""
-    return f"skipping layer {layer}" if kind == SKIP else f"replacing layer {layer} by a linear map"
+def _removing(trial: Trial) -> str:
+    """``skipping layer 5`` / ``replacing layer 5 by a linear map`` / ``removing KV group 1
+    of layer 5``, for messages."""
+    if trial.kind == GROUP:
+        return f"removing KV group {trial.group} of layer {trial.layer}"
+    what = "skipping layer {}" if trial.kind == SKIP else "replacing layer {} by a linear map"
+    return what.format(trial.layer)

@@ -18,7 +18,7 @@ held-out sequences are never used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,16 +85,19 @@ class Moments:
 def fit_maps(
     stack: Stack, scales: BranchScales, skip: list[int], maps: Mapping[int, torch.Tensor], layers: list[int],
     calib: Calibration, batch_size: int, where: str, on_batch: Callable[[], None] | None = None,
+    kv_groups: Mapping[int, Sequence[int]] | None = None,
 ) -> dict[int, Fit]:  # fmt: skip
     """The closed-form map of each of ``layers`` (kept layers), each added alone to the plan
-    ``skip`` / ``maps`` / ``scales``: one pass over the training data per :func:`groups`."""
+    ``skip`` / ``maps`` / ``kv_groups`` (KV groups kept) / ``scales``, fitted to its whole
+    original block: one pass over the training data per :func:`groups`."""
+    plan = (skip, maps, kv_groups or {})
     fits: dict[int, Fit] = {}
     fit_rows, val_rows = split_rows(calib.train_ids.shape[0])
     for group in groups(layers, stack.config.hidden_size):
-        moments = _moments(stack, scales, skip, maps, group, calib, fit_rows, batch_size, on_batch)
+        moments = _moments(stack, scales, plan, group, calib, fit_rows, batch_size, on_batch)
         held: dict[int, Moments] = {}
         if len(val_rows):
-            held = _moments(stack, scales, skip, maps, group, calib, val_rows, batch_size, on_batch)
+            held = _moments(stack, scales, plan, group, calib, val_rows, batch_size, on_batch)
         for c in group:
             ridge, error = _ridge(moments[c], held.get(c))
             m = moments[c].solve(ridge, held.get(c))
@@ -138,16 +141,18 @@ def _ridge(fit: Moments, held: Moments | None) -> tuple[float, float | None]:
 
 @torch.no_grad()
 def _moments(
-    stack: Stack, scales: BranchScales, skip: list[int], maps: Mapping[int, torch.Tensor], group: list[int],
+    stack: Stack, scales: BranchScales, plan: tuple[list[int], Mapping[int, torch.Tensor], Mapping[int, Sequence[int]]],
+    group: list[int],
     calib: Calibration, rows: torch.Tensor, batch_size: int, on_batch: Callable[[], None] | None,
 ) -> dict[int, Moments]:  # fmt: skip
-    """Normal equations of each layer of ``group`` over the training sequences ``rows``."""
+    """Normal equations of each layer of ``group`` over the training sequences ``rows``,
+    under ``plan`` (skips, maps, KV groups kept)."""
     hidden = stack.config.hidden_size
     sums = {c: Moments(hidden, module_device(stack.layers[c])) for c in group}
     last = max(group)
     for batch in batches(len(rows), batch_size, rows):
         inputs: dict[int, torch.Tensor] = {}
-        with scaled_model(stack.model, scales, skip, maps):  # the plan as it stands
+        with scaled_model(stack.model, scales, *plan):  # the plan as it stands
             h, at = stack.embed(calib.train_ids[batch])
             for i in range(last + 1):
                 if i in sums:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ REPLACEMENTS = ("skip", "linear", "auto")
 #: ``--replace auto`` compares the kinds on the last quarter of the training sequences
 #: (``linear.split_rows``), which is empty below this many
 AUTO_MIN_SAMPLES = 4
+#: what one greedy step removes: a whole attention block, one KV group (a KV head and its
+#: query heads), or whichever costs less loss per KV byte (``units.py``)
+UNITS = ("block", "group", "auto")
 
 #: The calibration budget on CPU when the user gives none. The dataclass defaults are the
 #: paper's scale, sized for a GPU; on two CPU cores they take hours even for a 135M model.
@@ -33,7 +37,7 @@ CPU_BUDGET = {"samples": 16, "heldout": 8, "seq_len": 128, "final_epochs": 4, "m
 SELECTION_OPTIONS = (
     "granularity", "objective", "shortlist", "protect", "data", "data_config", "data_split",
     "data_field", "samples", "heldout", "seq_len", "score_samples", "batch_size", "lr",
-    "epochs", "seed", "max_new_tokens", "dtype", "replace", "max_linear", "map_lr",
+    "epochs", "seed", "max_new_tokens", "dtype", "replace", "max_linear", "map_lr", "unit",
 )  # fmt: skip
 
 
@@ -41,7 +45,8 @@ SELECTION_OPTIONS = (
 class SearchOptions:
     """What ``hopscotch-export search`` does; defaults suit a GPU, scale them down on CPU."""
 
-    #: attention blocks to skip
+    #: attention blocks to remove; with ``unit`` group or auto, blocks' worth of KV cache
+    #: (N x KV heads groups); with ``kv_saving``, set from it by :meth:`for_model`
     skips: int
     #: one scale per branch (``layer``) or one per hidden unit of each branch (``channel``)
     granularity: str = "layer"
@@ -99,6 +104,11 @@ class SearchOptions:
     max_kl: float | None = None
     #: the most held-out perplexity rise, in percent, a ``--skips auto`` plan may have
     max_ppl_increase: float | None = None
+    #: what a greedy step removes (see UNITS)
+    unit: str = "block"
+    #: the budget as a fraction of the KV cache, instead of ``skips`` (which is then 0
+    #: until :meth:`for_model`): steps until the saving reaches it, none overshooting it
+    kv_saving: float | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -113,6 +123,14 @@ class SearchOptions:
             raise HopscotchError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.replace not in REPLACEMENTS:
             raise HopscotchError(f"--replace must be one of {', '.join(REPLACEMENTS)}, got {self.replace!r}")
+        if self.unit not in UNITS:
+            raise HopscotchError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.unit == "group" and self.replace != "skip":
+            raise HopscotchError(
+                f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
+                "use --unit auto (blocks and groups) or --unit block"
+            )
+        self._check_kv_saving()
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
@@ -126,8 +144,8 @@ class SearchOptions:
                 "--max-linear bounds linear maps, which --replace skip makes none of; add --replace auto"
             )
         self._check_curve()
-        positive = ("skips", "samples", "heldout", "seq_len", "batch_size", "epochs", "final_epochs",
-                    "max_new_tokens")  # fmt: skip
+        positive = ("samples", "heldout", "seq_len", "batch_size", "epochs", "final_epochs", "max_new_tokens")
+        positive = positive if self.kv_saving is not None else ("skips", *positive)
         for name in positive:
             if getattr(self, name) < 1:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -141,6 +159,17 @@ class SearchOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise HopscotchError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    def _check_kv_saving(self) -> None:
+        f = self.kv_saving
+        if f is None:
+            return
+        if not (math.isfinite(f) and 0 < f < 1):
+            raise HopscotchError(
+                f"--kv-saving is a fraction of the KV cache between 0 and 1 (0.25: a quarter), got {f}"
+            )
+        if self.curve or self.skips:
+            raise HopscotchError("--kv-saving and --skips are alternatives; give one of them")
 
     def _check_curve(self) -> None:
         limits = {"max_kl": self.max_kl, "max_ppl_increase": self.max_ppl_increase}
@@ -169,11 +198,24 @@ class SearchOptions:
         return self.final_epochs if self.linear_epochs is None else self.linear_epochs
 
     def for_model(self, n_layers: int) -> SearchOptions:
-        """With ``--skips auto``, the most blocks tried lowered to what the model offers."""
+        """With ``--skips auto``, the most blocks tried lowered to what the model offers;
+        with ``--kv-saving F``, ``skips`` the blocks' worth of KV it asks for (rounded up)."""
+        if self.kv_saving is not None:
+            derived = copy.copy(self)  # not dataclasses.replace: a given --skips is still refused
+            object.__setattr__(derived, "skips", max(1, math.ceil(self.kv_saving * n_layers - 1e-9)))
+            return derived
         if not self.curve:
             return self
         room = len([i for i in range(1, n_layers) if i not in self.protect]) - 1
         return dataclasses.replace(self, skips=max(1, min(self.skips, room)))
+
+    def kv_target(self, n_layers: int, n_kv: int) -> int:
+        """The KV groups the search frees (of ``n_layers x n_kv``), after :meth:`for_model`:
+        ``skips`` blocks' worth, or with ``--kv-saving`` the fewest groups that reach it
+        (a block search: the fewest blocks)."""
+        if self.kv_saving is None or self.unit == "block":
+            return self.skips * n_kv
+        return max(1, math.ceil(self.kv_saving * n_layers * n_kv - 1e-9))
 
     def candidates(self, n_layers: int) -> list[int]:
         """Layers whose attention may be skipped; raise if ``skips`` cannot be met."""
@@ -182,8 +224,11 @@ class SearchOptions:
             raise HopscotchError(f"--protect {bad} out of range: the model has layers 0..{n_layers - 1}")
         found = [i for i in range(1, n_layers) if i not in self.protect]
         if self.skips >= len(found):
+            asked = f"--skips {self.skips}"
+            if self.kv_saving is not None:
+                asked = f"--kv-saving {self.kv_saving:g} ({self.skips} blocks' worth)"
             raise HopscotchError(
-                f"--skips {self.skips} needs more candidates than the {len(found)} this model offers "
+                f"{asked} needs more candidates than the {len(found)} this model offers "
                 f"({n_layers} layers, layer 0 and {len(set(self.protect) - {0})} protected kept); "
                 "lower --skips or protect fewer layers"
             )

@@ -33,6 +33,7 @@ from .options import SearchOptions, device_name
 from .placement import plan_placement
 from .display import RichSteps, Silent, summary_tables
 from .savings import blocks
+from .units import BLOCK, curve_counts, kv_heads, replay
 from .train import mean_loss, train_scales
 
 TOOL = "hopscotch-export search"
@@ -129,7 +130,9 @@ def run_search(
         if options.curve:
             _write_curve(plan.provenance["curve"], curve_paths, console, force)
         linear = f", linear maps for layers {list(plan.linear)}" if plan.linear else ""
-        console.print(f"skip attention of layers {list(plan.skip)}{linear}; plan written to {out}")
+        cut = f", KV groups kept {dict(plan.kv_groups)}" if plan.kv_groups else ""
+        saving = f" ({plan.kv_saving():.1%} of the KV cache)" if options.unit != BLOCK else ""
+        console.print(f"skip attention of layers {list(plan.skip)}{linear}{cut}{saving}; plan written to {out}")
     return plan
 
 
@@ -254,8 +257,9 @@ def search_workspace(
     out: Path, progress: Progress,
 ) -> Plan:  # fmt: skip
     """Greedy steps (saving a partial plan after each), final training, held-out report;
-    with ``--skips auto``, a final training and held-out figures for every count (the
-    curve, in the plan's provenance) and the plan of the largest count within the limits."""
+    with ``--skips auto``, a final training and held-out figures for every count (with
+    KV-group units: every block's worth of KV) (the curve, in the plan's provenance) and
+    the plan of the largest count within the limits."""
     o = options
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
     base = original_loss(ws, o)
@@ -276,7 +280,9 @@ def search_workspace(
     if o.curve:
         state, final, maps, curve, measured = _trace_curve(ws, o, state, snapshots, resumed, progress)
     else:
-        final, maps = final_training(ws, o, state.skip, state.scales, progress, state.maps)
+        final, maps = final_training(
+            ws, o, state.skip, state.scales, progress, state.maps, groups=state.kv_groups
+        )
     ws.seconds["final"] = time.perf_counter() - t
     t = time.perf_counter()
     heldout = evaluate(ws, state, final, maps, o.batch_size, measured)
@@ -291,28 +297,32 @@ def _trace_curve(
     ws: Workspace, o: SearchOptions, state: SearchState, snapshots: dict[int, Snapshot], resumed: int,
     progress: Progress,
 ) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any], dict[str, dict[str, float]]]:
-    """A final training and held-out figures for every count of removed blocks; the state
+    """A final training and held-out figures for every count of removed blocks (with
+    KV-group units: for the first step state that frees each count's worth of KV); the state
     of the largest count within the limits with its trained scales and maps, the curve, and
     the held-out metrics already measured (the original model's and that count's plan's).
     Raises :class:`NoCountWithinLimits`, carrying the curve, if no count is within."""
     original = heldout_metrics(ws.stack, ws.calib, ws.teacher, o.batch_size)
     points: list[Point] = []
     best: tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, float]] | None = None
-    for k in range(1, len(state.steps) + 1):
-        steps = state.steps[:k]
-        scales, maps = snapshots[k].restore(state.scales, steps)
-        at_k = SearchState(scales, steps, maps)
-        final, trained = final_training(ws, o, at_k.skip, scales, progress, maps, label=f"final training {k}")
-        points.append(point(steps, plan_metrics(ws, at_k.skip, final, o.batch_size, trained), original,
-                            ws.stack.config, o))  # fmt: skip
+    for k, n in curve_counts(state.removed.freed, state.n_kv, o.skips):
+        steps = state.steps[:n]
+        scales, maps = snapshots[n].restore(state.scales, steps)
+        at_k = SearchState(scales, steps, maps, state.n_kv)
+        final, trained = final_training(
+            ws, o, at_k.skip, scales, progress, maps, label=f"final training {k}", groups=at_k.kv_groups
+        )
+        metrics = plan_metrics(ws, at_k.skip, final, o.batch_size, trained, at_k.kv_groups)
+        points.append(point(steps, metrics, original, ws.stack.config, o, k))
         if points[-1].within:
             best = at_k, final, trained, points[-1].metrics
     curve = curve_json(points, original, o, resumed)
     if best is None:
         first = points[0]
+        one = "1 block" if o.unit == BLOCK else "1 block's worth of KV"
         raise NoCountWithinLimits(
             curve,
-            f"no count of removed blocks stays within the limits: 1 block gives held-out KL {first.metrics['kl']:.4f} "
+            f"no count of removed blocks stays within the limits: {one} gives held-out KL {first.metrics['kl']:.4f} "
             f"and perplexity {first.ppl_increase_pct:+.1f}%; raise --max-kl / --max-ppl-increase",
         )
     at_k, final, trained, metrics = best
@@ -322,10 +332,12 @@ def _trace_curve(
 def final_training(
     ws: Workspace, o: SearchOptions, skip: list[int], scales: BranchScales, progress: Progress,
     maps: dict[int, torch.Tensor] | None = None, label: str = "final training",
+    groups: dict[int, tuple[int, ...]] | None = None,
 ) -> tuple[BranchScales, dict[int, torch.Tensor]]:  # fmt: skip
     """The longer training of every scale for the chosen blocks, with the linear layers'
     ``maps`` held as the steps left them; then, when there are maps, ``o.map_epochs`` of
-    the maps trained with the scales. ``scales`` and ``maps`` are left as they are.
+    the maps trained with the scales; partly cut layers keep their KV ``groups``.
+    ``scales`` and ``maps`` are left as they are.
 
     Two phases rather than one joint run: a plan without maps trains exactly as before,
     ``--linear-epochs 0`` gives the maps as the greedy steps fitted and trained them, and
@@ -337,13 +349,13 @@ def final_training(
     train_scales(
         ws.stack, final, skip, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=o.final_epochs,
         batch_size=o.batch_size, seed=o.seed * 1_000_003, where="in the final training", on_batch=progress.advance,
-        maps=maps,
+        maps=maps, kv_groups=groups,
     )  # fmt: skip
     if map_epochs:
         train_scales(
             ws.stack, final, skip, ws.calib, ws.teacher, o.objective, lr=o.final_lr, epochs=map_epochs,
             batch_size=o.batch_size, seed=o.seed * 1_000_003 - 1, where="in the final training of the linear maps",
-            on_batch=progress.advance, maps=maps, map_lr=o.map_lr,
+            on_batch=progress.advance, maps=maps, map_lr=o.map_lr, kv_groups=groups,
         )  # fmt: skip
     return final, maps
 
@@ -368,10 +380,11 @@ def evaluate(
     left them, scales = 1), and of the plan (final scales and maps); those in ``measured``
     (the quality curve's) are not measured again."""
     ones = BranchScales(*scales.attn.shape).to(scales.attn.device)  # (layers,) or (layers, hidden)
+    groups = state.kv_groups
     runs = {
         "original": lambda: heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size),
-        "no_scales": lambda: plan_metrics(ws, state.skip, ones, batch_size, state.maps),
-        "final": lambda: plan_metrics(ws, state.skip, scales, batch_size, maps),
+        "no_scales": lambda: plan_metrics(ws, state.skip, ones, batch_size, state.maps, groups),
+        "final": lambda: plan_metrics(ws, state.skip, scales, batch_size, maps, groups),
     }
     measured = measured or {}
     return {key: measured[key] if key in measured else run() for key, run in runs.items()}
@@ -379,10 +392,11 @@ def evaluate(
 
 def plan_metrics(
     ws: Workspace, skip: list[int], scales: BranchScales, batch_size: int,
-    maps: dict[int, torch.Tensor] | None = None,
+    maps: dict[int, torch.Tensor] | None = None, groups: dict[int, tuple[int, ...]] | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Held-out metrics of the model with ``skip`` skipped, ``maps`` in place and ``scales`` applied."""
-    with scaled_model(ws.stack.model, scales, skip, maps):
+    """Held-out metrics of the model with ``skip`` skipped, ``maps`` in place, partly cut
+    layers keeping their KV ``groups``, and ``scales`` applied."""
+    with scaled_model(ws.stack.model, scales, skip, maps, groups):
         return heldout_metrics(ws.stack, ws.calib, ws.teacher, batch_size)
 
 
@@ -401,6 +415,12 @@ def _plan(
         "candidates": candidates, "order": state.order, "steps": [s.to_json() for s in steps],
         "blocks": blocks(steps, ws.stack.config, base_loss),
     }  # fmt: skip
+    if options.unit != BLOCK:
+        method += "; single KV groups (a KV head and its query heads) are removed as units too"
+        n_kv = kv_heads(ws.stack.config)
+        target = options.kv_target(ref.n_layers, n_kv)
+        search |= {"unit": options.unit, "kv_target": {"groups": target, "of": ref.n_layers * n_kv,
+                   "fraction": target / (ref.n_layers * n_kv)}}  # fmt: skip
     provenance: dict[str, Any] = {
         "tool": TOOL,
         "method": method,
@@ -415,9 +435,13 @@ def _plan(
         provenance["heldout"] = heldout
     if curve is not None:
         provenance["curve"] = curve
-    linear = sorted(s.chosen for s in steps if s.kind == LINEAR)
+    removed = state.removed
+    linear = sorted(removed.linear)
     arrays = {i: maps[i].detach().cpu().numpy() for i in linear}
-    return Plan(ref, tuple(sorted(state.skip)), tuple(attn), tuple(mlp), provenance, complete, tuple(linear), arrays)
+    return Plan(
+        ref, tuple(sorted(removed.skip)), tuple(attn), tuple(mlp), provenance, complete, tuple(linear), arrays,
+        removed.kv_groups,
+    )  # fmt: skip
 
 
 def _resumable(resume: Path, ref: ModelRef, options: SearchOptions) -> Plan:
@@ -434,9 +458,13 @@ def _resumable(resume: Path, ref: ModelRef, options: SearchOptions) -> Plan:
         raise HopscotchError(
             f"--resume {resume}: options differ from the interrupted run ({'; '.join(diff)}); rerun with the same ones"
         )
-    done = len(prov["search"]["order"])
-    if done > options.skips:
-        raise HopscotchError(f"{resume} already skips {done} blocks, more than --skips {options.skips}")
+    n_kv = ref.n_kv_heads or 1
+    done = replay([Step.from_json(s) for s in prov["search"]["steps"]], n_kv).saved
+    target = options.kv_target(ref.n_layers, n_kv)
+    if done > target:
+        what = (f"{done // n_kv} blocks, more than --skips {options.skips}" if options.unit == BLOCK
+                else f"{done} KV groups, more than the budget's {target}")  # fmt: skip
+        raise HopscotchError(f"{resume} already removes {what}; give a larger budget or start a new search")
     return plan
 
 
@@ -449,9 +477,10 @@ def _recorded_data_file(prior: Plan, resume: Path | None) -> Path:
 
 
 def _initial_state(prior: Plan | None, ref: ModelRef, options: SearchOptions, stack: Stack) -> SearchState:
+    n_kv = kv_heads(stack.config)
     if prior is None:
         hidden = ref.hidden_size if options.granularity == "channel" else None
-        return SearchState(BranchScales(ref.n_layers, hidden).to(stack.device))
+        return SearchState(BranchScales(ref.n_layers, hidden).to(stack.device), n_kv=n_kv)
     steps = [Step.from_json(s) for s in prior.provenance["search"]["steps"]]
     maps = {i: m.to(module_device(stack.layers[i])) for i, m in plan_maps(prior).items()}
-    return SearchState(BranchScales.from_plan(prior).to(stack.device), steps, maps)
+    return SearchState(BranchScales.from_plan(prior).to(stack.device), steps, maps, n_kv)

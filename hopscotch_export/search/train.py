@@ -8,7 +8,7 @@ the linear layers' attention.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -36,11 +36,11 @@ def train_scales(
     stack: Stack, scales: BranchScales, skip: Iterable[int], calib: Calibration, teacher: Teacher,
     objective: str, *, lr: float, epochs: int, batch_size: int, seed: int, where: str,
     on_batch: Callable[[], None] | None = None, maps: Mapping[int, torch.Tensor] | None = None,
-    map_lr: float | None = None,
+    map_lr: float | None = None, kv_groups: Mapping[int, Sequence[int]] | None = None,
 ) -> None:  # fmt: skip
     """Adam on every branch scale, ``epochs`` passes over the training data in a seeded
     order, with the linear layers' ``maps`` in the model: trained in place at ``map_lr``,
-    or held as they are when it is None."""
+    or held as they are when it is None; partly cut layers keep only their ``kv_groups``."""
     trained = dict(maps or {}) if map_lr is not None else {}
     groups: list[dict[str, Any]] = [{"params": list(scales.parameters())}]
     if trained:
@@ -51,7 +51,7 @@ def train_scales(
     for m in trained.values():
         m.requires_grad_(True)
     try:
-        with torch.enable_grad(), scaled_model(stack.model, scales, skip, maps):
+        with torch.enable_grad(), scaled_model(stack.model, scales, skip, maps, kv_groups):
             for _ in range(epochs):
                 for rows in batches(n, batch_size, torch.randperm(n, generator=gen)):
                     logits = stack.forward_logits(calib.train_ids[rows])
@@ -74,10 +74,11 @@ def train_scales(
 def mean_loss(
     stack: Stack, scales: BranchScales, skip: Iterable[int], calib: Calibration, teacher: Teacher,
     objective: str, *, n_rows: int, batch_size: int, where: str, maps: Mapping[int, torch.Tensor] | None = None,
+    kv_groups: Mapping[int, Sequence[int]] | None = None,
 ) -> float:  # fmt: skip
     """The objective on the first ``n_rows`` training sequences."""
     total, count = 0.0, 0
-    with scaled_model(stack.model, scales, skip, maps):
+    with scaled_model(stack.model, scales, skip, maps, kv_groups):
         for rows in batches(n_rows, batch_size):
             logits = stack.forward_logits(calib.train_ids[rows])
             s, c = loss_sum(objective, logits, calib.train_ids[rows], calib.train_targets[rows], teacher, rows)

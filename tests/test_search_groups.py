@@ -1,0 +1,167 @@
+"""Single KV groups as the search's unit of removal (``--unit group|auto``) and the KV budget
+(``--kv-saving``), on test_search.py's tiny model: 5 layers of 2 KV groups (4 query heads),
+layer 3's attention output ~0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hopscotch_export.errors import HopscotchError
+from hopscotch_export.plan import Plan, load_plan
+from hopscotch_export.search import SearchInterrupted, SearchOptions, run_search
+from hopscotch_export.search.greedy import Step
+from hopscotch_export.search.units import replay
+from hopscotch_export.sources import open_source
+from models import make_planted_model
+from test_search import TINY, interrupted_at_second_step, quiet
+
+LAYERS, PLANTED, N_KV = 5, 3, 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_planted_model(tmp_path_factory.mktemp("groups") / "tiny", LAYERS, PLANTED)
+
+
+def search(model: Path, out: Path, **options: Any) -> Plan:
+    return run_search(open_source(model), SearchOptions(**{**TINY, **options}), out, console=quiet())
+
+
+@pytest.fixture(scope="module")
+def grouped(tiny: Path, text_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    """A group search for 30% of the KV cache: 3 of the 10 groups."""
+    out = tmp_path_factory.mktemp("grouped") / "plan.json"
+    search(tiny, out, skips=0, kv_saving=0.3, unit="group", data=str(text_file))
+    return load_plan(out)
+
+
+def test_group_search_writes_the_cuts_its_steps_made(grouped: Plan) -> None:
+    steps = [Step.from_json(s) for s in grouped.provenance["search"]["steps"]]
+    assert [s.kind for s in steps] == ["group"] * 3 and grouped.complete
+    removed = replay(steps, N_KV)
+    assert list(grouped.skip) == sorted(removed.skip) and dict(grouped.kv_groups) == removed.kv_groups
+    assert grouped.kv_saving() == pytest.approx(0.3) and grouped.model.n_kv_heads == N_KV
+    # the planted layer's two groups cost nothing: both go, and the layer is skipped, not cut
+    assert PLANTED in grouped.skip and PLANTED not in grouped.kv_groups
+    assert len(grouped.kv_groups) == 1 and all(len(kept) == 1 for kept in grouped.kv_groups.values())
+    first = grouped.provenance["search"]["steps"][0]["candidates"]
+    assert {(c["layer"], c["group"]) for c in first} == {(i, g) for i in range(1, LAYERS) for g in range(N_KV)}
+    assert sum(c["trained"] is not None for c in first) == 2  # one shortlist for the group kind
+    search = grouped.provenance["search"]
+    assert search["unit"] == "group" and search["kv_target"] == {"groups": 3, "of": 10, "fraction": 0.3}
+    # a group frees one KV head of 16 numbers (K and V, f16) and the projections of 2 query heads
+    assert [b["kv_bytes_per_token"] for b in search["blocks"]] == [64] * 3
+    assert [b["flops_per_token"] for b in search["blocks"]] == [2 * 64 * 16 * (2 * 2 + 2)] * 3
+
+
+def test_resume_of_a_group_search_gives_the_uninterrupted_plan(
+    grouped: Plan, tiny: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = dict(skips=0, kv_saving=0.3, unit="group", data=str(text_file))
+    out = tmp_path / "cut.json"
+    with interrupted_at_second_step(monkeypatch), pytest.raises(SearchInterrupted, match="after 1 step"):
+        search(tiny, out, **options)
+    partial = load_plan(out)
+    assert not partial.complete and partial.kv_groups  # one group gone: a partly cut layer
+    with pytest.raises(HopscotchError, match="options differ .*unit 'group' -> 'auto'"):
+        run_search(open_source(tiny), SearchOptions(**{**TINY, **options, "unit": "auto"}), out, resume=out)
+    resumed = run_search(open_source(tiny), SearchOptions(**{**TINY, **options}), out, resume=out, console=quiet())
+
+    def chosen(plan: Plan) -> list[tuple[int, str, int | None]]:
+        return [(s["chosen"], s["kind"], s.get("group")) for s in plan.provenance["search"]["steps"]]
+
+    assert chosen(resumed) == chosen(grouped)
+    assert resumed.skip == grouped.skip and resumed.kv_groups == grouped.kv_groups
+    assert resumed.attn == pytest.approx(grouped.attn, abs=1e-6)
+    assert resumed.mlp == pytest.approx(grouped.mlp, abs=1e-6)
+
+
+def test_auto_ranks_by_loss_added_per_kv_group_and_never_overshoots(
+    tiny: Path, text_file: Path, tmp_path: Path
+) -> None:
+    plan = search(tiny, tmp_path / "auto.json", skips=0, kv_saving=0.3, unit="auto", data=str(text_file))
+    steps = plan.provenance["search"]["steps"]
+    assert {c["kind"] for c in steps[0]["candidates"] if c["trained"] is not None} == {"skip", "group"}
+    assert steps[0]["before"] == pytest.approx(0.0, abs=1e-5)  # the original model's KL to itself
+    done: list[Step] = []
+    for s in steps:
+        removed = replay(done, N_KV)
+        if s is not steps[0]:
+            assert s["before"] == done[-1].loss  # loss added counts from the last step's loss
+        trained = [c for c in s["candidates"] if c["trained"] is not None]
+        freed = [1 if c["kind"] == "group" else removed.left(c["layer"]) for c in trained]
+        assert all(f <= 3 - removed.saved for f in freed)  # none frees more than the budget has left
+        per_group = [(c["trained"] - s["before"]) / f for c, f in zip(trained, freed)]
+        best = trained[per_group.index(min(per_group))]
+        assert (best["layer"], best["kind"], best.get("group")) == (s["chosen"], s["kind"], s.get("group"))
+        done.append(Step.from_json(s))
+    assert replay(done, N_KV).saved == 3 and plan.kv_saving() == pytest.approx(0.3)
+    # after a block (2 groups) only single groups fit the budget's third group
+    if steps[0]["kind"] == "skip":
+        assert {c["kind"] for c in steps[1]["candidates"]} == {"group"}
+
+
+def test_group_curve_has_a_point_at_every_block_of_kv(tiny: Path, text_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    plan = search(tiny, out, skips=2, curve=True, max_kl=1e9, unit="group", data=str(text_file))
+    curve = json.loads(out.with_name("plan.curve.json").read_text())
+    points = curve["points"]
+    assert curve["unit"] == "group" and [p["removed"] for p in points] == [1, 2]
+    assert [len(p["layers"]) for p in points] == [2, 4]  # one group a step: 2 steps a block's worth
+    assert [p["kv_saved"] for p in points] == pytest.approx([0.2, 0.4])
+    assert [p["kv_saved_pct"] for p in points] == pytest.approx([20.0, 40.0])
+    assert points[1]["layers"][:2] == points[0]["layers"] and points[1]["groups"][:2] == points[0]["groups"]
+    assert curve["chosen"] == 2 and plan.kv_saving() == pytest.approx(0.4)
+    assert {int(k): tuple(v) for k, v in points[1]["kv_groups"].items()} == dict(plan.kv_groups)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--skips", "2", "--kv-saving", "0.2"], "--kv-saving and --skips are alternatives; give one of them"),
+        (["--skips", "auto", "--kv-saving", "0.2", "--max-kl", "1"], "--kv-saving and --skips are alternatives"),
+        ([], "say how much to remove: --skips N (or auto), or --kv-saving F"),
+        (["--kv-saving", "1.5"], "--kv-saving is a fraction of the KV cache between 0 and 1"),
+        (["--skips", "1", "--unit", "head"], "--unit must be one of block, group, auto, got 'head'"),
+        (["--skips", "1", "--unit", "group", "--replace", "linear"], "use --unit auto (blocks and groups)"),
+    ],
+)
+@pytest.mark.parametrize("command", [["search"], []], ids=["search", "one-command"])
+def test_unit_and_kv_saving_errors_are_one_line(
+    monkeypatch, capsys, tiny: Path, tmp_path: Path, command: list[str], args: list[str], message: str
+) -> None:  # fmt: skip
+    from test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / ("p.json" if command else "m.gguf")
+    code, _, err = run_cli(monkeypatch, capsys, *command, str(tiny), "-o", str(out), *args)
+    assert_one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kv_saving_budgets() -> None:
+    """--kv-saving F: the fewest groups reaching F (blocks: the fewest blocks); --skips N with
+    KV-group units: N blocks' worth."""
+    o = SearchOptions(skips=0, kv_saving=0.133, unit="group").for_model(30)
+    assert o.kv_target(30, 3) == 12 and o.skips == 4  # SmolLM2: 12 of 90 groups, 13.3%
+    assert SearchOptions(skips=0, kv_saving=0.11).for_model(30).kv_target(30, 3) == 4 * 3
+    assert SearchOptions(skips=2, unit="auto").kv_target(30, 3) == 6
+    from hopscotch_export.export import export_command
+
+    assert {"unit", "kv_saving"} <= set(export_command.__signature__.parameters)  # type: ignore[attr-defined]
+
+
+def test_one_command_reuses_a_finished_plan_of_the_same_kv_budget(grouped: Plan, tiny: Path) -> None:
+    from hopscotch_export.export import _reusable_plan
+
+    path, source = Path(grouped.origin or ""), open_source(tiny)
+    same = SearchOptions(skips=0, kv_saving=0.3, unit="group")
+    assert _reusable_plan(path, source, same, force=False) == grouped
+    assert _reusable_plan(path, source, SearchOptions(skips=0, kv_saving=0.25, unit="group"), force=False) == grouped
+    for other, wanted in ((SearchOptions(skips=0, kv_saving=0.4, unit="group"), "not --kv-saving 0.4 with --unit group"),
+                          (SearchOptions(skips=0, kv_saving=0.3), "not --kv-saving 0.3; pass --force")):  # fmt: skip
+        with pytest.raises(HopscotchError, match=f"removes 30.0% of the KV cache, {wanted}"):
+            _reusable_plan(path, source, other, force=False)
