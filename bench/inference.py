@@ -1,5 +1,7 @@
-"""llama.cpp speed of SmolLM2 with 0, 4, 8 and 12 attention blocks skipped, and with 4 and
-8 attention blocks replaced by linear layers (`--linear`), in one run.
+"""llama.cpp speed of SmolLM2 with 0, 4, 8 and 12 attention blocks skipped, with 4 and 8
+attention blocks replaced by linear layers (`--linear`), and with as many KV groups removed
+as 4 and 8 blocks hold (`--groups`), each with every KV cache type of `--cache-types`, in
+one run.
 
 Every variant, the 0-skip baseline included, is written by the converter (a `deci` file).
 For each context length C all variants are loaded side by side (flash attention on) and
@@ -10,12 +12,18 @@ of this process (steadier on a shared machine), llama.cpp's KV cache at C, and t
 skip could reach: the share of work removed (compute for the prompt, compute and bytes
 read per token for generation; skipped blocks remove their q/k/v/o weights, their
 attention over the context and their K/V; a linear layer removes the same but for one
-`n_embd x n_embd` matrix, stored as the source's `attn_output`). The file's blocks are all
-the same size, so which blocks are removed does not matter for speed; they are spread
-evenly. A linear layer's map is random: its values do not change the speed.
+`n_embd x n_embd` matrix, stored as the source's `attn_output`; a removed KV group removes
+its share of a block: its KV head, its query heads and their rows and columns). The file's
+blocks are all the same size, so which blocks are removed does not matter for speed; they
+are spread evenly (groups: one a layer over evenly spread layers, more a layer when there
+are more groups than layers). A linear layer's map is random: its values do not change the
+speed. With a quantized cache (`--cache-types f16 q8_0`) the ratios are to 0 skips with the
+same cache type, so each row shows what removing attention adds on top of that cache.
 
     python bench/inference.py                 # about 20 minutes on one busy core
     python bench/inference.py --contexts 512 --skips 0 4 --linear --rounds 2   # a quick look
+    python bench/inference.py --contexts 8192 --skips 0 4 8 --linear 4 8 --groups 4 8 \
+        --cache-types f16 q8_0 --rounds 2      # the frontier's speed rows (docs/frontier.md)
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ from hopscotch_export.verify.runner import LlamaSession  # noqa: E402
 from hopscotch_export.verify.speed import measure_speed  # noqa: E402
 
 _ATTN = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")
-SKIP, LINEAR = "skip", "linear"
-#: a file to measure: what replaces the removed attention blocks, and how many there are
+SKIP, LINEAR, GROUP = "skip", "linear", "group"
+#: a file to measure: what replaces the removed attention, and how many blocks' worth
 Variant = tuple[str, int]
+#: KV-cache bytes of one cached number, by llama.cpp cache type (blocks of 32 numbers)
+CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class Costs:
     n_head: int
     head_dim: int
     kv_dim: int  # n_kv_head * head_dim
+    n_kv_head: int
 
     @classmethod
     def of(cls, path: Path) -> Costs:
@@ -94,6 +105,7 @@ class Costs:
             n_head=n_head,
             head_dim=head_dim,
             kv_dim=n_kv * head_dim,
+            n_kv_head=n_kv,
         )
 
     def attention_flops(self, span: float) -> float:
@@ -101,7 +113,8 @@ class Costs:
         return 4.0 * span * self.n_head * self.head_dim
 
     def removed_flops(self, kind: str, span: float) -> float:
-        """Compute one token's attention block gives up, over ``span`` keys, as ``kind``."""
+        """Compute one token's attention block gives up, over ``span`` keys, as ``kind`` (a
+        block's worth of KV groups gives up what one skipped block does)."""
         kept = self.map_elems if kind == LINEAR else 0
         return 2.0 * (self.attn_weight_elems - kept) + self.attention_flops(span)
 
@@ -112,12 +125,12 @@ class Costs:
         per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(span)
         return k * self.removed_flops(kind, span) / (self.n_layers * per_layer)
 
-    def gen_shares(self, variant: Variant, depth: float) -> tuple[float, float]:
+    def gen_shares(self, variant: Variant, depth: float, cache: str = "f16") -> tuple[float, float]:
         """(compute share, bytes-read share) removed per generated token at ``depth``."""
         kind, k = variant
         per_layer = 2.0 * self.layer_weight_elems + self.attention_flops(depth)
         compute = k * self.removed_flops(kind, depth) / (self.n_layers * per_layer + 2.0 * self.head_elems)
-        kv_read = 2 * 2 * depth * self.kv_dim  # K and V, f16
+        kv_read = 2 * CACHE_BYTES[cache] * depth * self.kv_dim  # K and V
         bytes_total = self.n_layers * (self.layer_weight_bytes + kv_read) + self.head_bytes
         kept = self.map_bytes if kind == LINEAR else 0
         bytes_removed = k * (self.attn_weight_bytes - kept + kv_read)
@@ -131,21 +144,42 @@ def spread(n_layers: int, k: int) -> tuple[int, ...]:
     return tuple(int(round(x)) for x in np.linspace(1, n_layers - 1, k + 2)[1:-1])
 
 
+def spread_groups(n_layers: int, n_kv: int, k: int) -> dict[int, tuple[int, ...]]:
+    """``k`` blocks' worth of KV groups removed: the groups each layer keeps, one group
+    removed a layer over evenly spread layers (more a layer once every layer but 0 has lost
+    one; a layer never loses its last group)."""
+    per_layer = -(-k * n_kv // (n_layers - 1))  # ceil
+    if per_layer >= n_kv:
+        raise SystemExit(f"--groups {k}: more groups than layers 1..{n_layers - 1} can give while keeping one each")
+    layers = spread(n_layers, k * n_kv // per_layer) if k * n_kv // per_layer < n_layers - 1 else tuple(range(1, n_layers))
+    cut = dict.fromkeys(layers, per_layer)
+    for i in range(1, n_layers):  # a remainder: one more group from the first layers that can give it
+        if sum(cut.values()) >= k * n_kv:
+            break
+        if cut.get(i, 0) < n_kv - 1:
+            cut[i] = cut.get(i, 0) + 1
+    return {i: tuple(range(n_kv - c)) for i, c in cut.items() if c}
+
+
 def plan_for(source: Any, n_layers: int, variant: Variant) -> Plan:
-    """The plan of one variant: ``k`` spread blocks skipped, or linear with random maps."""
+    """The plan of one variant: ``k`` spread blocks skipped, linear with random maps, or
+    ``k`` blocks' worth of KV groups removed."""
     kind, k = variant
     layers = spread(n_layers, k)
     ref = source.model_ref()
     if kind == SKIP:
         return Plan.identity(ref, skip=layers)
+    if kind == GROUP:
+        return Plan.identity(ref).with_fields(kv_groups=spread_groups(n_layers, ref.n_kv_heads, k))
     rng = np.random.default_rng(0)
     maps = {i: rng.normal(0, 0.02, (ref.hidden_size, ref.hidden_size)).astype(np.float32) for i in layers}
     return Plan.identity(ref).with_fields(linear=layers, maps=maps)
 
 
-def label(variant: Variant) -> str:
+def label(variant: Variant, cache: str = "f16") -> str:
     kind, k = variant
-    return "none" if k == 0 else f"{k} {kind}"
+    what = "none" if k == 0 else f"{k} blocks' KV groups" if kind == GROUP else f"{k} {kind}"
+    return what if cache == "f16" else f"{what}, {cache} cache"
 
 
 def main() -> None:
@@ -155,6 +189,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="base GGUF (default: SmolLM2-135M-Instruct Q4_1)")
     ap.add_argument("--skips", type=int, nargs="+", default=[0, 4, 8, 12])
     ap.add_argument("--linear", type=int, nargs="*", default=[4, 8], help="linear-layer counts (none: no such rows)")
+    ap.add_argument("--groups", type=int, nargs="*", default=[], help="KV groups removed, in blocks' worth")
+    ap.add_argument("--cache-types", nargs="+", default=["f16"], choices=list(CACHE_BYTES), help="KV cache types")
     ap.add_argument("--contexts", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--gen", type=int, default=32, help="generated tokens per run")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per context (default: 5 at 512, 2 at 4096)")
@@ -170,6 +206,7 @@ def main() -> None:
     tokens: list[int] = []
     rows = []
     variants: list[Variant] = [(SKIP, k) for k in args.skips] + [(LINEAR, k) for k in args.linear if k]
+    variants += [(GROUP, k) for k in args.groups if k]
     with tempfile.TemporaryDirectory(prefix="hopscotch-bench-") as tmp:
         paths = {}
         for v in variants:  # 0 too: the baseline is a converted `deci` file like the others
@@ -177,8 +214,14 @@ def main() -> None:
             convert(source, plan_for(source, costs.n_layers, v), paths[v], outtype="source", console=console)
         for ctx in args.contexts:
             rounds = args.rounds or max(2, min(5, 8192 // ctx))
-            sessions = [LlamaSession(paths[v], n_ctx=ctx, n_threads=args.threads) for v in variants]
+            # one loaded model per file; a context of its own for each cache type
+            runs = [(v, c) for v in variants for c in args.cache_types]
+            sessions: list[LlamaSession] = []
             try:
+                for v, c in runs:
+                    first = next((s for s, (v2, _) in zip(sessions, runs) if v2 == v), None)
+                    sessions.append(LlamaSession(paths[v], n_ctx=ctx, n_threads=args.threads, cache_type=c,
+                                                 share=first))  # fmt: skip
                 if not tokens:
                     tokens = sessions[0].tokenize(load_text(None).text)
                 with _progress(console) as progress:
@@ -189,17 +232,19 @@ def main() -> None:
                     )
                 kv = [s.kv_cache.bytes for s in sessions]
             finally:
-                for s in sessions:
+                for s in reversed(sessions):  # contexts that share a model before its owner
                     s.close()
-            i0 = variants.index((SKIP, 0))
-            base_speed, base_kv = speeds[i0], kv[i0]
-            for v, sp, kv_bytes in zip(variants, speeds, kv):
-                gen_compute, gen_bytes = costs.gen_shares(v, ctx - args.gen / 2)
+            for (v, cache), sp, kv_bytes in zip(runs, speeds, kv):
+                i0 = runs.index(((SKIP, 0), cache))  # the original with the same cache type
+                base_speed, base_kv = speeds[i0], kv[i0]
+                gen_compute, gen_bytes = costs.gen_shares(v, ctx - args.gen / 2, cache)
                 rows.append(
                     {
                         "kind": v[0],
                         "removed": v[1],
-                        "layers": list(spread(costs.n_layers, v[1])),
+                        "cache_type": cache,
+                        "layers": list(spread(costs.n_layers, v[1])) if v[0] != GROUP else
+                        {str(i): list(g) for i, g in spread_groups(costs.n_layers, costs.n_kv_head, v[1]).items()},
                         "ctx": ctx,
                         "rounds": rounds,
                         "prompt_tokens": ctx - args.gen,
@@ -213,6 +258,8 @@ def main() -> None:
                         "runs": [r._asdict() for r in sp.runs],
                         "kv_bytes": kv_bytes,
                         "kv_ratio": kv_bytes / base_kv,
+                        # to the original with the first cache type: what removal and a quantized cache add up to
+                        "kv_ratio_to_original": kv_bytes / kv[runs.index(((SKIP, 0), args.cache_types[0]))],
                         "prompt_compute_removed": costs.prompt_share(v, ctx - args.gen),
                         "gen_compute_removed": gen_compute,
                         "gen_bytes_removed": gen_bytes,
@@ -227,17 +274,17 @@ def markdown(rows: list[dict]) -> str:
     """The table for docs/inference-benchmark.md: ratios to 0 skips, wall clock and CPU time."""
     head = (
         "| ctx | attention removed | prompt tok/s | prompt x wall | prompt x CPU | limit x | gen tok/s "
-        "| gen x wall | gen x CPU | limit x compute / bytes | KV cache MiB | KV x |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| gen x wall | gen x CPU | limit x compute / bytes | KV cache MiB | KV x | KV x original |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['ctx']} | {label((r['kind'], r['removed']))} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
+            f"| {r['ctx']} | {label((r['kind'], r['removed']), r.get('cache_type', 'f16'))} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
             f"| {r['prompt_cpu_ratio']:.3f} | {1 / (1 - r['prompt_compute_removed']):.3f} "
             f"| {r['gen_tps']:.1f} | {r['gen_ratio']:.3f} | {r['gen_cpu_ratio']:.3f} "
             f"| {1 / (1 - r['gen_compute_removed']):.3f} / {1 / (1 - r['gen_bytes_removed']):.3f} "
-            f"| {r['kv_bytes'] / 2**20:.2f} | {r['kv_ratio']:.3f} |"
+            f"| {r['kv_bytes'] / 2**20:.2f} | {r['kv_ratio']:.3f} | {r.get('kv_ratio_to_original', r['kv_ratio']):.3f} |"
         )
     return "\n".join(lines)
 
