@@ -49,6 +49,9 @@ HALF_Q6 = {1: Q.Q6_K, 4: Q.Q6_K, 7: Q.Q6_K}  # use_more_bits' layers of 8
         # Qwen2.5-0.5B's Q4_K_M: rows of 896 are no whole K blocks, Q4_K fell back to Q5_0
         (mix(base=Q.Q5_0, ffn_down={i: Q.Q6_K if i in HALF_Q6 else Q.Q4_K for i in range(8)}), "MOSTLY_Q4_K_M"),
         (mix(base=Q.Q8_0), "MOSTLY_Q8_0"),
+        # i-quant mixes raise attn_v / ffn_down to K types; they are still named by their base
+        (mix(base=Q.IQ4_XS, attn_v=Q.Q5_K), "MOSTLY_IQ4_XS"),
+        (mix(base=Q.IQ3_XXS, attn_v=Q.Q4_K, ffn_down=Q.Q4_K), "MOSTLY_IQ3_XXS"),
         (mix(base=Q.F32, output=Q.F32), "ALL_F32"),
         (mix(base=Q.Q8_1), "GUESSED"),  # no file type is mostly Q8_1
     ],

@@ -147,6 +147,8 @@ _K_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
 _PLAIN = frozenset({"attn_q", "attn_k", "ffn_gate", "ffn_up"})
 #: tensors the mixes raise (Q4_K_M: half of attn_v and ffn_down to Q6_K; Q3_K_M/L: attn_output)
 _RAISED = frozenset({"attn_v", "ffn_down", "attn_output"})
+#: what llama.cpp's quantizer gives a K-quant tensor whose rows are not whole 256 blocks
+_K_FALLBACKS = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0})
 
 
 def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
@@ -163,9 +165,12 @@ def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
 
     plain = Counter(t for t in of(_PLAIN) if t in _K_TYPES)
     raised = [t for t in of(_RAISED) if t in _K_TYPES]
+    # i-quant files also carry K types on the raised tensors; only a fallback type means
+    # the plain tensors were asked to be K-quants
+    fell_back = bool(of(_PLAIN)) and all(t in _K_FALLBACKS for t in of(_PLAIN))
     if plain:
         base = max(plain, key=plain.__getitem__)
-    elif raised:  # the plain tensors fell back: their rows are not whole K blocks
+    elif raised and fell_back:  # the plain tensors fell back: their rows are not whole K blocks
         base = min(raised, key=_bits)
     else:
         counts = Counter(t for t in tensors.values() if t != Q.F32)  # 1-D tensors are F32 in every file
