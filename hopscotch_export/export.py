@@ -29,7 +29,7 @@ from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environ
 from .search import distributed
 from .search.command import parse_layers, parse_shortlist, parse_skips, search_command
 from .search.options import SearchOptions
-from .sources import ModelSource, open_source
+from .sources import GgufFileSource, ModelSource, open_source
 from .verify.alternatives import check_cache_type
 from .verify.command import EXIT_LIMIT, verify_command
 from .verify.run import VerifyOptions
@@ -85,6 +85,7 @@ def export(
 
     ``dry_run`` prints what each stage will need and where it will run, and stops."""
     from .converters import convert
+    from .converters.vocab import check_hf_tokenizer
     from .search.run import run_search
     from .verify.run import run_verify
 
@@ -97,6 +98,8 @@ def export(
     if out.gguf.suffix.lower() != ".gguf":
         raise HopscotchError(f"-o {output} should end in .gguf (the plan, report and Modelfile go beside it)")
     source = open_source(model)
+    if not isinstance(source, GgufFileSource):  # a GGUF source brings its vocabulary as it is
+        check_hf_tokenizer(source.path, source.spec.vocab_size)  # before hours of search
     if verify is not None:
         check_reference_outtype(source, verify.reference_outtype)  # before hours of search
         check_cache_type(verify.cache_type)

@@ -158,3 +158,17 @@ def test_a_gguf_with_rope_torch_cannot_reproduce_is_refused_before_the_search(ke
     code, _, err = run_cli(monkeypatch, capsys, str(gguf), "--skips", "1", "-o", str(out), *_TINY_BUDGET)
     assert_one_line_error(code, err, why)
     assert "search" not in err and not any(tmp_path.glob("o.*"))
+
+
+def test_a_tokenizer_the_converter_refuses_is_refused_before_the_search(tmp_path, monkeypatch, capsys):
+    """The converter's tokenizer refusals come before the one command's search, not after it."""
+    folder = make_tiny_model(tmp_path / "m", layers=3, hidden=32, intermediate=64)
+    for name in ("tokenizer.model", "vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    (folder / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": None, "pre_tokenizer": None})
+    )
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, str(folder), "--skips", "1", "-o", str(out), *_TINY_BUDGET)
+    assert_one_line_error(code, err, "is a WordPiece tokenizer; only BPE")
+    assert "search" not in err and not any(tmp_path.glob("o.*"))

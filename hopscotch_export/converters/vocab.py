@@ -117,6 +117,12 @@ _PROBE_TEXTS = (
 )
 
 
+def check_hf_tokenizer(model_dir: Path, vocab_size: int) -> None:
+    """Raise the :class:`TokenizerError` that converting this tokenizer would raise, into a
+    writer that is never written: the one command refuses before its search, not after."""
+    add_hf_tokenizer(gguf.GGUFWriter(None, "deci"), model_dir, vocab_size)
+
+
 def add_hf_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
     """Write tokenizer.ggml.* keys (model, pre, tokens, token types, scores where relevant, merges,
     special token ids, add_bos/add_eos, chat template) for the HF tokenizer in model_dir.
