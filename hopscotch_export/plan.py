@@ -385,13 +385,15 @@ def _read_bounded(path: Path, bound: int, source: str) -> bytes:
         ) from None
     except OSError as e:  # no permission, a loop of links
         raise PlanError(f"{source}: cannot read its linear maps file {path} ({e.strerror}); rerun search") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PlanError(
-                f"{source}: its linear maps file {path} is not a regular file; "
-                "use the maps file saved with this plan or rerun search"
-            )
-        data = f.read(bound + 1)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder itself
+        os.close(fd)
+        raise PlanError(
+            f"{source}: its linear maps file {path} is not a regular file; "
+            "use the maps file saved with this plan or rerun search"
+        )
+    with os.fdopen(fd, "rb") as f:  # read() allocates what it is asked for: ask no more than is there
+        data = f.read(min(bound, info.st_size) + 1)
     if len(data) > bound:
         raise PlanError(
             f"{source}: its linear maps file {path} is larger than the {bound} bytes that maps of this plan's "
