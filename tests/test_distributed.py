@@ -108,18 +108,28 @@ def test_a_killed_process_ends_the_run_with_a_plan_that_resumes(
     assert_same_plan(finished(search(tiny_llama, out, "--resume", str(out)), out), reference)  # in one process
 
 
+def one_and_two_processes(
+    model: Path, tmp_path: Path, *extra: str
+) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+    """The same search in one process and in two, which must find the same plan: their plan
+    files, the two-process plan and the one-process reference."""
+    one, two = tmp_path / "one" / "plan.json", tmp_path / "two" / "plan.json"
+    for out in (one, two):
+        out.parent.mkdir()
+    reference = finished(search(model, one, *extra), one)
+    plan = finished(search(model, two, *extra, processes=2), two)
+    assert_same_plan(plan, reference)
+    return one, two, plan, reference
+
+
 def test_two_processes_find_the_single_process_linear_plan(tiny_llama: Path, tmp_path: Path) -> None:
     """Each process fits, scores and trains its share of the linear maps; the winner's maps
     reach every process with its scales."""
     from hopscotch_export.plan import load_plan
 
-    extra = ("--skips", "2", "--replace", "linear", "--linear-epochs", "1")
-    one, two = tmp_path / "one" / "plan.json", tmp_path / "two" / "plan.json"
-    for out in (one, two):
-        out.parent.mkdir()
-    reference = finished(search(tiny_llama, one, *extra), one)
-    plan = finished(search(tiny_llama, two, *extra, processes=2), two)
-    assert_same_plan(plan, reference)
+    one, two, plan, reference = one_and_two_processes(
+        tiny_llama, tmp_path, "--skips", "2", "--replace", "linear", "--linear-epochs", "1"
+    )
     assert plan["linear"]["layers"] == reference["linear"]["layers"] and len(plan["linear"]["layers"]) == 2
     maps, reference_maps = load_plan(two).maps, load_plan(one).maps
     for i in reference_maps:
@@ -129,13 +139,7 @@ def test_two_processes_find_the_single_process_linear_plan(tiny_llama: Path, tmp
 def test_two_processes_find_the_single_process_auto_unit_plan(tiny_llama: Path, tmp_path: Path) -> None:
     """Blocks and KV groups shared out as trials: every process ranks them alike and ends
     with the same cuts."""
-    extra = ("--skips", "1", "--unit", "auto")
-    one, two = tmp_path / "one" / "plan.json", tmp_path / "two" / "plan.json"
-    for out in (one, two):
-        out.parent.mkdir()
-    reference = finished(search(tiny_llama, one, *extra), one)
-    plan = finished(search(tiny_llama, two, *extra, processes=2), two)
-    assert_same_plan(plan, reference)
+    _, _, plan, reference = one_and_two_processes(tiny_llama, tmp_path, "--skips", "1", "--unit", "auto")
     assert plan["kv_groups"] == reference["kv_groups"]
     kinds = [(s["kind"], s.get("group")) for s in plan["provenance"]["search"]["steps"]]
     assert kinds == [(s["kind"], s.get("group")) for s in reference["provenance"]["search"]["steps"]]
