@@ -148,7 +148,7 @@ def test_the_one_command_on_a_tiny_qwen3_folder(tiny_qwen3, tmp_path, text_file,
     report = json.loads((tmp_path / "m.verify.json").read_text())
     gate = report["limits"][0]
     assert report["passed"] is True and gate["name"].startswith("parity with torch") and gate["passed"]
-    assert f'TEMPLATE """{CHATML}"""' in (tmp_path / "Modelfile").read_text()  # SmolLM2's tokenizer: ChatML
+    assert f'TEMPLATE """{CHATML}"""' in (tmp_path / "m.Modelfile").read_text()  # SmolLM2's tokenizer: ChatML
 
 
 def test_qwen3s_chat_template_gets_chatml_in_the_modelfile():
