@@ -106,12 +106,13 @@ def make_tiny_model(
     return out
 
 
-def make_planted_model(out: Path, layers: int, planted: int) -> Path:
-    """A random Llama with peaked outputs (random init is near uniform: nothing to diverge
-    from) whose attention block ``planted`` is redundant (output projection ~0)."""
+def make_planted_model(out: Path, layers: int, planted: int, family: str = "llama", **config: Any) -> Path:
+    """A random Llama (or ``family``, with ``config`` for :func:`make_tiny_model`) with peaked
+    outputs (random init is near uniform: nothing to diverge from) whose attention block
+    ``planted`` is redundant (output projection ~0)."""
     from transformers import AutoModelForCausalLM
 
-    path = make_tiny_model(out, layers=layers)
+    path = make_tiny_model(out, family, layers=layers, **config)
     model = AutoModelForCausalLM.from_pretrained(path)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -19,7 +19,7 @@ from hopscotch_export.inspect import gguf_summary, gguf_tensor_types
 from hopscotch_export.ollama import CHATML, modelfile
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
-from models import llama_gguf, make_tiny_model
+from models import llama_gguf, make_planted_model, make_tiny_model
 from test_cli import assert_one_line_error, run_cli
 from test_linear_layers import check_parity, linear_plan
 
@@ -123,6 +123,14 @@ def test_a_search_that_would_remove_blocks_is_refused_in_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_skips_auto_lowers_its_most_blocks_to_the_groups_that_may_go():
+    from hopscotch_export.families.qwen3 import Qwen3
+    from hopscotch_export.search import SearchOptions
+
+    options = SearchOptions(skips=8, curve=True, max_kl=1.0, unit="group").for_model(6).for_family(Qwen3, 6, 2)
+    assert options.skips == 2 and options.keep_last_group  # 5 layers x 1 group: 2 blocks' worth of 2
+
+
 def test_a_plan_that_skips_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_path):
     plan = linear_plan(open_source(tiny_qwen3), skip=(2,), linear=())
     with pytest.raises(PlanError, match=r"removes the whole attention block of layers \[2\]; .*--unit group"):
@@ -130,18 +138,20 @@ def test_a_plan_that_skips_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_p
     assert not (tmp_path / "m.gguf").exists()
 
 
-def test_the_one_command_on_a_tiny_qwen3_folder(tiny_qwen3, tmp_path, text_file, monkeypatch, capsys):
-    """Search one block's worth of KV groups (one from each of two layers), convert, verify."""
+def test_the_one_command_on_a_tiny_qwen3_folder(tmp_path, text_file, monkeypatch, capsys):
+    """Search one block's worth of KV groups, convert, verify. Layer 3's attention does
+    nothing, so both its groups would go first; its last stays, and another layer gives one."""
+    model = make_planted_model(tmp_path / "hf", 6, 3, "qwen3", tied=True, head_dim=16)
     out = tmp_path / "m.gguf"
     code, _, err = run_cli(
-        monkeypatch, capsys, str(tiny_qwen3), "--skips", "1", "--unit", "group", "-o", str(out), "--data",
+        monkeypatch, capsys, str(model), "--skips", "1", "--unit", "group", "-o", str(out), "--data",
         str(text_file), "--samples", "4", "--heldout", "2", "--seq-len", "32", "--score-samples", "2",
         "--batch-size", "2", "--final-epochs", "1", "--device", "cpu", "--ctx", "64", "--chunks", "1", "--no-speed",
         "--threads", "1", "--parity-windows", "1",
     )  # fmt: skip
     assert code == 0, err
     plan = json.loads((tmp_path / "m.plan.json").read_text())
-    assert plan["skip"] == [] and len(plan["kv_groups"]) == 2  # n_kv = 2: each cut layer keeps one group
+    assert plan["skip"] == [] and len(plan["kv_groups"]) == 2 and "3" in plan["kv_groups"]  # each keeps one group
     fields = gguf.GGUFReader(out).fields
     assert fields["general.architecture"].contents() == "openelm"
     assert sorted(fields["openelm.attention.head_count_kv"].contents()) == [1, 1, 2, 2, 2, 2]

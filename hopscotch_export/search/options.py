@@ -218,23 +218,28 @@ class SearchOptions:
         """These options for a model of ``family``, after :meth:`for_model`. A family that
         cannot lose whole blocks (Qwen3) removes single KV groups only, every layer keeping
         one: ``--unit block|auto`` and ``--replace linear|auto`` are refused, not
-        reinterpreted, and so is a budget beyond the groups that may go."""
+        reinterpreted, and so is a budget beyond the groups that may go (``--skips auto``
+        lowers its most blocks' worth to fit them)."""
         if family.removes_blocks:
             return self
-        asked = [f"--unit {self.unit}"] * (self.unit != "group") + [f"--replace {self.replace}"] * (self.replace != "skip")
+        asked = [f"--unit {self.unit}"] * (self.unit != "group")
+        asked += [f"--replace {self.replace}"] * (self.replace != "skip")
         if asked:
             raise HopscotchError(
                 f"{' and '.join(asked)} {'remove' if len(asked) > 1 else 'removes'} whole attention blocks, but "
                 f"{NO_BLOCKS}; pass --unit group{' without --replace' if self.replace != 'skip' else ''}"
             )
         room = len(self.candidates(n_layers)) * (n_kv - 1)
-        target = self.kv_target(n_layers, n_kv)
+        options = self
+        if self.curve:  # the most blocks' worth tried, lowered to what may go
+            options = dataclasses.replace(self, skips=max(1, min(self.skips, room // n_kv)))
+        target = options.kv_target(n_layers, n_kv)
         if target > room:
             raise HopscotchError(
                 f"the budget is {target} KV groups, but with every layer keeping one (layer 0 and protected layers "
                 f"all theirs), at most {room} of the {n_layers * n_kv} can go; lower --skips or --kv-saving"
             )
-        return dataclasses.replace(self, keep_last_group=True)
+        return dataclasses.replace(options, keep_last_group=True)
 
     def kv_target(self, n_layers: int, n_kv: int) -> int:
         """The KV groups the search frees (of ``n_layers x n_kv``), after :meth:`for_model`:
