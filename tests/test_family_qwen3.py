@@ -19,7 +19,7 @@ from hopscotch_export.inspect import gguf_summary, gguf_tensor_types
 from hopscotch_export.ollama import CHATML, modelfile
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
-from models import llama_gguf, make_planted_model, make_tiny_model
+from models import llama_gguf, make_planted_model, make_tiny_model, small_gguf
 from test_cli import assert_one_line_error, run_cli
 from test_linear_layers import check_parity, linear_plan
 
@@ -93,10 +93,22 @@ def test_a_k_quant_mix_fuses_into_the_most_precise_part_type(qwen3_q4_k_m, tmp_p
     assert "blk.1.attn_qkv.weight" not in summary.requantized  # one type: the rows are copied
 
 
-def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    folder = make_tiny_model(tmp_path / "untied", "qwen3", layers=2, hidden=32, intermediate=64, head_dim=8)
+def _untied_qwen3_gguf(path: Path) -> Path:
+    """The header of a ``qwen3`` GGUF with its own ``output.weight``, as Qwen3-8B's files have."""
+    shapes = {"token_embd.weight": (4, 8), "blk.0.attn_q.weight": (8, 8), "output_norm.weight": (8,),
+              "output.weight": (4, 8)}  # fmt: skip
+    return small_gguf(path, "qwen3", shapes, block_count=1, context_length=64, embedding_length=8,
+                      feed_forward_length=16, head_count=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys, kind):
+    if kind == "folder":
+        model = make_tiny_model(tmp_path / "untied", "qwen3", layers=2, hidden=32, intermediate=64, head_dim=8)
+    else:
+        model = _untied_qwen3_gguf(tmp_path / "untied.gguf")
     out = tmp_path / "m.gguf"
-    code, _, err = run_cli(monkeypatch, capsys, str(folder), "--skips", "1", "--unit", "group", "-o", str(out))
+    code, _, err = run_cli(monkeypatch, capsys, str(model), "--skips", "1", "--unit", "group", "-o", str(out))
     assert_one_line_error(code, err, "untied embeddings", "openelm, whose head is always the token embedding")
     assert not any(tmp_path.glob("m.*"))
 
