@@ -1,4 +1,4 @@
-"""Source + plan -> a ``deci`` GGUF that llama.cpp and Ollama load.
+"""Source + plan -> a ``deci`` GGUF (``openelm`` for Qwen3) that llama.cpp and Ollama load.
 
 Streaming: tensor infos are computed from shapes alone, the header is written, then each
 tensor is loaded, transformed, encoded and written before the next one is touched. The
@@ -24,7 +24,7 @@ from ..plan import Plan
 from ..progress import progress_bars
 from ..resources import check, one_line
 from ..sources import GgufFileSource, ModelSource
-from .metadata import ARCH, copy_gguf_metadata, write_general, write_hparams, write_provenance
+from .metadata import copy_gguf_metadata, write_general, write_hparams, write_provenance
 from .needs import convert_needs, extra_tensors
 from .outtypes import OutputChoice, file_type, resolve_outtype
 from .quantize import llama_quantize
@@ -93,6 +93,7 @@ def convert(
     check_work_dir(work_dir)
     if plan is not None:
         plan.check_model(source.model_ref(), accept_foreign=accept_foreign_plan)
+        source.spec.family.check_plan(plan, plan.origin or "the plan")
         if not plan.complete and not allow_incomplete:
             raise _incomplete(plan, source)
     choice = choose_outtype(source, outtype)
@@ -155,7 +156,7 @@ def _write(
     re-encoded after a KV-group cut (name -> ``source type -> written type``)."""
     tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
-    writer = GGUFWriter(path, ARCH)
+    writer = GGUFWriter(path, source.spec.family.gguf_out)
     write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else (),
                   plan.kv_groups if plan else None)  # fmt: skip
     write_provenance(writer, plan, source)

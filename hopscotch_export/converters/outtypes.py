@@ -171,7 +171,7 @@ def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
     if plain:
         base = max(plain, key=plain.__getitem__)
     elif raised and fell_back:  # the plain tensors fell back: their rows are not whole K blocks
-        base = min(raised, key=_bits)
+        base = min(raised, key=bits_per_weight)
     else:
         counts = Counter(t for t in tensors.values() if t != Q.F32)  # 1-D tensors are F32 in every file
         base = max(counts, key=counts.__getitem__, default=Q.F32)
@@ -193,7 +193,7 @@ def _kind(name: str) -> str:
     return parts[2] if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" else ""
 
 
-def _bits(qtype: GGMLQuantizationType) -> float:
+def bits_per_weight(qtype: GGMLQuantizationType) -> float:
     block, size = GGML_QUANT_SIZES[qtype]
     return 8 * size / block
 

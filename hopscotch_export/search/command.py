@@ -85,7 +85,7 @@ def search_command(
     unit: str = typer.Option(
         D.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
         "head and its query heads; a layer losing its last is skipped) or auto (either, by loss added per KV byte "
-        "saved)"
+        "saved); Qwen3 takes group only, and every layer keeps one"
     ),
     kv_saving: Optional[float] = typer.Option(
         None, "--kv-saving", help="instead of --skips: the fraction of the KV cache to remove (0.25: a quarter); "
