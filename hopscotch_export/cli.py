@@ -49,7 +49,9 @@ def _root(
 
 @app.command("convert")
 def convert_command(
-    model: str = typer.Argument(..., help="Hugging Face folder, hub id, or GGUF file (llama, qwen2, phi3)."),
+    model: str = typer.Argument(
+        ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3) or hub GGUF (org/repo:Q4_K_M)."
+    ),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `search`; none = no skips."),
     output: Path = typer.Option(..., "-o", "--output", help="The GGUF to write."),
     outtype: str = typer.Option(
@@ -68,6 +70,7 @@ def convert_command(
         "(default: beside the output)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory and disk estimate, then exit."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub MODEL."),
     allow_incomplete: bool = typer.Option(
         False, "--allow-incomplete", help="Convert the partial plan of an interrupted search as it is."
     ),
@@ -77,7 +80,7 @@ def convert_command(
     from .plan import load_plan
     from .sources import open_source
 
-    source = open_source(model)
+    source = open_source(model, revision)
     loaded = load_plan(plan) if plan else None
     if dry_run:
         from .converters.convert import choose_outtype

@@ -109,6 +109,8 @@ class SearchOptions:
     #: the budget as a fraction of the KV cache, instead of ``skips`` (which is then 0
     #: until :meth:`for_model`): steps until the saving reaches it, none overshooting it
     kv_saving: float | None = None
+    #: torch's CPU threads (``torch.set_num_threads``); None leaves torch's default
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -131,6 +133,8 @@ class SearchOptions:
                 "use --unit auto (blocks and groups) or --unit block"
             )
         self._check_kv_saving()
+        if self.threads is not None and self.threads < 1:
+            raise HopscotchError(f"--threads must be at least 1, got {self.threads}")
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")

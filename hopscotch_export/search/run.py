@@ -195,6 +195,8 @@ def prepare(
         console.print(f"[yellow]note:[/] {source.spec.notice}", highlight=False)
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     with console.status("loading the model"):
         model = source.load_torch(placement.torch_dtype, device_map=placement.device_map, max_memory=placement.max_memory)
