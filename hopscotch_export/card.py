@@ -121,7 +121,7 @@ def model_card(
         t = report.text
         lines += [
             markdown_table(report.table()), "",
-            f"Reference: `{report.reference_spec}`. Held-out text: {t.source}; {t.scored_tokens} tokens scored in "
+            f"Reference: `{hub or report.reference_spec}`, unmodified. Held-out text: {t.source}; {t.scored_tokens} tokens scored in "
             f"{t.windows} windows of {t.ctx}.", "",
         ]  # fmt: skip
     else:
@@ -137,7 +137,7 @@ def run_instructions(gguf: Path, modelfile: Path, cache_type: str, name: str) ->
     here = Path(gguf.name)
     return [
         "## How to run it", "",
-        f"The KV cache saving needs flash attention on: {WHY_FLASH_ATTENTION}.", "",
+        f"Turn flash attention on ({WHY_FLASH_ATTENTION}).", "",
         "llama.cpp:", "", "```bash", llama_cpp_command(here, cache_type), "```", "",
         "LM Studio (import, then turn Flash Attention on in the model's load settings):", "",
         "```bash", lm_studio_command(here), "```", "",
