@@ -83,6 +83,7 @@ def export(
     verify: VerifyOptions | None,
     *,
     outtype: str = "auto",
+    imatrix: Path | None = None,
     name: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -117,7 +118,7 @@ def export(
         check_cache_type(verify.cache_type)
     cache_type = verify.cache_type if verify is not None else "f16"
     if dry_run:
-        _dry_run(source, model, out, search, verify, outtype, work_dir)
+        _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None)
         return 0
     for path in (out.gguf, out.modelfile, out.card, *((out.report,) if verify else ())):
         check_writable(path, force)
@@ -135,7 +136,8 @@ def export(
 
     console.rule("[bold]2/3 convert")
     summary = convert(
-        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir
+        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir,
+        imatrix=imatrix,
     )
     write_text_atomic(out.modelfile, _modelfile_text(out.gguf, cache_type), force=force)
 
@@ -160,7 +162,7 @@ def export(
 
 def _dry_run(
     source: ModelSource, model: str, out: Outputs, search: SearchOptions, verify: VerifyOptions | None,
-    outtype: str, work_dir: Path | None,
+    outtype: str, work_dir: Path | None, imatrix: bool = False,
 ) -> None:  # fmt: skip
     """Each stage's estimate, as it will be checked when the stage starts."""
     from .converters.convert import choose_outtype
@@ -171,7 +173,7 @@ def _dry_run(
 
     shown = Console()
     print_estimate(source, search, shown)
-    choice = choose_outtype(source, outtype)
+    choice = choose_outtype(source, outtype, imatrix)
     conversion = convert_needs(source, choice, out.gguf, work_dir)
     print_report(shown, conversion, f"convert to {choice.name}")
     if verify is not None:
@@ -321,6 +323,7 @@ def export_command(**kwargs: Any) -> None:
         SearchOptions.sized_for_device(**search_kw),
         None if kwargs["no_verify"] else VerifyOptions(**verify_kw),
         outtype=kwargs["outtype"],
+        imatrix=kwargs["imatrix"],
         name=kwargs["name"],
         force=kwargs["force"],
         dry_run=kwargs["dry_run"],
@@ -340,6 +343,8 @@ def _export_signature() -> inspect.Signature:
             ..., "-o", "--output", help="GGUF to write; plan, report, Modelfile and card go beside it.")),
         inspect.Parameter("outtype", P, annotation=str, default=typer.Option(
             "auto", "--outtype", help="GGUF output type (see `convert --help`).")),
+        inspect.Parameter("imatrix", P, annotation=Optional[Path], default=typer.Option(
+            None, "--imatrix", help="Importance matrix for a quantized --outtype (see `convert --help`).")),
         inspect.Parameter("name", P, annotation=Optional[str], default=typer.Option(
             None, "--name", help="general.name written into the GGUF.")),
         inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(

@@ -247,6 +247,8 @@ class VerifyReport:
         t = self.text
         converted = f", converted to {self.reference_converted_to}" if self.reference_converted_to else ""
         console.print(f"reference: {self.reference_spec}{converted}")
+        if self.settings.get("placement"):
+            console.print(f"llama.cpp: {self.settings['placement']}", highlight=False)
         console.print(
             f"held-out text: {t.source}; {t.tokens} tokens, {t.windows} windows of {t.ctx}, "
             f"{t.scored_tokens} tokens scored"
