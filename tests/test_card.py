@@ -55,6 +55,8 @@ def test_card_of_a_hub_model(cache, monkeypatch, capsys, text_file: Path, tmp_pa
         assert measured["file size"][i] == f"{side['file_bytes'] / 2**20:.2f} MiB"
     assert float(measured["perplexity"][2].rstrip("%")) == round(report["comparison"]["ppl_increase_pct"], 2)
     assert float(measured["KL from reference: mean"][2]) == round(report["comparison"]["divergence"]["mean_kl"], 5)
+    settings = report["settings"]  # where llama.cpp ran, and why
+    assert settings["placement"].startswith("all layers" if settings["gpu_offload_available"] else "CPU only (default")
     assert "llama-cli -m m.gguf -fa on -cnv" in card and "lms import m.gguf" in card
     assert "ollama create m -f m.Modelfile" in card
     assert f"upload YOUR_NAME/m {tmp_path / 'm.README.md'} README.md" in printed
