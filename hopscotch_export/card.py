@@ -121,8 +121,8 @@ def model_card(
         t = report.text
         lines += [
             markdown_table(report.table()), "",
-            f"Reference: `{hub or report.reference_spec}`, unmodified. Held-out text: {t.source}; {t.scored_tokens} tokens scored in "
-            f"{t.windows} windows of {t.ctx}.", "",
+            f"Reference: `{hub or report.reference_spec}`, unmodified. Held-out text: {t.source}; "
+            f"{t.scored_tokens} tokens scored in {t.windows} windows of {t.ctx}.", "",
         ]  # fmt: skip
     else:
         lines += ["Not verified (exported with `--no-verify`).", ""]

@@ -3,8 +3,8 @@
 Runs search, convert and verify in turn and writes beside ``model.gguf``: the plan
 (``model.plan.json``), the verification report (``model.verify.json``), an Ollama
 Modelfile (``model.Modelfile``) and a model card to publish (``model.README.md``); with
-``--skips auto`` also the quality curve (``model.curve.json``, ``model.curve.png``). Every option of the search and verify stages
-is available; its signature is assembled from theirs, so each option is declared once.
+``--skips auto`` also the quality curve (``model.curve.json``, ``model.curve.png``). Every
+option of the search and verify stages is available; its signature is assembled from theirs, so each option is declared once.
 ``--max-kl`` and ``--max-ppl-increase`` belong to both: they choose the count of removed
 blocks (``--skips auto``) and are the limits verify checks the file against.
 """

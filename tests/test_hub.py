@@ -65,7 +65,8 @@ def test_gguf_repository_by_tag_file_and_revision(cache, ggufs, tmp_path, monkey
     assert open_source("org/tiny-GGUF:Q8_0", revision="v1").spec.n_layers == 3
 
     out = tmp_path / "o.gguf"
-    code, _, err = run_cli(monkeypatch, capsys, "convert", "hf.co/org/tiny-GGUF:Q8_0", "--revision", "v1", "-o", str(out))
+    args = ["convert", "hf.co/org/tiny-GGUF:Q8_0", "--revision", "v1", "-o", str(out)]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     assert _layers(out) == 3
 

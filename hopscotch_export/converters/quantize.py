@@ -52,7 +52,8 @@ def imatrix_command(f16: Path, imatrix: Path, ftype: LlamaFileType) -> str:
     importance matrix (beside it, named ``<stem>-<TYPE>.gguf``)."""
     kind = ftype.name.removeprefix("MOSTLY_")
     out = f16.with_name(f"{f16.stem}-{kind}.gguf")
-    return f"llama-quantize --imatrix {shlex.quote(str(imatrix))} {shlex.quote(str(f16))} {shlex.quote(str(out))} {kind}"
+    files = " ".join(shlex.quote(str(p)) for p in (imatrix, f16, out))
+    return f"llama-quantize --imatrix {files} {kind}"
 
 
 def ggml_quantize(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

@@ -10,6 +10,7 @@ without a request; the hub is asked only for what the cache lacks.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ class HubRef:
     quant: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.repo_id}/{self.filename}" if self.filename else f"{self.repo_id}:{self.quant}" if self.quant else self.repo_id
+        if self.filename:
+            return f"{self.repo_id}/{self.filename}"
+        return f"{self.repo_id}:{self.quant}" if self.quant else self.repo_id
 
 
 def parse_hub(text: str) -> HubRef | None:
@@ -160,40 +163,42 @@ def _online_files(repo_id: str, revision: str | None) -> list[str] | None:
 
 
 def _download(repo_id: str, filename: str, revision: str | None) -> Path:
-    """One file through the cache: the cached copy, else downloaded with huggingface_hub's bar."""
+    """One file of a repository through the cache."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
-        raise SourceError(
-            f"hub file {repo_id}/{filename} is not in the local cache and could not be downloaded "
-            f"({type(e).__name__}); download it with `hf download {repo_id} {filename}{_rev_flag(revision)}` "
-            "or pass a local file"
-        ) from None
+    return _cached_else_fetched(
+        lambda local: hf_hub_download(repo_id, filename, revision=revision, local_files_only=local),
+        f"hub file {repo_id}/{filename}", f"hf download {repo_id} {filename}{_rev_flag(revision)}", "a local file",
+    )  # fmt: skip
 
 
 def _snapshot(repo_id: str, revision: str | None) -> Path:
-    """The cached snapshot of a safetensors model, downloading it when the hub is reachable;
-    its README (the model card, which names the licence) comes along when the hub has one."""
+    """The snapshot of a safetensors model through the cache; a download brings its README
+    along (the model card, which names the licence) when the hub has one."""
     from huggingface_hub import snapshot_download
+
+    def fetch(local: bool) -> str:
+        patterns = HF_FILES if local else [*HF_FILES, "README.md"]
+        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=local)
+
+    return _cached_else_fetched(
+        fetch, f"hub model {repo_id!r}", f"hf download {repo_id}{_rev_flag(revision)}", "a local folder"
+    )
+
+
+def _cached_else_fetched(fetch: Callable[[bool], str], what: str, command: str, instead: str) -> Path:
+    """The cached copy (``fetch(True)``: local files only), else ``fetch(False)``, which
+    downloads with huggingface_hub's progress bar when the hub is reachable."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HF_FILES, local_files_only=True))
+        return Path(fetch(True))
     except (LocalEntryNotFoundError, HfHubHTTPError):  # not cached, or cached in part
         pass
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*HF_FILES, "README.md"]))
+        return Path(fetch(False))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
         raise SourceError(
-            f"hub model {repo_id!r} is not in the local cache and could not be downloaded "
-            f"({type(e).__name__}); download it with `hf download {repo_id}{_rev_flag(revision)}` or pass a local "
-            "folder"
+            f"{what} is not in the local cache and could not be downloaded ({type(e).__name__}); download it "
+            f"with `{command}` or pass {instead}"
         ) from None
-    return folder
