@@ -7,7 +7,6 @@ file measured in llama.cpp, and how to run it. Its tables are the ones the run p
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import shlex
 from pathlib import Path
@@ -149,13 +148,7 @@ def run_instructions(gguf: Path, modelfile: Path, cache_type: str, name: str) ->
 
 def upload_commands(files: list[Path], card: Path, repo: str) -> list[str]:
     """The commands that publish ``files`` and the card (as README.md) to the hub repository
-    ``repo``, with the upload command the installed huggingface_hub provides."""
-    cli = hub_cli()
-    lines = [f"{cli} upload {repo} {shlex.quote(str(f))} {shlex.quote(f.name)}" for f in files]
-    return lines + [f"{cli} upload {repo} {shlex.quote(str(card))} README.md"]
-
-
-def hub_cli() -> str:
-    """``hf`` (huggingface_hub 0.34 and later), else ``huggingface-cli``."""
-    scripts = {e.name for e in importlib.metadata.distribution("huggingface_hub").entry_points}
-    return "hf" if "hf" in scripts else "huggingface-cli"
+    ``repo``: ``hf upload``, the command huggingface_hub 1.x provides (it dropped
+    ``huggingface-cli``)."""
+    lines = [f"hf upload {repo} {shlex.quote(str(f))} {shlex.quote(f.name)}" for f in files]
+    return lines + [f"hf upload {repo} {shlex.quote(str(card))} README.md"]
