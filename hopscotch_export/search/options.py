@@ -114,6 +114,8 @@ class SearchOptions:
     #: no step removes a layer's last KV group (set by :meth:`for_family` for a family
     #: written where a layer cannot lose all its heads: Qwen3 as ``openelm``)
     keep_last_group: bool = False
+    #: torch's CPU threads (``torch.set_num_threads``); None leaves torch's default
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -136,6 +138,8 @@ class SearchOptions:
                 "use --unit auto (blocks and groups) or --unit block"
             )
         self._check_kv_saving()
+        if self.threads is not None and self.threads < 1:
+            raise HopscotchError(f"--threads must be at least 1, got {self.threads}")
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")

@@ -14,6 +14,7 @@ from rich.console import Console
 from ..converters.convert import check_work_dir
 from ..errors import HopscotchError
 from ..inspect import gguf_summary
+from ..llama_lib import default_threads
 from ..progress import progress_bars
 from ..resources import check, one_line
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
@@ -24,7 +25,7 @@ from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, torch_parity
 from .perplexity import first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
-from .runner import LlamaSession, default_threads, gpu_offload_available
+from .runner import LlamaSession, gpu_offload_available
 from .speed import Speed, measure_speed
 from .tasks import DEFAULT_TEMPLATE, TaskScore, load_task, score_task
 
@@ -58,8 +59,9 @@ class VerifyOptions:
     speed_rounds: int = 3
     #: KV cache type of the export's main row (``-ctk/-ctv``); the others are measured beside it
     cache_type: str = "f16"
-    #: llama.cpp placement: layers offloaded to a GPU (-1 = all) and CPU threads
-    gpu_layers: int = 0
+    #: llama.cpp placement: layers offloaded to a GPU (-1 = all; None: all when llama.cpp
+    #: has GPU offload, else 0) and CPU threads
+    gpu_layers: int | None = None
     threads: int | None = None
     #: output type for a reference that must be converted (default: the model's own)
     reference_outtype: str | None = None
@@ -94,13 +96,14 @@ def run_verify(
         else None
     )
     threads = opts.threads or default_threads()
+    gpu_layers, placement = gpu_layers_for(opts.gpu_layers)
     with contextlib.ExitStack() as stack:
         ref = stack.enter_context(
             reference_gguf(str(reference), model_gguf, opts.reference_outtype, console, opts.work_dir)
         )
         ref_s, model_s = (
             stack.enter_context(
-                LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=opts.gpu_layers, cache_type=c)
+                LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=gpu_layers, cache_type=c)
             )
             for p, c in ((ref.path, "f16"), (model_gguf, opts.cache_type))
         )
@@ -172,7 +175,7 @@ def run_verify(
             task_source=task.source if task else None,
             task_questions=len(task.questions) if task else 0,
             parity=parity,
-            settings=_settings(opts, threads),
+            settings=_settings(opts, threads, gpu_layers, placement),
             rows=rows,
             unmeasured=unmeasured,
             recommendation=recommend(rows, opts.max_kl),
@@ -253,13 +256,25 @@ def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:
         yield LimitCheck("perplexity increase % (--max-ppl-increase)", report.ppl_increase_pct, opts.max_ppl_increase)
 
 
-def _settings(opts: VerifyOptions, threads: int) -> dict[str, object]:
+def gpu_layers_for(asked: int | None) -> tuple[int, str]:
+    """Layers llama.cpp offloads (-1: all) and, in words, where it runs and why: ``asked``
+    (``--gpu-layers``), or by default all when llama.cpp was built with GPU offload, else none."""
+    if asked is not None:
+        where = "all layers" if asked < 0 else f"{asked} layer(s)"
+        return asked, f"{where} on the GPU (--gpu-layers {asked})" if asked else "CPU only (--gpu-layers 0)"
+    if gpu_offload_available():
+        return -1, "all layers on the GPU (default: this llama.cpp has GPU offload)"
+    return 0, "CPU only (default: this llama-cpp-python was built without GPU offload)"
+
+
+def _settings(opts: VerifyOptions, threads: int, gpu_layers: int, placement: str) -> dict[str, object]:
     import llama_cpp
 
     return {
         "llama_cpp_python": llama_cpp.__version__,
         "gpu_offload_available": gpu_offload_available(),
-        "gpu_layers": opts.gpu_layers,
+        "gpu_layers": gpu_layers,
+        "placement": placement,
         "threads": threads,
         "flash_attention": True,
         "cache_type": opts.cache_type,
