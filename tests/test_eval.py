@@ -221,13 +221,14 @@ def test_smollm2_above_chance(smollm2, tasks):
     assert report.results["results"]["easy"]["acc,none"] >= 0.75
 
 
-def test_eval_command_with_reference(monkeypatch, capsys, tmp_path, tiny_f32, tasks):
-    """The command: a table per metric with standard errors, the difference and the
-    agreement; the JSON in lm-eval's results layout with the comparison beside it."""
+def test_eval_command_with_reference(monkeypatch, capsys, tmp_path, tiny_f32, tiny_llama, tasks):
+    """The command, with the Hugging Face original as the reference (converted to f32 like
+    the file, so identical): a table per metric with standard errors, the difference and
+    the agreement; the JSON in lm-eval's results layout with the comparison beside it."""
     out = tmp_path / "eval.json"
     code, stdout, _ = run_cli(
         monkeypatch, capsys, "eval", str(tiny_f32), "--tasks", "colours", "--include-path", str(tasks),
-        "--reference", str(tiny_f32), "--limit", "8", "--threads", "1", "--ctx", "64", "--json", str(out),
+        "--reference", str(tiny_llama), "--limit", "8", "--threads", "1", "--ctx", "64", "--json", str(out),
     )  # fmt: skip
     assert code == 0, stdout
     assert "colours" in stdout and "acc_norm" in stdout and "±" in stdout and "100.0%" in stdout

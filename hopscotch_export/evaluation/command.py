@@ -11,7 +11,7 @@ from rich.console import Console
 from ..errors import HopscotchError
 from ..files import check_writable
 from ..kv_cache import CACHE_TYPES
-from ..sources import open_source
+from ..sources.bundled import PREFIX, bundled_path
 from ..verify.alternatives import check_cache_type
 from .run import DEFAULT_CTX, EvalOptions, run_eval
 
@@ -28,6 +28,19 @@ def parse_limit(limit: float | None) -> int | float | None:
     if limit <= 0:
         raise HopscotchError(f"--limit {limit:g}: give a positive number of documents per task (or a fraction < 1)")
     return int(limit) if limit >= 1 else limit
+
+
+def gguf_path(spec: str) -> Path:
+    """The GGUF file ``spec`` names (a path, or ``bundled:NAME``); any architecture llama.cpp
+    runs, ``deci`` included."""
+    if spec.startswith(PREFIX):
+        return bundled_path(spec[len(PREFIX) :])
+    path = Path(spec).expanduser()
+    if path.is_dir() or (path.exists() and path.suffix.lower() != ".gguf"):
+        raise HopscotchError(f"{spec} is not a GGUF; convert it first (hopscotch-export convert {spec} -o m.gguf)")
+    if not path.is_file():
+        raise HopscotchError(f"{spec} not found; pass a .gguf file or bundled:smollm2")
+    return path
 
 
 def eval_command(
@@ -56,9 +69,7 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
 ) -> None:
     """Score a GGUF on lm-evaluation-harness tasks in llama.cpp, optionally beside its original."""
-    source = open_source(model)
-    if source.kind != "gguf":
-        raise HopscotchError(f"{model} is not a GGUF; convert it first (hopscotch-export convert {model} -o m.gguf)")
+    path = gguf_path(model)
     check_cache_type(cache_type)
     if json_out is not None:
         check_writable(json_out, force)
@@ -67,7 +78,7 @@ def eval_command(
         ctx=ctx, threads=threads, gpu_layers=gpu_layers, cache_type=cache_type,
         reference_outtype=reference_outtype, work_dir=work_dir,
     )  # fmt: skip
-    report = run_eval(source.path, reference, options, Console(stderr=True))
+    report = run_eval(path, reference, options, Console(stderr=True))
     report.render(Console())
     if json_out is not None:
         report.save(json_out, force=force)

@@ -96,20 +96,25 @@ class EvalReport:
 
     def render(self, console: Console) -> None:
         table = Table(title=f"lm-eval tasks: {self.model}" + (f" vs {self.reference}" if self.reference else ""))
-        for name in ("task", "metric", "model", *(("reference", "difference", "same answer") if self.reference else ())):
-            table.add_column(name, justify="left" if name in ("task", "metric") else "right")
+        shown = metrics(self.results)
+        for name in ("task", "metric"):  # never cut: the numbers are short
+            table.add_column(name, no_wrap=True, min_width=max(len(getattr(m, name if name == "task" else "name"))
+                                                                for m in shown))
+        for name in ["model", *(("reference", "diff.", "same") if self.reference else ())]:
+            table.add_column(name, justify="right", no_wrap=True)
         ref = {(m.task, m.name): m for m in metrics(self.reference_results)} if self.reference_results else {}
         comparison = self.comparison()
         shown_task = None
-        for m in metrics(self.results):
-            row = [m.task if m.task != shown_task else "", m.name, _value(m)]
+        for m in shown:
+            first = m.task != shown_task
+            row = [m.task if first else "", m.name, _value(m)]
             if self.reference:
                 r = ref.get((m.task, m.name))
                 agree = comparison.get(m.task, {}).get("agreement")
                 row += [
                     _value(r) if r else "",
-                    f"{m.value - r.value:+.4f}" if r else "",
-                    f"{agree:.1%}" if agree is not None and m.task != shown_task else "",
+                    ("+" if m.value >= r.value else "") + _number(m.value - r.value) if r else "",
+                    f"{agree:.1%}" if agree is not None and first else "",
                 ]
             table.add_row(*row)
             shown_task = m.task
@@ -118,7 +123,7 @@ class EvalReport:
         shots = self.results.get("n-shot", {})
         console.print(
             "documents: " + ", ".join(f"{t} {n[t]} ({shots.get(t, 0)}-shot)" for t in n)
-            + "; ± is lm-eval's standard error", highlight=False, soft_wrap=True,
+            + "; ± is lm-eval's standard error; same: documents on which both files chose alike", highlight=False, soft_wrap=True,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -143,9 +148,15 @@ class EvalReport:
 
 
 def _value(m: Metric) -> str:
-    if m.stderr is None or math.isnan(m.stderr):
-        return f"{m.value:.4f}"
-    return f"{m.value:.4f} ± {m.stderr:.4f}"
+    """The value and its standard error, where lm-eval gives one."""
+    stderr = "" if m.stderr is None or math.isnan(m.stderr) else f" ±{m.stderr:.3f}"
+    return _number(m.value) + stderr
+
+
+def _number(x: float) -> str:
+    """Accuracies with three decimals, as papers print them; perplexities (large) with five
+    significant digits."""
+    return f"{x:.3f}" if abs(x) < 100 else f"{x:.5g}"
 
 
 def _without_samples(results: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,6 @@ def run_eval(model: Path, reference: str | None, options: EvalOptions, console: 
 
     console = console or Console(stderr=True)
     model = Path(model)
-    if not model.is_file():
-        raise HopscotchError(f"{model}: no such GGUF file")
     if not options.tasks:
         raise HopscotchError("--tasks is empty; name one or more lm-eval tasks, e.g. --tasks arc_easy,hellaswag")
     manager = task_manager(list(options.tasks), options.include_path)
@@ -90,7 +89,7 @@ def _evaluate(path: Path, manager: Any, options: EvalOptions, ctx: int, progress
 
     from .model import LlamaCppLM
 
-    with LlamaCppLM(
+    with _quiet(), LlamaCppLM(
         path, max_length=ctx, threads=options.threads, gpu_layers=options.gpu_layers,
         cache_type=options.cache_type, flash_attn=options.flash_attn, progress=progress,
     ) as lm:  # fmt: skip
@@ -101,6 +100,29 @@ def _evaluate(path: Path, manager: Any, options: EvalOptions, ctx: int, progress
     out["config"]["model"] = LlamaCppLM.__name__
     out["config"]["model_args"] = {"pretrained": str(path), "max_length": ctx, "cache_type": options.cache_type}
     return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval without its tqdm bars (building requests, tokenizing), which would break our
+    progress display, and without asking git for the current folder's commit (it prints
+    "fatal" outside a repository, and would record the user's repository, not lm-eval's)."""
+    from unittest import mock
+
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    from tqdm import tqdm
+
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    with (
+        mock.patch.object(lm_eval.api.task, "tqdm", silent),
+        mock.patch.object(lm_eval.api.model, "tqdm", silent),
+        mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None),
+    ):
+        yield
 
 
 def _counter(bars: Any, side: str) -> Any:
