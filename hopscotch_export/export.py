@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import HopscotchError
+from .evaluation.command import parse_tasks
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
 from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
@@ -63,6 +64,11 @@ class Outputs:
         return self.gguf.with_suffix(".Modelfile")
 
     @property
+    def evaluation(self) -> Path:
+        """lm-eval's results for ``--tasks``, the exported file beside the original."""
+        return self.gguf.with_suffix(".eval.json")
+
+    @property
     def curve(self) -> Path:
         """The quality curve's JSON (``--skips auto``); its plot is the same name in ``.png``."""
         return self.gguf.with_suffix(".curve.json")
@@ -79,8 +85,9 @@ def export(
     force: bool = False,
     dry_run: bool = False,
     work_dir: Path | None = None,
+    tasks: tuple[str, ...] = (),
 ) -> int:
-    """Search, convert, verify; returns the exit code: 1 when a gate fails (the file does not
+    """Search, convert, verify (and score ``tasks`` of lm-eval beside the original); returns the exit code: 1 when a gate fails (the file does not
     match torch under the plan, or a quality limit the user set is exceeded).
 
     ``dry_run`` prints what each stage will need and where it will run, and stops."""
@@ -107,8 +114,12 @@ def export(
     if dry_run:
         _dry_run(source, model, out, search, verify, outtype, work_dir)
         return 0
-    for path in (out.gguf, out.modelfile, *((out.report,) if verify else ())):
+    for path in (out.gguf, out.modelfile, *((out.report,) if verify else ()), *((out.evaluation,) if tasks else ())):
         check_writable(path, force)
+    if tasks:
+        from .evaluation.run import check_tasks
+
+        check_tasks(tasks)  # before hours of search: lm-eval installed, the tasks and their data there
 
     plan = _reusable_plan(out.plan, source, search, force)
     if plan is None:
@@ -134,7 +145,16 @@ def export(
         report.render(console)
         report.save(out.report, force=force)
 
-    _summary(out, plan, summary.bytes_written, report, source, cache_type)
+    if tasks:
+        from .evaluation import EvalOptions, run_eval
+
+        console.rule("[bold]lm-eval tasks")
+        threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, 0)
+        options = EvalOptions(tasks, threads=threads, gpu_layers=gpu_layers, cache_type=cache_type, work_dir=work_dir)
+        scores = run_eval(out.gguf, model, options, console)
+        scores.render(Console())
+        scores.save(out.evaluation, force=force)
+    _summary(out, plan, summary.bytes_written, report, source, cache_type, evaluated=bool(tasks))
     if report is not None and report.passed is False:
         failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
         console.print(f"[bold red]failed:[/] {failed} (figures in {out.report})", highlight=False, soft_wrap=True)
@@ -206,7 +226,9 @@ def _modelfile_text(gguf_path: Path, cache_type: str) -> str:
     return modelfile(gguf_path.name, template, eos, cache_type)
 
 
-def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource, cache_type: str) -> None:
+def _summary(
+    out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource, cache_type: str, evaluated: bool = False
+) -> None:
     from .ollama import ollama_create_command
 
     table = Table(title="hopscotch-export", show_header=True)
@@ -242,6 +264,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         f"GGUF:      {out.gguf}",
         f"plan:      {out.plan}",
         *([f"report:    {out.report}"] if report is not None else []),
+        *([f"lm-eval:   {out.evaluation}"] if evaluated else []),
         *([f"curve:     {out.curve}, {out.curve.with_suffix('.png')}"] if "curve" in plan.provenance else []),
         f"Modelfile: {out.modelfile}",
         "",
@@ -299,6 +322,7 @@ def export_command(**kwargs: Any) -> None:
         force=kwargs["force"],
         dry_run=kwargs["dry_run"],
         work_dir=kwargs["work_dir"],
+        tasks=parse_tasks(kwargs["tasks"] or ""),
     )
     raise typer.Exit(code)
 
@@ -316,6 +340,8 @@ def _export_signature() -> inspect.Signature:
             None, "--name", help="general.name written into the GGUF.")),
         inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(
             False, "--no-verify", help="Skip the llama.cpp verification.")),
+        inspect.Parameter("tasks", P, annotation=Optional[str], default=typer.Option(
+            None, "--tasks", help="Also score lm-eval tasks (arc_easy,hellaswag,...) on the file and the original.")),
         inspect.Parameter("force", P, annotation=bool, default=typer.Option(
             False, "--force", help="Overwrite outputs and search again even if a plan exists.")),
     ]  # fmt: skip

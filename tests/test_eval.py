@@ -248,3 +248,25 @@ def test_uncached_dataset_is_one_line(monkeypatch, capsys, tmp_path, tiny_f32):
     )
     code, _, err = run_cli(monkeypatch, capsys, "eval", str(tiny_f32), "--tasks", "remote", "--include-path", str(tmp_path))
     assert_one_line_error(code, err, "--tasks remote", "hopscotch-test/not-cached", "datasets.load_dataset(")
+
+
+def test_one_command_scores_tasks_beside_the_original(monkeypatch, capsys, tmp_path, tiny_llama, text_file, tasks):
+    """``--tasks`` (here a task YAML by path) scores the exported file and the original on the
+    same requests and writes ``model.eval.json`` beside the GGUF."""
+    rows = [json.loads(line) for line in (tasks / "colours.jsonl").read_text().splitlines()[:6]]
+    yaml = tmp_path / "mini.yaml"
+    yaml.write_text(_multiple_choice_yaml("mini", _write_jsonl(tmp_path / "mini.jsonl", rows)))
+    out = tmp_path / "m.gguf"
+    code, printed, err = run_cli(
+        monkeypatch, capsys, str(tiny_llama), "--skips", "1", "-o", str(out), "--data", str(text_file),
+        "--samples", "4", "--heldout", "2", "--seq-len", "32", "--score-samples", "2", "--batch-size", "2",
+        "--final-epochs", "1", "--device", "cpu", "--no-verify", "--outtype", "f32", "--threads", "1",
+        "--tasks", str(yaml),
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads((tmp_path / "m.eval.json").read_text())
+    assert data["n-samples"]["mini"]["effective"] == 6
+    assert data["hopscotch"]["reference"] == str(tiny_llama)
+    assert data["hopscotch"]["reference_results"]["n-samples"]["mini"]["effective"] == 6
+    assert 0 <= data["hopscotch"]["comparison"]["mini"]["agreement"] <= 1
+    assert "mini" in printed and "m.eval.json" in printed

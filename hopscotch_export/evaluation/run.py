@@ -56,6 +56,14 @@ def require_lm_eval() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def check_tasks(tasks: tuple[str, ...], include_path: Path | None = None) -> None:
+    """Fail now, not after a long search, when lm-eval, a task or its data is missing."""
+    require_lm_eval()
+    from .tasks import task_manager
+
+    task_manager(list(tasks), include_path)
+
+
 def run_eval(model: Path, reference: str | None, options: EvalOptions, console: Console | None = None) -> EvalReport:
     """lm-eval's results for ``model`` (and ``reference``), compared task by task."""
     require_lm_eval()

@@ -16,14 +16,14 @@ def task_manager(names: list[str], include_path: Path | None = None) -> Any:
     stops the run before a model is loaded.
 
     Indexing lm-eval's own tasks takes seconds, so when every name is under
-    ``include_path`` they are left out."""
+    ``include_path`` (or a YAML file's path) they are left out."""
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
         raise HopscotchError(f"--include-path {include_path}: not a folder; give the folder of your task YAML files")
     manager = None
-    if include_path is not None:
-        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    if include_path is not None or all(_is_yaml(n) for n in names):
+        manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=False)
         if not all(_known(manager, n) for n in names):
             manager = None
     if manager is None:
@@ -40,8 +40,12 @@ def task_manager(names: list[str], include_path: Path | None = None) -> Any:
     return manager
 
 
+def _is_yaml(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) and Path(name).is_file()
+
+
 def _known(manager: Any, name: str) -> bool:
-    return name in manager.task_index or (name.endswith((".yaml", ".yml")) and Path(name).is_file())
+    return name in manager.task_index or _is_yaml(name)
 
 
 def _load(manager: Any, name: str) -> None:
