@@ -16,6 +16,7 @@ decoded once for all its continuations.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,10 @@ class LlamaCppLM(TemplateLM):
         #: the tokens the KV cache holds, position by position
         self._cached: list[int] = []
         self._warned_sampling = False
+        #: what this model did: requests answered, tokens llama.cpp decoded, seconds spent
+        self.requests = 0
+        self.tokens = 0
+        self.seconds = 0.0
 
     def __enter__(self) -> LlamaCppLM:
         return self
@@ -116,7 +121,7 @@ class LlamaCppLM(TemplateLM):
         self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
         """(log-probability of the continuation, whether greedy decoding gives it) per request."""
-        advance = self.progress("log-likelihood", len(requests))
+        advance = self._start("log-likelihood", len(requests))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         for i in sorted(range(len(requests)), key=lambda i: requests[i][1] + requests[i][2]):
             key, context, continuation = requests[i]
@@ -128,7 +133,7 @@ class LlamaCppLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Log-probability of whole texts in windows of ``max_length`` (lm-eval's rolling windows)."""
-        advance = self.progress("rolling log-likelihood", len(requests))
+        advance = self._start("rolling log-likelihood", len(requests))
         totals = []
         for request in requests:
             (string,) = request.args
@@ -144,7 +149,7 @@ class LlamaCppLM(TemplateLM):
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations, cut before the first of the task's stop strings."""
-        advance = self.progress("generation", len(requests))
+        advance = self._start("generation", len(requests))
         eos = self.session.detokenize([self.eot_token_id], special=True)
         out = []
         for request in requests:
@@ -168,6 +173,21 @@ class LlamaCppLM(TemplateLM):
         return out
 
     # --- llama.cpp ----------------------------------------------------------------
+
+    def _start(self, label: str, total: int) -> Callable[[], None]:
+        """The progress bar's advance, counting requests and the time since the last one."""
+        bar = self.progress(label, total)
+        last = time.perf_counter()
+
+        def advance() -> None:
+            nonlocal last
+            now = time.perf_counter()
+            self.requests += 1
+            self.seconds += now - last
+            last = now
+            bar()
+
+        return advance
 
     def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """Sum of the continuation's log-probabilities after the context, and whether each
@@ -220,5 +240,6 @@ class LlamaCppLM(TemplateLM):
             outputs = [start + k >= first for k in range(len(piece))]
             logits = self.session.decode(piece, start, outputs)
             self._cached.extend(piece)
+            self.tokens += len(piece)
             if len(logits):
                 yield max(start, first), logits

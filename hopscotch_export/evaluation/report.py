@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,24 @@ def agreement(model: dict[str, Any], reference: dict[str, Any]) -> dict[str, flo
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """What scoring one file cost in llama.cpp: requests answered, tokens decoded (a
+    context shared by several requests counts once), seconds spent answering."""
+
+    requests: int
+    tokens: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "tokens_decoded": self.tokens, "seconds": self.seconds,
+                "seconds_per_100_requests": self.per_100}  # fmt: skip
+
+    @property
+    def per_100(self) -> float | None:
+        return 100 * self.seconds / self.requests if self.requests else None
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """lm-eval's output for the model and, with ``--reference``, for the reference."""
 
@@ -80,6 +98,8 @@ class EvalReport:
     reference: str | None
     results: dict[str, Any]
     reference_results: dict[str, Any] | None = None
+    #: per file ("model", "reference")
+    runtime: dict[str, Runtime] = field(default_factory=dict)
 
     def comparison(self) -> dict[str, Any]:
         """Per task: each metric's difference (model - reference) and the agreement."""
@@ -97,9 +117,9 @@ class EvalReport:
     def render(self, console: Console) -> None:
         table = Table(title=f"lm-eval tasks: {self.model}" + (f" vs {self.reference}" if self.reference else ""))
         shown = metrics(self.results)
-        for name in ("task", "metric"):  # never cut: the numbers are short
-            table.add_column(name, no_wrap=True, min_width=max(len(getattr(m, name if name == "task" else "name"))
-                                                                for m in shown))
+        # names are never cut (the numbers are short)
+        table.add_column("task", no_wrap=True, min_width=max((len(m.task) for m in shown), default=4))
+        table.add_column("metric", no_wrap=True, min_width=max((len(m.name) for m in shown), default=6))
         for name in ["model", *(("reference", "diff.", "same") if self.reference else ())]:
             table.add_column(name, justify="right", no_wrap=True)
         ref = {(m.task, m.name): m for m in metrics(self.reference_results)} if self.reference_results else {}
@@ -123,8 +143,15 @@ class EvalReport:
         shots = self.results.get("n-shot", {})
         console.print(
             "documents: " + ", ".join(f"{t} {n[t]} ({shots.get(t, 0)}-shot)" for t in n)
-            + "; ± is lm-eval's standard error; same: documents on which both files chose alike", highlight=False, soft_wrap=True,
+            + "; ± is lm-eval's standard error; same: documents on which both files chose alike",
+            highlight=False, soft_wrap=True,
         )  # fmt: skip
+        for side, r in self.runtime.items():
+            per_100 = f" ({r.per_100:.1f} s per 100)" if r.per_100 is not None else ""
+            console.print(
+                f"{side}: {r.requests} requests, {r.tokens:,} tokens decoded in {r.seconds:.1f} s{per_100}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The model's results in lm-eval's layout (what ``lm-eval --output_path`` writes, without
@@ -137,6 +164,7 @@ class EvalReport:
                 "reference": self.reference,
                 "reference_results": _without_samples(self.reference_results) if self.reference_results else None,
                 "comparison": self.comparison(),
+                "runtime": {side: r.to_json() for side, r in self.runtime.items()},
             },
         }
 

@@ -20,7 +20,7 @@ from ..errors import HopscotchError
 from ..progress import progress_bars
 from ..sources.gguf_file import scan_gguf
 from ..verify.reference import reference_gguf
-from .report import EvalReport
+from .report import EvalReport, Runtime
 
 #: the context when the file's own is longer: enough for few-shot prompts, a small KV cache
 DEFAULT_CTX = 4096
@@ -76,6 +76,7 @@ def run_eval(model: Path, reference: str | None, options: EvalOptions, console: 
     manager = task_manager(list(options.tasks), options.include_path)
     ctx = options.ctx or min(_trained_ctx(model), DEFAULT_CTX)
     results: dict[str, dict[str, Any]] = {}
+    runtime: dict[str, Runtime] = {}
     with contextlib.ExitStack() as stack:
         files = {"model": model}
         if reference is not None:
@@ -85,14 +86,17 @@ def run_eval(model: Path, reference: str | None, options: EvalOptions, console: 
             files["reference"] = ref.path
         bars = stack.enter_context(progress_bars(console))
         for side, path in files.items():
-            results[side] = _evaluate(path, manager, options, ctx, _counter(bars, side))
+            results[side], runtime[side] = _evaluate(path, manager, options, ctx, _counter(bars, side))
     return EvalReport(
-        model=str(model), reference=reference, results=results["model"], reference_results=results.get("reference")
-    )
+        model=str(model), reference=reference, results=results["model"], reference_results=results.get("reference"),
+        runtime=runtime,
+    )  # fmt: skip
 
 
-def _evaluate(path: Path, manager: Any, options: EvalOptions, ctx: int, progress: Any) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` on one file, per-document samples kept."""
+def _evaluate(
+    path: Path, manager: Any, options: EvalOptions, ctx: int, progress: Any
+) -> tuple[dict[str, Any], Runtime]:
+    """lm-eval's ``simple_evaluate`` on one file (per-document samples kept), and what it cost."""
     from lm_eval import evaluator
 
     from .model import LlamaCppLM
@@ -105,9 +109,10 @@ def _evaluate(path: Path, manager: Any, options: EvalOptions, ctx: int, progress
             model=lm, tasks=list(options.tasks), num_fewshot=options.num_fewshot, limit=options.limit,
             task_manager=manager, log_samples=True,
         )  # fmt: skip
+        runtime = Runtime(lm.requests, lm.tokens, lm.seconds)
     out["config"]["model"] = LlamaCppLM.__name__
     out["config"]["model_args"] = {"pretrained": str(path), "max_length": ctx, "cache_type": options.cache_type}
-    return out
+    return out, runtime
 
 
 @contextlib.contextmanager
