@@ -270,3 +270,11 @@ def test_one_command_scores_tasks_beside_the_original(monkeypatch, capsys, tmp_p
     assert data["hopscotch"]["reference_results"]["n-samples"]["mini"]["effective"] == 6
     assert 0 <= data["hopscotch"]["comparison"]["mini"]["agreement"] <= 1
     assert "mini" in printed and "m.eval.json" in printed
+
+
+def test_missing_model_and_bad_limit_are_one_line(monkeypatch, capsys, tmp_path, tiny_f32):
+    """Refused before lm-eval indexes its tasks (seconds)."""
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path / "no.gguf"), "--tasks", "colours")
+    assert_one_line_error(code, err, "no.gguf not found")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tiny_f32), "--tasks", "colours", "--limit", "0")
+    assert_one_line_error(code, err, "--limit 0")
