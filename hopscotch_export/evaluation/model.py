@@ -74,10 +74,12 @@ class LlamaCppLM(TemplateLM):
         #: the tokens the KV cache holds, position by position
         self._cached: list[int] = []
         self._warned_sampling = False
-        #: what this model did: requests answered, tokens llama.cpp decoded, seconds spent
+        #: what this model did: requests answered, tokens llama.cpp decoded, seconds spent (by
+        #: the wall clock, and CPU seconds of this process: steadier on a shared machine)
         self.requests = 0
         self.tokens = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __enter__(self) -> LlamaCppLM:
         return self
@@ -177,13 +179,14 @@ class LlamaCppLM(TemplateLM):
     def _start(self, label: str, total: int) -> Callable[[], None]:
         """The progress bar's advance, counting requests and the time since the last one."""
         bar = self.progress(label, total)
-        last = time.perf_counter()
+        last = time.perf_counter(), time.process_time()
 
         def advance() -> None:
             nonlocal last
-            now = time.perf_counter()
+            now = time.perf_counter(), time.process_time()
             self.requests += 1
-            self.seconds += now - last
+            self.seconds += now[0] - last[0]
+            self.cpu_seconds += now[1] - last[1]
             last = now
             bar()
 

@@ -75,19 +75,22 @@ def agreement(model: dict[str, Any], reference: dict[str, Any]) -> dict[str, flo
 @dataclass(frozen=True)
 class Runtime:
     """What scoring one file cost in llama.cpp: requests answered, tokens decoded (a
-    context shared by several requests counts once), seconds spent answering."""
+    context shared by several requests counts once), seconds spent answering by the wall
+    clock and in CPU time of this process (on a shared machine the wall clock also counts
+    other programs' turns)."""
 
     requests: int
     tokens: int
     seconds: float
+    cpu_seconds: float
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "tokens_decoded": self.tokens, "seconds": self.seconds,
-                "seconds_per_100_requests": self.per_100}  # fmt: skip
+                "cpu_seconds": self.cpu_seconds, "seconds_per_100_requests": self.per_100(self.seconds),
+                "cpu_seconds_per_100_requests": self.per_100(self.cpu_seconds)}  # fmt: skip
 
-    @property
-    def per_100(self) -> float | None:
-        return 100 * self.seconds / self.requests if self.requests else None
+    def per_100(self, seconds: float) -> float | None:
+        return 100 * seconds / self.requests if self.requests else None
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,10 @@ class EvalReport:
             highlight=False, soft_wrap=True,
         )  # fmt: skip
         for side, r in self.runtime.items():
-            per_100 = f" ({r.per_100:.1f} s per 100)" if r.per_100 is not None else ""
+            per_100 = f" ({r.per_100(r.seconds):.1f} s per 100)" if r.requests else ""
             console.print(
-                f"{side}: {r.requests} requests, {r.tokens:,} tokens decoded in {r.seconds:.1f} s{per_100}",
-                highlight=False, soft_wrap=True,
+                f"{side}: {r.requests} requests, {r.tokens:,} tokens decoded in {r.seconds:.1f} s{per_100}, "
+                f"CPU {r.cpu_seconds:.1f} s", highlight=False, soft_wrap=True,
             )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def _evaluate(
             model=lm, tasks=list(options.tasks), num_fewshot=options.num_fewshot, limit=options.limit,
             task_manager=manager, log_samples=True,
         )  # fmt: skip
-        runtime = Runtime(lm.requests, lm.tokens, lm.seconds)
+        runtime = Runtime(lm.requests, lm.tokens, lm.seconds, lm.cpu_seconds)
     out["config"]["model"] = LlamaCppLM.__name__
     out["config"]["model_args"] = {"pretrained": str(path), "max_length": ctx, "cache_type": options.cache_type}
     return out, runtime
