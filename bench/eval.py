@@ -73,7 +73,7 @@ def build_tasks(text: str, folder: Path) -> tuple[str, ...]:
         + "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
         + "    ignore_case: true\n    regexes_to_ignore: [' ']\n"
     )  # fmt: skip
-    print(f"tasks in {folder}: heldout_next {len(nexts)}, heldout_word {len(words)}, heldout_gen {len(words)} documents")
+    print(f"tasks in {folder}: heldout_next {len(nexts)}, heldout_word and heldout_gen {len(words)} documents")
     return ("heldout_next", "heldout_word", "heldout_gen")
 
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--reference", default="bundled:smollm2", help="the original (default: bundled:smollm2)")
     ap.add_argument("--text", type=Path, help="text to cut the tasks from (default: verify's held-out text)")
     ap.add_argument("--tasks-dir", type=Path, default=Path("bench-eval-tasks"), help="where the task files go")
+    ap.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
             resources.files("hopscotch_export.verify").joinpath("heldout.txt").read_text(encoding="utf-8"))  # fmt: skip
     names = build_tasks(text, args.tasks_dir.resolve())
     start = time.perf_counter()
-    options = EvalOptions(names, include_path=args.tasks_dir.resolve(), ctx=512, threads=args.threads)
+    options = EvalOptions(names, limit=args.limit, include_path=args.tasks_dir.resolve(), ctx=512, threads=args.threads)
     report = run_eval(args.model, args.reference, options, Console(stderr=True))
     report.render(Console())
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -87,8 +87,9 @@ def export(
     work_dir: Path | None = None,
     tasks: tuple[str, ...] = (),
 ) -> int:
-    """Search, convert, verify (and score ``tasks`` of lm-eval beside the original); returns the exit code: 1 when a gate fails (the file does not
-    match torch under the plan, or a quality limit the user set is exceeded).
+    """Search, convert, verify (and score lm-eval's ``tasks`` beside the original); returns the
+    exit code: 1 when a gate fails (the file does not match torch under the plan, or a quality
+    limit the user set is exceeded).
 
     ``dry_run`` prints what each stage will need and where it will run, and stops."""
     from .converters import convert

@@ -234,7 +234,8 @@ def test_eval_command_with_reference(monkeypatch, capsys, tmp_path, tiny_f32, ti
     assert "colours" in stdout and "acc_norm" in stdout and "±" in stdout and "100.0%" in stdout
     data = json.loads(out.read_text())
     assert data["n-samples"]["colours"]["effective"] == 8
-    assert data["results"]["colours"]["acc,none"] == data["hopscotch"]["reference_results"]["results"]["colours"]["acc,none"]
+    reference = data["hopscotch"]["reference_results"]
+    assert data["results"]["colours"]["acc,none"] == reference["results"]["colours"]["acc,none"]
     assert data["results"]["colours"]["acc_stderr,none"] > 0
     assert data["hopscotch"]["comparison"]["colours"] == {"difference": {"acc": 0.0, "acc_norm": 0.0}, "agreement": 1.0}
     assert "samples" not in data
@@ -246,7 +247,8 @@ def test_uncached_dataset_is_one_line(monkeypatch, capsys, tmp_path, tiny_f32):
         "task: remote\ndataset_path: hopscotch-test/not-cached\ndataset_name: easy\noutput_type: multiple_choice\n"
         "test_split: test\ndoc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
     )
-    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tiny_f32), "--tasks", "remote", "--include-path", str(tmp_path))
+    args = ("eval", str(tiny_f32), "--tasks", "remote", "--include-path", str(tmp_path))
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     assert_one_line_error(code, err, "--tasks remote", "hopscotch-test/not-cached", "datasets.load_dataset(")
 
 

@@ -56,16 +56,23 @@ def eval_command(
         None, "--include-path", help="Folder of task YAML files of your own (lm-eval's --include_path)."
     ),
     ctx: Optional[int] = typer.Option(
-        None, "--ctx", help=f"Context in tokens; longer prompts are cut on the left (default: the file's, at most {DEFAULT_CTX})."
+        None, "--ctx",
+        help=f"Context in tokens; longer prompts are cut on the left (default: the file's, at most {DEFAULT_CTX}).",
     ),
     cache_type: str = typer.Option("f16", "--cache-type", help=f"KV cache type ({'|'.join(CACHE_TYPES)})."),
-    gpu_layers: int = typer.Option(0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."),
+    gpu_layers: int = typer.Option(
+        0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     reference_outtype: Optional[str] = typer.Option(
         None, "--reference-outtype", help="Output type for converting the reference (default: the model's)."
     ),
-    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder for the converted reference (default: beside MODEL)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write lm-eval's results (and the comparison) as JSON here."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Folder for the converted reference (default: beside MODEL)."
+    ),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write lm-eval's results (and the comparison) as JSON here."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
 ) -> None:
     """Score a GGUF on lm-evaluation-harness tasks in llama.cpp, optionally beside its original."""

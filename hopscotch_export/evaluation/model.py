@@ -197,7 +197,8 @@ class LlamaCppLM(TemplateLM):
         of its tokens is the most likely one; left-truncated to ``max_length`` as ``hf`` does."""
         if len(continuation) > self.max_length:
             raise HopscotchError(
-                f"a continuation of {len(continuation)} tokens does not fit the context of {self.max_length}; raise --ctx"
+                f"a continuation of {len(continuation)} tokens does not fit the context of {self.max_length}; "
+                "raise --ctx"
             )
         whole = (context + continuation)[-(self.max_length + 1) :]
         first = len(whole) - len(continuation)  # the first scored position; context is never empty
