@@ -6,7 +6,8 @@ text (or ``--text``), one YAML and one JSONL each, lm-eval's ``--include_path`` 
 - ``heldout_next`` (multiple choice, HellaSwag-like): a sentence, then its true next
   sentence among three sentences of other paragraphs.
 - ``heldout_word`` (log-likelihood, LAMBADA-like): a paragraph up to a sentence's last
-  word; ``acc`` is whether greedy decoding gives that word.
+  word; ``acc`` is whether greedy decoding gives that word (with its space: lm-eval puts
+  no delimiter before a log-likelihood task's target).
 - ``heldout_gen`` (generation): the same prompts, the word generated greedily until a
   stop string (``.``, ``,``, ``;``, newline); exact match.
 
@@ -63,7 +64,7 @@ def build_tasks(text: str, folder: Path) -> tuple[str, ...]:
     )  # fmt: skip
     (folder / "heldout_word.yaml").write_text(
         "task: heldout_word\n" + head.format(data=folder / "word.jsonl")
-        + "output_type: loglikelihood\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{word}}'\nmetric_list:\n"
+        + "output_type: loglikelihood\ndoc_to_text: '{{context}}'\ndoc_to_target: \"{{' ' + word}}\"\nmetric_list:\n"
         + metric.format("acc", "mean", "true") + metric.format("perplexity", "perplexity", "false")
     )  # fmt: skip
     (folder / "heldout_gen.yaml").write_text(

@@ -180,14 +180,14 @@ class EvalReport:
 
 def _value(m: Metric) -> str:
     """The value and its standard error, where lm-eval gives one."""
-    stderr = "" if m.stderr is None or math.isnan(m.stderr) else f" ±{m.stderr:.3f}"
+    stderr = "" if m.stderr is None or math.isnan(m.stderr) else f" ±{_number(m.stderr)}"
     return _number(m.value) + stderr
 
 
 def _number(x: float) -> str:
-    """Accuracies with three decimals, as papers print them; perplexities (large) with five
+    """Accuracies with three decimals, as papers print them; perplexities (large) with four
     significant digits."""
-    return f"{x:.3f}" if abs(x) < 100 else f"{x:.5g}"
+    return f"{x:.3f}" if abs(x) < 100 else f"{x:.4g}"
 
 
 def _without_samples(results: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the reference goes second, on the KV cache and threads settings of the first.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,22 +118,26 @@ def _evaluate(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """lm-eval without its tqdm bars (building requests, tokenizing), which would break our
-    progress display, and without asking git for the current folder's commit (it prints
-    "fatal" outside a repository, and would record the user's repository, not lm-eval's)."""
+    """lm-eval without its tqdm bars and prints (building requests, tokenizing, bootstrapping
+    standard errors), which would break our progress display, and without asking git for
+    the current folder's commit (it prints "fatal" outside a repository, and would record
+    the user's repository, not lm-eval's)."""
     from unittest import mock
 
     import lm_eval.api.model
     import lm_eval.api.task
     import lm_eval.evaluator
+    import tqdm as tqdm_module
     from tqdm import tqdm
 
     def silent(*args: Any, **kwargs: Any) -> Any:
         return tqdm(*args, **{**kwargs, "disable": True})
 
     with (
+        contextlib.redirect_stdout(io.StringIO()),  # "bootstrapping for stddev: ..." and its bar
         mock.patch.object(lm_eval.api.task, "tqdm", silent),
         mock.patch.object(lm_eval.api.model, "tqdm", silent),
+        mock.patch.object(tqdm_module, "tqdm", silent),  # imported inside lm-eval's bootstrap
         mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None),
     ):
         yield
