@@ -118,7 +118,8 @@ class EvalReport:
         return out
 
     def render(self, console: Console) -> None:
-        table = Table(title=f"lm-eval tasks: {self.model}" + (f" vs {self.reference}" if self.reference else ""))
+        title = f"lm-eval: {Path(self.model).name}" + (f" vs {Path(self.reference).name}" if self.reference else "")
+        table = Table(title=title)
         shown = metrics(self.results)
         # names are never cut (the numbers are short)
         table.add_column("task", no_wrap=True, min_width=max((len(m.task) for m in shown), default=4))
@@ -137,7 +138,7 @@ class EvalReport:
                 row += [
                     _value(r) if r else "",
                     ("+" if m.value >= r.value else "") + _number(m.value - r.value) if r else "",
-                    f"{agree:.1%}" if agree is not None and first else "",
+                    f"{agree:.0%}" if agree is not None and first else "",
                 ]
             table.add_row(*row)
             shown_task = m.task
@@ -180,7 +181,7 @@ class EvalReport:
 
 def _value(m: Metric) -> str:
     """The value and its standard error, where lm-eval gives one."""
-    stderr = "" if m.stderr is None or math.isnan(m.stderr) else f" ±{_number(m.stderr)}"
+    stderr = "" if m.stderr is None or math.isnan(m.stderr) else f"±{_number(m.stderr)}"
     return _number(m.value) + stderr
 
 
