@@ -19,6 +19,7 @@ from rich.table import Table
 from . import __version__, signals
 from .errors import HopscotchError
 from .converters.outtypes import IMATRIX_ONLY, OUTTYPES
+from .evaluation.command import eval_command
 from .plan import ACCEPT_FOREIGN
 from .quiet import quiet_libraries
 from .search.command import search_command
@@ -140,6 +141,7 @@ def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 
 app.command("search")(search_command)
 app.command("verify")(verify_command)
+app.command("eval")(eval_command)
 
 
 def main() -> None:

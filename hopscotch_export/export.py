@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .card import model_card, upload_commands
 from .errors import HopscotchError
+from .evaluation.command import parse_tasks
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
 from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
@@ -71,6 +72,11 @@ class Outputs:
         return self.gguf.with_suffix(".README.md")
 
     @property
+    def evaluation(self) -> Path:
+        """lm-eval's results for ``--tasks``, the exported file beside the original."""
+        return self.gguf.with_suffix(".eval.json")
+
+    @property
     def curve(self) -> Path:
         """The quality curve's JSON (``--skips auto``); its plot is the same name in ``.png``."""
         return self.gguf.with_suffix(".curve.json")
@@ -89,9 +95,11 @@ def export(
     dry_run: bool = False,
     work_dir: Path | None = None,
     revision: str | None = None,
+    tasks: tuple[str, ...] = (),
 ) -> int:
-    """Search, convert, verify; returns the exit code: 1 when a gate fails (the file does not
-    match torch under the plan, or a quality limit the user set is exceeded).
+    """Search, convert, verify (and score lm-eval's ``tasks`` beside the original); returns the
+    exit code: 1 when a gate fails (the file does not match torch under the plan, or a quality
+    limit the user set is exceeded).
 
     ``dry_run`` prints what each stage will need and where it will run, and stops. A hub
     MODEL (at ``revision``) is fetched once; every stage then reads that local copy."""
@@ -120,8 +128,13 @@ def export(
     if dry_run:
         _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None)
         return 0
-    for path in (out.gguf, out.modelfile, out.card, *((out.report,) if verify else ())):
+    outputs = (out.gguf, out.modelfile, out.card, *((out.report,) if verify else ()), *((out.evaluation,) if tasks else ()))
+    for path in outputs:
         check_writable(path, force)
+    if tasks:
+        from .evaluation.run import check_tasks
+
+        check_tasks(tasks)  # before hours of search: lm-eval installed, the tasks and their data there
 
     plan = _reusable_plan(out.plan, source, search, force)
     if plan is None:
@@ -152,7 +165,16 @@ def export(
     curve_png = out.curve.with_suffix(".png") if "curve" in plan.provenance else None
     card = model_card(out.gguf, out.modelfile, plan, report, source, hub, cache_type, shown_name, curve_png)
     write_text_atomic(out.card, card, force=force)
-    _summary(out, plan, summary.bytes_written, report, source, cache_type)
+    if tasks:
+        from .evaluation import EvalOptions, run_eval
+
+        console.rule("[bold]lm-eval tasks")
+        threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, 0)
+        options = EvalOptions(tasks, threads=threads, gpu_layers=gpu_layers, cache_type=cache_type, work_dir=work_dir)
+        scores = run_eval(out.gguf, model, options, console)
+        scores.render(Console())
+        scores.save(out.evaluation, force=force)
+    _summary(out, plan, summary.bytes_written, report, source, cache_type, evaluated=bool(tasks))
     if report is not None and report.passed is False:
         failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
         console.print(f"[bold red]failed:[/] {failed} (figures in {out.report})", highlight=False, soft_wrap=True)
@@ -224,7 +246,9 @@ def _modelfile_text(gguf_path: Path, cache_type: str) -> str:
     return modelfile(gguf_path.name, template, eos, cache_type)
 
 
-def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource, cache_type: str) -> None:
+def _summary(
+    out: Outputs, plan: Plan, size: int, report: Any, source: ModelSource, cache_type: str, evaluated: bool = False
+) -> None:
     from .ollama import ollama_create_command
 
     table = Table(title="hopscotch-export", show_header=True)
@@ -260,6 +284,7 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         f"GGUF:      {out.gguf}",
         f"plan:      {out.plan}",
         *([f"report:    {out.report}"] if report is not None else []),
+        *([f"lm-eval:   {out.evaluation}"] if evaluated else []),
         *([f"curve:     {out.curve}, {out.curve.with_suffix('.png')}"] if "curve" in plan.provenance else []),
         f"Modelfile: {out.modelfile}",
         f"card:      {out.card}",
@@ -329,6 +354,7 @@ def export_command(**kwargs: Any) -> None:
         dry_run=kwargs["dry_run"],
         work_dir=kwargs["work_dir"],
         revision=kwargs["revision"],
+        tasks=parse_tasks(kwargs["tasks"] or ""),
     )
     raise typer.Exit(code)
 
@@ -349,6 +375,8 @@ def _export_signature() -> inspect.Signature:
             None, "--name", help="general.name written into the GGUF.")),
         inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(
             False, "--no-verify", help="Skip the llama.cpp verification.")),
+        inspect.Parameter("tasks", P, annotation=Optional[str], default=typer.Option(
+            None, "--tasks", help="Also score lm-eval tasks (arc_easy,hellaswag,...) on the file and the original.")),
         inspect.Parameter("force", P, annotation=bool, default=typer.Option(
             False, "--force", help="Overwrite outputs and search again even if a plan exists.")),
     ]  # fmt: skip

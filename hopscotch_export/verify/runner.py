@@ -181,6 +181,7 @@ class LlamaSession:
             self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
             self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
             self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
+            self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
             threads = n_threads or default_threads()
             self.n_batch = min(n_batch, n_ctx)
             cparams = llama_cpp.llama_context_default_params()
@@ -244,6 +245,22 @@ class LlamaSession:
         if n < 0:
             raise RuntimeError(f"llama_tokenize needs {-n} tokens, more than the {cap} allotted")
         return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """llama.cpp's text of ``tokens``; special tokens (BOS, end of turn) are left out unless
+        ``special``. A character cut between tokens decodes as U+FFFD."""
+        ids = (self._lib.llama_token * len(tokens))(*tokens)
+        cap = 8 * len(tokens) + 16
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = self._lib.llama_detokenize(self._vocab, ids, len(tokens), buf, cap, False, special)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (end of sequence or of turn), as llama.cpp decides."""
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def clear(self) -> None:
         """Forget every cached token: the next decode starts a new sequence."""
