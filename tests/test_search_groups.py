@@ -165,3 +165,15 @@ def test_one_command_reuses_a_finished_plan_of_the_same_kv_budget(grouped: Plan,
                           (SearchOptions(skips=0, kv_saving=0.3), "not --kv-saving 0.3; pass --force")):  # fmt: skip
         with pytest.raises(HopscotchError, match=f"removes 30.0% of the KV cache, {wanted}"):
             _reusable_plan(path, source, other, force=False)
+
+
+def test_one_command_summary_counts_the_cut_groups(
+    grouped: Plan, tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hopscotch_export.export import Outputs, _summary
+
+    _summary(Outputs(tmp_path / "m.gguf"), grouped, 1, None, open_source(tiny), "f16")
+    out = " ".join(capsys.readouterr().out.split())
+    (layer,) = grouped.kv_groups
+    # 10 groups, 3 gone: the planted layer's two (skipped) and one of another layer's two
+    assert f"│ 10 │ 7 (1 cut from layers {layer}; KV cache -30.0%) │" in out
