@@ -18,7 +18,6 @@ Results: docs/frontier.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import tempfile
@@ -35,7 +34,7 @@ from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.display import Silent
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
-from hopscotch_export.search.run import final_training, plan_metrics, prepare
+from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
 from hopscotch_export.search.units import curve_counts, kv_heads
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
@@ -97,36 +96,36 @@ def main() -> None:
     for name in methods:
         unit, replace = METHODS[name]
         o = dataclasses.replace(options, unit=unit, replace=replace)
-        snapshots: dict[int, SearchState] = {}
 
-        def on_step(s: SearchState, name: str = name) -> None:
+        def on_step(s: SearchState, name: str = name, o: SearchOptions = o) -> None:
             last = s.steps[-1]
             console.print(f"{name}: step {len(s.steps)} {last.kind} {last.chosen} ({last.seconds:.1f}s)")
             for k, steps in curve_counts(s.removed.freed, n_kv, max(savings)):
-                if steps == len(s.steps) and k in savings:
-                    snapshots[k] = copy.deepcopy(s)
+                if steps == len(s.steps) and k in savings:  # measured when reached: a long run leaves what it has
+                    rows.append(snapshot_row(ws, o, s, name, k, n_kv))
+                    console.print(rows[-1])
+                    show(rows, savings, original, a)
 
-        t = time.perf_counter()
         state = SearchState(BranchScales(n).to(ws.stack.device))
         Selector(ws.stack, ws.calib, ws.teacher, o, o.candidates(n), Silent()).run(state, on_step)
-        for k in savings:
-            s = snapshots[k]
-            steps_s = sum(st.seconds for st in s.steps)
-            plain = plan_metrics(ws, s.skip, BranchScales(n), o.batch_size, s.maps, s.kv_groups)
-            t = time.perf_counter()
-            final, maps = final_training(ws, o, s.skip, s.scales, Silent(), s.maps, groups=s.kv_groups)
-            trained = plan_metrics(ws, s.skip, final, o.batch_size, maps, s.kv_groups)
-            removed = s.removed
-            rows.append({
-                "method": name, "blocks_worth": k, "kv_saved": removed.saved / (n * n_kv),
-                "skip": sorted(removed.skip), "linear": sorted(removed.linear),
-                "kv_groups": {str(i): list(g) for i, g in removed.kv_groups.items()},
-                "groups_cut": sum(n_kv - len(g) for g in removed.kv_groups.values()),
-                "steps": len(s.steps), "seconds": steps_s + time.perf_counter() - t,
-                "kl_plain": plain["kl"], "kl": trained["kl"], "ppl": trained["ppl"],
-            })  # fmt: skip
-            console.print(rows[-1])
-        show(rows, savings, original, a)  # after every method: a long run leaves what it has
+
+
+def snapshot_row(ws: Workspace, o: SearchOptions, s: SearchState, name: str, k: int, n_kv: int) -> dict[str, Any]:
+    """Held-out KL of the search state ``s`` with scales = 1 and after the final training."""
+    n = ws.stack.n_layers
+    plain = plan_metrics(ws, s.skip, BranchScales(n), o.batch_size, s.maps, s.kv_groups)
+    t = time.perf_counter()
+    final, maps = final_training(ws, o, s.skip, s.scales, Silent(), s.maps, groups=s.kv_groups)
+    trained = plan_metrics(ws, s.skip, final, o.batch_size, maps, s.kv_groups)
+    removed = s.removed
+    return {
+        "method": name, "blocks_worth": k, "kv_saved": removed.saved / (n * n_kv),
+        "skip": sorted(removed.skip), "linear": sorted(removed.linear),
+        "kv_groups": {str(i): list(g) for i, g in removed.kv_groups.items()},
+        "groups_cut": sum(n_kv - len(g) for g in removed.kv_groups.values()),
+        "steps": len(s.steps), "seconds": sum(st.seconds for st in s.steps) + time.perf_counter() - t,
+        "kl_plain": plain["kl"], "kl": trained["kl"], "ppl": trained["ppl"],
+    }  # fmt: skip
 
 
 def removed_text(r: dict[str, Any]) -> str:

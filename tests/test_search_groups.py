@@ -168,12 +168,16 @@ def test_one_command_reuses_a_finished_plan_of_the_same_kv_budget(grouped: Plan,
 
 
 def test_one_command_summary_counts_the_cut_groups(
-    grouped: Plan, tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hopscotch_export.export import Outputs, _summary
+    from hopscotch_export.plan import ModelRef
 
-    _summary(Outputs(tmp_path / "m.gguf"), grouped, 1, None, open_source(tiny), "f16")
+    monkeypatch.setenv("COLUMNS", "200")  # one table row a line
+    ref = ModelRef("LlamaForCausalLM", LAYERS, 8, "x", n_kv_heads=N_KV)
+    plan = Plan.identity(ref, skip=(PLANTED,)).with_fields(kv_groups={2: (1,)})
+    _summary(Outputs(tmp_path / "m.gguf"), plan, 1, None, open_source(tiny), "f16")
     out = " ".join(capsys.readouterr().out.split())
-    (layer,) = grouped.kv_groups
-    # 10 groups, 3 gone: the planted layer's two (skipped) and one of another layer's two
-    assert f"│ 10 │ 7 (1 cut from layers {layer}; KV cache -30.0%) │" in out
+    # 10 groups, 3 gone: the skipped layer's two and one of layer 2's
+    assert "│ attention blocks │ 5 │ 4 (skipped 3) │" in out
+    assert "│ KV groups (KV head + its query heads) │ 10 │ 7 (1 cut from layers 2; KV cache -30.0%) │" in out
