@@ -160,6 +160,7 @@ def export(
         report = run_verify(out.gguf, model, dataclasses.replace(verify, plan=out.plan, source=model), console)
         report.render(console)
         report.save(out.report, force=force)
+        _plot_frontier(out, plan, report)
 
     shown_name = name or out.gguf.stem.lower()
     curve_png = out.curve.with_suffix(".png") if "curve" in plan.provenance else None
@@ -261,6 +262,14 @@ def _summary(
     removed += [f"linear {', '.join(map(str, plan.linear))}"] if plan.linear else []
     kept = n - len(plan.skip) - len(plan.linear)
     table.add_row("attention blocks", str(n), f"{kept} ({'; '.join(removed) or 'none removed'})")
+    if plan.kv_groups:
+        kv = plan.model.n_kv_heads or 0  # a plan cutting groups always records it
+        cut = sum(kv - len(g) for g in plan.kv_groups.values())
+        table.add_row(
+            "KV groups (KV head + its query heads)", str(n * kv),
+            f"{n * kv - round(plan.kv_saving() * n * kv)} ({cut} cut from layers "
+            f"{', '.join(map(str, sorted(plan.kv_groups)))}; KV cache -{plan.kv_saving():.1%})",
+        )  # fmt: skip
     if report is not None:
         ref, mod = report.reference, report.model
         table.add_row("file size", _mib(ref.file_bytes), _mib(mod.file_bytes))
@@ -304,6 +313,26 @@ def _published(out: Outputs, plan: Plan) -> list[Path]:
     """The files the card refers to, uploaded beside it."""
     curve = [out.curve.with_suffix(".png")] if "curve" in plan.provenance else []
     return [out.gguf, out.modelfile, *curve]
+
+
+def _plot_frontier(out: Outputs, plan: Plan, report: Any) -> None:
+    """Redraw the curve's plot (this run's own output) with what verify measured beside the
+    export: the KV-cache alternatives as points, and the curve with a q8_0 cache as a line."""
+    from .search.curve_plot import Combined, Measured, plot_curve
+
+    curve = plan.provenance.get("curve")
+    rows = {(r.model, r.kv_cache.type_k): r for r in report.rows}
+    ref = rows.get(("original", "f16"))
+    if curve is None or ref is None or len(rows) < 3:
+        return
+    measured = [
+        Measured(r.label, 100 * (1 - r.kv_cache.bytes / ref.kv_cache.bytes), r.mean_kl) for r in report.rows if r is not ref
+    ]  # fmt: skip
+    combined = None
+    q8, f16, export_q8 = rows.get(("original", "q8_0")), rows.get(("export", "f16")), rows.get(("export", "q8_0"))
+    if q8 is not None and f16 is not None and export_q8 is not None:
+        combined = Combined("q8_0", q8.kv_cache.bytes / ref.kv_cache.bytes, export_q8.mean_kl - f16.mean_kl)
+    plot_curve(curve, out.curve.with_suffix(".png"), force=True, measured=measured, combined=combined)
 
 
 def _mib(n: int) -> str:

@@ -153,3 +153,36 @@ def test_plot_draws_a_curve_with_limits_and_the_chosen_count(tmp_path: Path) -> 
     with pytest.raises(HopscotchError, match="already exists"):
         plot_curve(curve, tmp_path / "c.png")
     assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left
+
+
+def test_frontier_panel_places_verify_rows_and_the_q8_0_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one command redraws the plot with verify's rows: each at the KV it saves against
+    the original's f16 cache, and the curve moved by q8_0's KV ratio and KL shift."""
+    from types import SimpleNamespace
+
+    import matplotlib.figure
+
+    from hopscotch_export.export import Outputs, _plot_frontier
+
+    drawn: list = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+
+    def row(model: str, cache: str, kv: int, kl: float) -> SimpleNamespace:
+        info = SimpleNamespace(bytes=kv, type_k=cache)
+        return SimpleNamespace(model=model, kv_cache=info, mean_kl=kl, label=f"{model}, {cache} KV")
+
+    rows = [row("original", "f16", 1000, 0.0), row("original", "q8_0", 500, 0.004),
+            row("original", "q4_0", 250, 0.06), row("export", "f16", 800, 0.17), row("export", "q8_0", 400, 0.18)]  # fmt: skip
+    points = [{"removed": k, "layers": [k], "kinds": ["skip"], "kl": 0.1 * k, "ppl_increase_pct": 1.0,
+               "kv_saved_pct": 20.0 * k, "compute_saved_pct": 5.0} for k in (1, 2)]  # fmt: skip
+    curve = {"replace": "skip", "limits": {}, "points": points, "chosen": 1}
+    plan = SimpleNamespace(provenance={"curve": curve})
+    _plot_frontier(Outputs(tmp_path / "m.gguf"), plan, SimpleNamespace(rows=rows))  # type: ignore[arg-type]
+    (frontier,) = [ax for ax in drawn[0].axes if ax.get_title().startswith("frontier")]
+    lines = {line.get_label(): line for line in frontier.get_lines()}
+    q8 = next(line for label, line in lines.items() if label.startswith("export, q8_0 KV (KV computed"))
+    assert list(q8.get_xdata()) == pytest.approx([50.0, 60.0, 70.0])  # 100 - (100 - s) * 0.5
+    assert list(q8.get_ydata()) == pytest.approx([0.01, 0.11, 0.21])  # KL + (0.18 - 0.17)
+    assert list(lines["original, q8_0 KV (verify, llama.cpp)"].get_xydata()[0]) == pytest.approx([50.0, 0.004])
+    assert list(lines["export, f16 KV (verify, llama.cpp)"].get_xydata()[0]) == pytest.approx([20.0, 0.17])
+    assert "original, f16 KV (verify, llama.cpp)" not in lines  # the reference is the origin, not a point

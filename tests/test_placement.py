@@ -204,3 +204,21 @@ def test_under_torchrun_each_process_uses_its_gpus_and_ram_counts_every_process(
     alone = plan_placement(SPEC_8B, o, gpus=[2, 3], processes=1)
     ram = {p.where: p.bytes for p in group.needs}["ram"]
     assert ram == 2 * {p.where: p.bytes for p in alone.needs}["ram"]
+
+
+def test_dry_run_with_a_kv_budget_counts_the_linear_maps_the_search_will_hold(tiny_llama: Path) -> None:
+    """``--kv-saving`` leaves ``skips`` 0 until the model is known: the estimate must use
+    the blocks' worth the search will run with, as the search itself does."""
+    from hopscotch_export.search.command import print_estimate
+
+    source = open_source(tiny_llama)
+    n = source.spec.n_layers
+    budget = SearchOptions(skips=0, kv_saving=0.5, replace="linear", device="cpu")
+    blocks = SearchOptions(skips=budget.for_model(n).skips, replace="linear", device="cpu")
+    assert blocks.skips > 0
+
+    def maps(options: SearchOptions) -> int:
+        needs = print_estimate(source, options, Console(file=io.StringIO())).needs
+        return sum(v for need in needs for k, v in need.parts.items() if k == "linear maps")
+
+    assert maps(budget) == maps(blocks) > maps(SearchOptions(skips=0, kv_saving=0.01, replace="linear", device="cpu"))

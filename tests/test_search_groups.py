@@ -165,3 +165,19 @@ def test_one_command_reuses_a_finished_plan_of_the_same_kv_budget(grouped: Plan,
                           (SearchOptions(skips=0, kv_saving=0.3), "not --kv-saving 0.3; pass --force")):  # fmt: skip
         with pytest.raises(HopscotchError, match=f"removes 30.0% of the KV cache, {wanted}"):
             _reusable_plan(path, source, other, force=False)
+
+
+def test_one_command_summary_counts_the_cut_groups(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hopscotch_export.export import Outputs, _summary
+    from hopscotch_export.plan import ModelRef
+
+    monkeypatch.setenv("COLUMNS", "200")  # one table row a line
+    ref = ModelRef("LlamaForCausalLM", LAYERS, 8, "x", n_kv_heads=N_KV)
+    plan = Plan.identity(ref, skip=(PLANTED,)).with_fields(kv_groups={2: (1,)})
+    _summary(Outputs(tmp_path / "m.gguf"), plan, 1, None, open_source(tiny), "f16")
+    out = " ".join(capsys.readouterr().out.split())
+    # 10 groups, 3 gone: the skipped layer's two and one of layer 2's
+    assert "│ attention blocks │ 5 │ 4 (skipped 3) │" in out
+    assert "│ KV groups (KV head + its query heads) │ 10 │ 7 (1 cut from layers 2; KV cache -30.0%) │" in out

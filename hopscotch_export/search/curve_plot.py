@@ -1,18 +1,47 @@
 """The quality curve as a picture (``model.curve.png``): what each count of removed blocks
-costs on held-out tokens, and what it saves."""
+costs on held-out tokens, what it saves, and the frontier: KL against KV cache saved, beside
+what a user already has (llama.cpp's KV-cache quantization) when the one command has
+measured it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_output
 
 
-def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
+@dataclass(frozen=True)
+class Measured:
+    """A model measured elsewhere (the one command's verify, in llama.cpp on its own text),
+    drawn on the frontier as a point: KV cache saved against the original with an f16 cache."""
+
+    label: str
+    kv_saved_pct: float
+    kl: float
+
+
+@dataclass(frozen=True)
+class Combined:
+    """The curve's exports run with a quantized KV cache: each point's KV bytes times
+    ``kv_ratio`` (the cache type's bytes over f16's), its KL moved by ``kl_shift`` (the
+    change the cache type made to the chosen export's KL in verify)."""
+
+    cache_type: str
+    kv_ratio: float
+    kl_shift: float
+
+
+def plot_curve(
+    curve: dict[str, Any], path: Path, force: bool = False, measured: Sequence[Measured] = (),
+    combined: Combined | None = None,
+) -> None:  # fmt: skip
     """Left: held-out KL and perplexity rise against blocks removed, the limits dashed and
-    the chosen count ringed; points whose plan has linear maps are squares. Right: the KV
-    cache and compute per token saved."""
+    the chosen count ringed; points whose plan has linear maps are squares. Middle: the KV
+    cache and compute per token saved. Right: the frontier, held-out KL against KV cache
+    saved, with the ``measured`` points and the ``combined`` line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, none opened
@@ -23,7 +52,7 @@ def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
     kl = [0.0] + [p["kl"] for p in points]
     rise = [0.0] + [p["ppl_increase_pct"] for p in points]
     linear = [False] + ["linear" in p["kinds"] for p in points]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig, (left, right, frontier) = plt.subplots(1, 3, figsize=(16, 4.2), constrained_layout=True)
     right_kl = left.twinx()
     left.plot(ks, kl, color="tab:blue", label="KL to original")
     right_kl.plot(ks, rise, color="tab:orange", label="perplexity rise %")
@@ -55,6 +84,28 @@ def plot_curve(curve: dict[str, Any], path: Path, force: bool = False) -> None:
     for ax in (left, right):
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
+    _frontier(frontier, curve, kl, measured, combined)
     with atomic_output(path, force) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def _frontier(
+    ax: Any, curve: dict[str, Any], kl: list[float], measured: Sequence[Measured], combined: Combined | None
+) -> None:
+    """KL against KV cache saved: the search's curve, the curve with a quantized cache, and
+    the ``measured`` points (llama.cpp on verify's text: another measure than the curve's)."""
+    saved = [0.0] + [p["kv_saved_pct"] for p in curve["points"]]
+    ax.plot(saved, kl, "o-", color="tab:blue", label="export, f16 KV (search's held-out, torch)")
+    if combined is not None:
+        moved = [100 - (100 - s) * combined.kv_ratio for s in saved]
+        ax.plot(moved, [max(0.0, k + combined.kl_shift) for k in kl], "o--", color="tab:green",
+                label=f"export, {combined.cache_type} KV (KV computed; KL shift measured by verify)")  # fmt: skip
+    for i, m in enumerate(measured):
+        ax.plot(m.kv_saved_pct, m.kl, "D^v<>p"[i % 6], markersize=8, linestyle="none",
+                label=f"{m.label} (verify, llama.cpp)")  # fmt: skip
+    ax.set_xlabel("KV cache saved (%)")
+    ax.set_ylabel("KL to original")
+    ax.set_title("frontier: quality paid per KV byte saved")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
