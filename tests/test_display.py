@@ -109,4 +109,4 @@ def test_the_one_command_into_a_file_prints_lines_not_bars(tiny_llama: Path, tex
         assert noise not in text
     for task, total in (("step 1/1", r"\d+"), ("final training", r"\d+"), ("converting", r"[\d.]+ [kM]B")):
         assert re.search(rf"^{re.escape(task)} +{total}/{total}  \d\d:\d\d$", text, re.M), (task, text)
-    assert re.search(r"^perplexity and KL( \(\d+ rows\))? +1/1  \d\d:\d\d$", text, re.M), text
+    assert re.search(r"^perplexity and KL \(export, f16 KV\) +1/1  \d\d:\d\d$", text, re.M), text
