@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import __version__, signals
 from .errors import HopscotchError
+from .converters.outtypes import IMATRIX_ONLY, OUTTYPES
 from .plan import ACCEPT_FOREIGN
 from .quiet import quiet_libraries
 from .search.command import search_command
@@ -49,13 +50,19 @@ def _root(
 
 @app.command("convert")
 def convert_command(
-    model: str = typer.Argument(..., help="Hugging Face folder, hub id, or GGUF file (llama, qwen2, phi3)."),
+    model: str = typer.Argument(
+        ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3) or hub GGUF (org/repo:Q4_K_M)."
+    ),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `search`; none = no skips."),
     output: Path = typer.Option(..., "-o", "--output", help="The GGUF to write."),
     outtype: str = typer.Option(
         "auto", "--outtype",
-        help="auto|source|f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q2_k|q3_k_m|q4_k_s|q4_k_m|q5_k_s|q5_k_m|q6_k. "
-        "auto keeps a GGUF's types and picks f16/bf16 for Hugging Face weights.",
+        help=f"{'|'.join(OUTTYPES)}. auto keeps a GGUF's types and picks f16/bf16 for Hugging Face weights; "
+        f"{', '.join(IMATRIX_ONLY)} need --imatrix.",
+    ),
+    imatrix: Optional[Path] = typer.Option(
+        None, "--imatrix", help="Importance matrix from llama.cpp's llama-imatrix, for a quantized --outtype: "
+        "writes f16 and prints the llama-quantize command that uses it (llama-cpp-python cannot pass one)."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     accept_foreign_plan: bool = typer.Option(
@@ -68,6 +75,7 @@ def convert_command(
         "(default: beside the output)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory and disk estimate, then exit."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub MODEL."),
     allow_incomplete: bool = typer.Option(
         False, "--allow-incomplete", help="Convert the partial plan of an interrupted search as it is."
     ),
@@ -77,19 +85,19 @@ def convert_command(
     from .plan import load_plan
     from .sources import open_source
 
-    source = open_source(model)
+    source = open_source(model, revision)
     loaded = load_plan(plan) if plan else None
     if dry_run:
         from .converters.convert import choose_outtype
         from .converters.needs import convert_needs
         from .resources import print_report
 
-        choice = choose_outtype(source, outtype)
+        choice = choose_outtype(source, outtype, imatrix is not None)
         print_report(out_console, convert_needs(source, choice, output, work_dir, loaded), f"convert to {choice.name}")
         return
     summary = convert(
         source, loaded, output, outtype=outtype, force=force, accept_foreign_plan=accept_foreign_plan, name=name,
-        console=console, work_dir=work_dir, allow_incomplete=allow_incomplete,
+        console=console, work_dir=work_dir, allow_incomplete=allow_incomplete, imatrix=imatrix,
     )
     print_rows("converted", summary.rows())
 

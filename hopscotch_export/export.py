@@ -1,10 +1,10 @@
 """The one command: ``hopscotch-export MODEL --skips 4 -o model.gguf``.
 
 Runs search, convert and verify in turn and writes beside ``model.gguf``: the plan
-(``model.plan.json``), the verification report (``model.verify.json``) and an Ollama
-Modelfile (``model.Modelfile``); with ``--skips auto`` also the quality curve
-(``model.curve.json``, ``model.curve.png``). Every option of the search and verify stages
-is available; its signature is assembled from theirs, so each option is declared once.
+(``model.plan.json``), the verification report (``model.verify.json``), an Ollama
+Modelfile (``model.Modelfile``) and a model card to publish (``model.README.md``); with
+``--skips auto`` also the quality curve (``model.curve.json``, ``model.curve.png``). Every
+option of the search and verify stages is available; its signature is assembled from theirs, so each option is declared once.
 ``--max-kl`` and ``--max-ppl-increase`` belong to both: they choose the count of removed
 blocks (``--skips auto``) and are the limits verify checks the file against.
 """
@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .card import model_card, upload_commands
 from .errors import HopscotchError
 from .files import check_writable, write_text_atomic
 from .plan import Plan, load_plan
@@ -29,7 +30,7 @@ from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environ
 from .search import distributed
 from .search.command import parse_layers, parse_shortlist, parse_skips, search_command
 from .search.options import SearchOptions
-from .sources import GgufFileSource, ModelSource, open_source
+from .sources import GgufFileSource, ModelSource, hub_ref, local_model, open_source
 from .verify.alternatives import check_cache_type
 from .verify.command import EXIT_LIMIT, verify_command
 from .verify.run import VerifyOptions
@@ -40,7 +41,9 @@ console = Console(stderr=True)
 #: Parameters of the stage commands that the one command sets itself.
 _SEARCH_OWN = {"model", "output", "resume", "force"}
 #: limits both stages take: declared once (by search), given to both
-_SHARED = {"max_kl", "max_ppl_increase"}
+_LIMITS = {"max_kl", "max_ppl_increase"}
+#: options both stages take
+_SHARED = {*_LIMITS, "threads"}
 _VERIFY_OWN = {"model", "reference", "plan", "source", "json_out", "force", "dry_run", *_SHARED}
 
 
@@ -63,6 +66,11 @@ class Outputs:
         return self.gguf.with_suffix(".Modelfile")
 
     @property
+    def card(self) -> Path:
+        """The model card, the README of the hub repository it is uploaded to."""
+        return self.gguf.with_suffix(".README.md")
+
+    @property
     def curve(self) -> Path:
         """The quality curve's JSON (``--skips auto``); its plot is the same name in ``.png``."""
         return self.gguf.with_suffix(".curve.json")
@@ -75,15 +83,18 @@ def export(
     verify: VerifyOptions | None,
     *,
     outtype: str = "auto",
+    imatrix: Path | None = None,
     name: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     work_dir: Path | None = None,
+    revision: str | None = None,
 ) -> int:
     """Search, convert, verify; returns the exit code: 1 when a gate fails (the file does not
     match torch under the plan, or a quality limit the user set is exceeded).
 
-    ``dry_run`` prints what each stage will need and where it will run, and stops."""
+    ``dry_run`` prints what each stage will need and where it will run, and stops. A hub
+    MODEL (at ``revision``) is fetched once; every stage then reads that local copy."""
     from .converters import convert
     from .converters.vocab import check_hf_tokenizer
     from .search.run import run_search
@@ -97,6 +108,8 @@ def export(
         )
     if out.gguf.suffix.lower() != ".gguf":
         raise HopscotchError(f"-o {output} should end in .gguf (the plan, report and Modelfile go beside it)")
+    hub = hub_ref(model)
+    model = local_model(model, revision)
     source = open_source(model)
     if not isinstance(source, GgufFileSource):  # a GGUF source brings its vocabulary as it is
         check_hf_tokenizer(source.path, source.spec.vocab_size)  # before hours of search
@@ -105,9 +118,9 @@ def export(
         check_cache_type(verify.cache_type)
     cache_type = verify.cache_type if verify is not None else "f16"
     if dry_run:
-        _dry_run(source, model, out, search, verify, outtype, work_dir)
+        _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None)
         return 0
-    for path in (out.gguf, out.modelfile, *((out.report,) if verify else ())):
+    for path in (out.gguf, out.modelfile, out.card, *((out.report,) if verify else ())):
         check_writable(path, force)
 
     plan = _reusable_plan(out.plan, source, search, force)
@@ -123,7 +136,8 @@ def export(
 
     console.rule("[bold]2/3 convert")
     summary = convert(
-        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir
+        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir,
+        imatrix=imatrix,
     )
     write_text_atomic(out.modelfile, _modelfile_text(out.gguf, cache_type), force=force)
 
@@ -134,6 +148,10 @@ def export(
         report.render(console)
         report.save(out.report, force=force)
 
+    shown_name = name or out.gguf.stem.lower()
+    curve_png = out.curve.with_suffix(".png") if "curve" in plan.provenance else None
+    card = model_card(out.gguf, out.modelfile, plan, report, source, hub, cache_type, shown_name, curve_png)
+    write_text_atomic(out.card, card, force=force)
     _summary(out, plan, summary.bytes_written, report, source, cache_type)
     if report is not None and report.passed is False:
         failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
@@ -144,7 +162,7 @@ def export(
 
 def _dry_run(
     source: ModelSource, model: str, out: Outputs, search: SearchOptions, verify: VerifyOptions | None,
-    outtype: str, work_dir: Path | None,
+    outtype: str, work_dir: Path | None, imatrix: bool = False,
 ) -> None:  # fmt: skip
     """Each stage's estimate, as it will be checked when the stage starts."""
     from .converters.convert import choose_outtype
@@ -155,7 +173,7 @@ def _dry_run(
 
     shown = Console()
     print_estimate(source, search, shown)
-    choice = choose_outtype(source, outtype)
+    choice = choose_outtype(source, outtype, imatrix)
     conversion = convert_needs(source, choice, out.gguf, work_dir)
     print_report(shown, conversion, f"convert to {choice.name}")
     if verify is not None:
@@ -244,13 +262,23 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
         *([f"report:    {out.report}"] if report is not None else []),
         *([f"curve:     {out.curve}, {out.curve.with_suffix('.png')}"] if "curve" in plan.provenance else []),
         f"Modelfile: {out.modelfile}",
+        f"card:      {out.card}",
         "",
         f"llama.cpp: {llama_cpp_command(out.gguf, cache_type)}",
         f"Ollama:    {ollama_environment(cache_type)} ollama serve",
         f"           {ollama_create_command(out.modelfile, name)} && ollama run {name}",
         f"({WHY_FLASH_ATTENTION})",
+        "",
+        "publish (the card becomes the repository's README.md):",
+        *(f"           {c}" for c in upload_commands(_published(out, plan), out.card, f"YOUR_NAME/{out.gguf.stem}")),
     ]
     Console().print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+def _published(out: Outputs, plan: Plan) -> list[Path]:
+    """The files the card refers to, uploaded beside it."""
+    curve = [out.curve.with_suffix(".png")] if "curve" in plan.provenance else []
+    return [out.gguf, out.modelfile, *curve]
 
 
 def _mib(n: int) -> str:
@@ -285,7 +313,7 @@ def export_command(**kwargs: Any) -> None:
     search_kw["shortlist"] = parse_shortlist(search_kw["shortlist"])
     search_kw["protect"] = parse_layers(search_kw["protect"])
     if not search_kw["curve"]:  # a fixed count: the limits are verify's alone
-        search_kw |= dict.fromkeys(_SHARED)
+        search_kw |= dict.fromkeys(_LIMITS)
     verify_fields = {f.name for f in dataclasses.fields(VerifyOptions)}
     verify_kw = {k.removeprefix("verify_"): v for k, v in kwargs.items() if k.startswith("verify_")}
     verify_kw |= {k: v for k, v in kwargs.items() if k in verify_fields and (k not in search_fields or k in _SHARED)}
@@ -295,10 +323,12 @@ def export_command(**kwargs: Any) -> None:
         SearchOptions.sized_for_device(**search_kw),
         None if kwargs["no_verify"] else VerifyOptions(**verify_kw),
         outtype=kwargs["outtype"],
+        imatrix=kwargs["imatrix"],
         name=kwargs["name"],
         force=kwargs["force"],
         dry_run=kwargs["dry_run"],
         work_dir=kwargs["work_dir"],
+        revision=kwargs["revision"],
     )
     raise typer.Exit(code)
 
@@ -307,11 +337,14 @@ def _export_signature() -> inspect.Signature:
     P = inspect.Parameter.POSITIONAL_OR_KEYWORD
     own = [
         inspect.Parameter("model", P, annotation=str, default=typer.Argument(
-            ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3), or bundled:smollm2.")),
+            ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3), hub GGUF (org/repo:Q4_K_M, "
+            "org/repo/file.gguf), or bundled:smollm2.")),
         inspect.Parameter("output", P, annotation=Path, default=typer.Option(
-            ..., "-o", "--output", help="GGUF to write; plan, report and Modelfile go beside it.")),
+            ..., "-o", "--output", help="GGUF to write; plan, report, Modelfile and card go beside it.")),
         inspect.Parameter("outtype", P, annotation=str, default=typer.Option(
             "auto", "--outtype", help="GGUF output type (see `convert --help`).")),
+        inspect.Parameter("imatrix", P, annotation=Optional[Path], default=typer.Option(
+            None, "--imatrix", help="Importance matrix for a quantized --outtype (see `convert --help`).")),
         inspect.Parameter("name", P, annotation=Optional[str], default=typer.Option(
             None, "--name", help="general.name written into the GGUF.")),
         inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(

@@ -6,8 +6,11 @@ read for facts (the KV cache line) and never printed between our progress displa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import HopscotchError
@@ -26,6 +29,7 @@ class LlamaLog:
         self._partial = ""
         self._level = 0
         self.count = 0
+        self._listener: Callable[[str], None] | None = None
 
         @llama_cpp.llama_log_callback
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -37,9 +41,21 @@ class LlamaLog:
             *done, self._partial = self._partial.split("\n")
             self.lines.extend(done)
             self.count += len(done)
+            if self._listener is not None:
+                for line in done:
+                    self._listener(line)
 
         self._callback = callback  # keep a reference: llama.cpp holds a raw pointer
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    @contextlib.contextmanager
+    def listening(self, listener: Callable[[str], None]) -> Iterator[None]:
+        """Call ``listener`` with every line logged inside the block (to follow a long call)."""
+        self._listener = listener
+        try:
+            yield
+        finally:
+            self._listener = None
 
     def since(self, mark: int) -> list[str]:
         """Lines logged after ``mark`` (a previous ``count``), as far as the buffer reaches."""
@@ -63,3 +79,12 @@ def llama_library() -> tuple[Any, LlamaLog]:
         llama_cpp.llama_backend_init()
         _log = LlamaLog()
     return llama_cpp, _log
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (its affinity: a container's or taskset's share, not
+    the machine's ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1

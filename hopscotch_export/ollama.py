@@ -110,6 +110,8 @@ def _unquoted(text: str) -> str | None:
 
 
 def ollama_create_command(modelfile_path: Path, name: str) -> str:
-    """The shell command that imports the model, its paths and name quoted for the shell."""
-    folder, modelfile_name = shlex.quote(str(modelfile_path.parent)), shlex.quote(modelfile_path.name)
-    return f"cd {folder} && ollama create {shlex.quote(name)} -f {modelfile_name}"
+    """The shell command that imports the model, its paths and name quoted for the shell
+    (from the Modelfile's folder, unless it is a bare name)."""
+    create = f"ollama create {shlex.quote(name)} -f {shlex.quote(modelfile_path.name)}"
+    folder = str(modelfile_path.parent)
+    return create if folder == "." else f"cd {shlex.quote(folder)} && {create}"

@@ -27,3 +27,9 @@ def ollama_environment(cache_type: str = "f16") -> str:
     """The variables ``ollama serve`` needs (they are the server's, not the Modelfile's)."""
     cache = f" OLLAMA_KV_CACHE_TYPE={cache_type}" if cache_type != "f16" else ""
     return f"OLLAMA_FLASH_ATTENTION=1{cache}"
+
+
+def lm_studio_command(gguf: Path) -> str:
+    """LM Studio's import of a GGUF (``lms``, its command line); flash attention is a setting
+    of the loaded model there, not a flag."""
+    return f"lms import {shlex.quote(str(gguf))}"

@@ -49,7 +49,7 @@ def make_tiny_model(
     values of the family's config class (e.g. ``sliding_window``)."""
     from transformers import (
         GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-        Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+        Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
     )  # fmt: skip
 
     tok = smollm2_tokenizer()
@@ -89,11 +89,15 @@ def make_tiny_model(
         model = Phi3ForCausalLM(Phi3Config(**common))
     elif family == "granite":
         model = GraniteForCausalLM(GraniteConfig(attention_bias=attention_bias, **common))
+    elif family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(attention_bias=attention_bias, **common))
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init is tiny (std 0.02); make layers matter
-        for p in model.parameters():
-            if p.dim() == 1 and p.shape[0] != hidden:  # biases
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):  # per-head norms far from 1
+                p.uniform_(0.3, 2.0)
+            elif p.dim() == 1 and p.shape[0] != hidden:  # biases
                 p.normal_(0, 0.5)
             elif p.dim() == 2 and p.shape[0] != len(tok):
                 p.normal_(0, 1.0 / p.shape[1] ** 0.5)
@@ -102,12 +106,13 @@ def make_tiny_model(
     return out
 
 
-def make_planted_model(out: Path, layers: int, planted: int) -> Path:
-    """A random Llama with peaked outputs (random init is near uniform: nothing to diverge
-    from) whose attention block ``planted`` is redundant (output projection ~0)."""
+def make_planted_model(out: Path, layers: int, planted: int, family: str = "llama", **config: Any) -> Path:
+    """A random Llama (or ``family``, with ``config`` for :func:`make_tiny_model`) with peaked
+    outputs (random init is near uniform: nothing to diverge from) whose attention block
+    ``planted`` is redundant (output projection ~0)."""
     from transformers import AutoModelForCausalLM
 
-    path = make_tiny_model(out, layers=layers)
+    path = make_tiny_model(out, family, layers=layers, **config)
     model = AutoModelForCausalLM.from_pretrained(path)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -208,10 +213,12 @@ def small_gguf(path: Path, arch: str, shapes: dict[str, tuple[int, ...]], **hpar
     return path
 
 
-def llama_gguf(hf_dir: Path, out: Path) -> Path:
+def llama_gguf(hf_dir: Path, out: Path, arch: str = "llama") -> Path:
     """A float32 ``llama`` GGUF of a Hugging Face Llama folder, as llama.cpp's converter
     writes one: q/k rows in its order, Llama 3 rope scaling as a ``rope_freqs`` tensor and
-    linear scaling as its keys (our converter's tensors and keys under ``llama``)."""
+    linear scaling as its keys (our converter's tensors and keys under ``llama``). With
+    ``arch="qwen3"``, a ``qwen3`` GGUF of a Qwen3 folder: q, k, v and their norms apart,
+    rows as Hugging Face has them."""
     from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
     from hopscotch_export.converters.needs import extra_tensors
@@ -222,8 +229,9 @@ def llama_gguf(hf_dir: Path, out: Path) -> Path:
 
     src = open_source(hf_dir)
     s = src.spec
-    tensors, _ = plan_tensors(src, None, resolve_outtype("f32", "hf", GGMLQuantizationType.F32), extra_tensors(src))
-    w = GGUFWriter(out, "llama")
+    f32 = resolve_outtype("f32", "hf", GGMLQuantizationType.F32)
+    tensors, _ = plan_tensors(src, None, f32, extra_tensors(src), fuse=False)
+    w = GGUFWriter(out, arch)
     for key, value in (("context_length", s.context_length), ("embedding_length", s.hidden_size),
                        ("block_count", s.n_layers), ("feed_forward_length", s.intermediate_size),
                        ("head_count", s.n_heads), ("head_count_kv", s.n_kv_heads), ("rope_dimension_count", s.head_dim),

@@ -107,6 +107,8 @@ def test_the_one_command_into_a_file_prints_lines_not_bars(tiny_llama: Path, tex
     assert "\r" not in text and "\x1b" not in text
     for noise in ("Loading weights", "it/s]", "llama_model_loader", "llama_model_quantize", "warnings.warn"):
         assert noise not in text
-    for task, total in (("step 1/1", r"\d+"), ("final training", r"\d+"), ("converting", r"[\d.]+ [kM]B")):
+    counted = (("calibration sequences", "6"), ("step 1/1", r"\d+"), ("final training", r"\d+"),
+               ("converting", r"[\d.]+ [kM]B"), ("llama.cpp quantizing to q4_k_m", r"\d+"))  # fmt: skip
+    for task, total in counted:
         assert re.search(rf"^{re.escape(task)} +{total}/{total}  \d\d:\d\d$", text, re.M), (task, text)
     assert re.search(r"^perplexity and KL \(export, f16 KV\) +1/1  \d\d:\d\d$", text, re.M), text

@@ -38,6 +38,9 @@ def test_one_command_on_smollm2(monkeypatch, capsys, tmp_path):
     assert "-fa on -cnv" in printed and "OLLAMA_FLASH_ATTENTION=1 ollama serve" in printed
     assert {r["cache_type"] for r in report["alternatives"]["rows"]} == {"f16", "q8_0", "q4_0"}
     assert out.stat().st_mode & stat.S_IROTH  # readable by Ollama's service user
+    card = (tmp_path / "smol.README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\ntags:\n- gguf\n- hopscotch\n---\n")  # the GGUF's licence
+    assert "hf upload YOUR_NAME/smol" in printed and "smol.README.md README.md" in printed
 
     import llama_cpp
 

@@ -52,7 +52,9 @@ def _config_folder(path: Path, config: object) -> Path:
 @pytest.mark.parametrize(
     "name,why",
     [
-        ("qwen3", "per-head q/k norms"),
+        ("qwen3", "untied embeddings (its own lm_head: Qwen3-8B and larger)"),
+        ("qwen3moe", "a mixture of experts; deci, and openelm that holds dense Qwen3, have one MLP per layer"),
+        ("olmo2", "per-head q/k norms"),
         ("gemma2", "soft-capping"),
         ("mixtral", "mixture of experts"),
         ("llama-experts", "mixture of experts (num_local_experts=4)"),
@@ -65,7 +67,9 @@ def test_folders_deci_cannot_hold_are_refused_in_one_line(name, why, tmp_path, m
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=128)
     configs = {
-        "qwen3": lambda: t.Qwen3Config(**small, architectures=["Qwen3ForCausalLM"]),
+        "qwen3": lambda: t.Qwen3Config(**small, architectures=["Qwen3ForCausalLM"]),  # untied by default
+        "qwen3moe": lambda: t.Qwen3MoeConfig(**small, architectures=["Qwen3MoeForCausalLM"]),
+        "olmo2": lambda: t.Olmo2Config(**small, architectures=["Olmo2ForCausalLM"]),
         "gemma2": lambda: t.Gemma2Config(**small, architectures=["Gemma2ForCausalLM"]),
         "mixtral": lambda: t.MixtralConfig(**small, architectures=["MixtralForCausalLM"]),
         "llama-experts": lambda: t.LlamaConfig(**small, architectures=["LlamaForCausalLM"], num_local_experts=4),

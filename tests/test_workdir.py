@@ -50,10 +50,10 @@ def seen_intermediates(monkeypatch) -> list[Path]:
     seen: list[Path] = []
     real = convert_module.llama_quantize
 
-    def spy(src: Path, dst: Path, ftype) -> None:
+    def spy(src: Path, dst: Path, ftype, **kw) -> None:
         assert src.is_file() and src.stat().st_size > 0
         seen.append(src)
-        real(src, dst, ftype)
+        real(src, dst, ftype, **kw)
 
     monkeypatch.setattr(convert_module, "llama_quantize", spy)
     return seen
@@ -77,7 +77,7 @@ def test_kquant_intermediate_beside_output_by_default(tiny_llama, dirs, seen_int
 def test_failed_kquant_leaves_nothing(tiny_llama, dirs, monkeypatch, error):
     out, work = dirs
 
-    def fail(src: Path, dst: Path, ftype) -> None:
+    def fail(src: Path, dst: Path, ftype, **kw) -> None:
         assert src.parent == work and src.is_file()
         raise error()
 

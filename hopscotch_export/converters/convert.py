@@ -1,4 +1,4 @@
-"""Source + plan -> a ``deci`` GGUF that llama.cpp and Ollama load.
+"""Source + plan -> a ``deci`` GGUF (``openelm`` for Qwen3) that llama.cpp and Ollama load.
 
 Streaming: tensor infos are computed from shapes alone, the header is written, then each
 tensor is loaded, transformed, encoded and written before the next one is touched. The
@@ -24,10 +24,10 @@ from ..plan import Plan
 from ..progress import progress_bars
 from ..resources import check, one_line
 from ..sources import GgufFileSource, ModelSource
-from .metadata import ARCH, copy_gguf_metadata, write_general, write_hparams, write_provenance
+from .metadata import copy_gguf_metadata, write_general, write_hparams, write_provenance
 from .needs import convert_needs, extra_tensors
 from .outtypes import OutputChoice, file_type, resolve_outtype
-from .quantize import llama_quantize
+from .quantize import imatrix_command, llama_quantize
 from .tensors import OutTensor, iter_produced, plan_tensors
 from .vocab import add_hf_tokenizer
 
@@ -78,6 +78,7 @@ def convert(
     console: Console | None = None,
     work_dir: Path | None = None,
     allow_incomplete: bool = False,
+    imatrix: Path | None = None,
 ) -> ConvertSummary:
     """Write ``source`` with ``plan`` folded in as a ``deci`` GGUF at ``out``.
 
@@ -85,7 +86,8 @@ def convert(
     fingerprint does not match the source; ``work_dir`` holds the f16 intermediate of a
     llama.cpp-quantized type (default: beside ``out``); ``allow_incomplete`` accepts the
     partial plan of an interrupted search. Nothing is left under ``out`` or in
-    ``work_dir`` if anything fails, Ctrl-C included.
+    ``work_dir`` if anything fails, Ctrl-C included. With an importance matrix
+    (``imatrix``) a llama.cpp type is written as f16, and the command that finishes it printed.
     """
     console = console or Console(stderr=True)
     out = Path(out)
@@ -93,9 +95,12 @@ def convert(
     check_work_dir(work_dir)
     if plan is not None:
         plan.check_model(source.model_ref(), accept_foreign=accept_foreign_plan)
+        source.spec.family.check_plan(plan, plan.origin or "the plan")
         if not plan.complete and not allow_incomplete:
             raise _incomplete(plan, source)
-    choice = choose_outtype(source, outtype)
+    if imatrix is not None and not Path(imatrix).is_file():
+        raise HopscotchError(f"--imatrix {imatrix} is not a file; pass the file llama.cpp's llama-imatrix wrote")
+    choice = choose_outtype(source, outtype, imatrix is not None)
     needs = convert_needs(source, choice, out, work_dir, plan)
     check(needs)
     console.print(f"convert: estimated need {one_line(needs)}", highlight=False)
@@ -111,11 +116,18 @@ def convert(
             try:
                 with disk_errors(mid, fix, what="the f16 intermediate"):
                     written, dropped, requantized = _write(source, plan, choice, mid, name, console)
-                with console.status(f"llama.cpp quantizing to {choice.name}"):
-                    llama_quantize(mid, tmp, choice.quantizer)
+                with progress_bars(console, width=28) as progress:
+                    bar = progress.add_task(f"llama.cpp quantizing to {choice.name}", total=written)
+                    llama_quantize(mid, tmp, choice.quantizer, on_tensor=lambda: progress.advance(bar))
             finally:
                 mid.unlink(missing_ok=True)
         size = tmp.stat().st_size
+    if choice.after is not None:
+        console.print(
+            f"llama-cpp-python cannot pass an importance matrix to llama.cpp's quantizer, so {out} is f16; make "
+            f"{choice.after.name.removeprefix('MOSTLY_')} with: {imatrix_command(out, Path(imatrix), choice.after)}",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
     return ConvertSummary(
         out, choice.name, written, dropped, size, time.perf_counter() - start,
         list(plan.skip) if plan else [], sorted(plan.linear) if plan else [],
@@ -137,9 +149,9 @@ def _incomplete(plan: Plan, source: ModelSource) -> PlanError:
     )
 
 
-def choose_outtype(source: ModelSource, outtype: str) -> OutputChoice:
+def choose_outtype(source: ModelSource, outtype: str, imatrix: bool = False) -> OutputChoice:
     """``--outtype`` resolved against the source (``auto`` follows the first tensor's type)."""
-    return resolve_outtype(outtype, source.kind, next(source.tensors()).qtype)
+    return resolve_outtype(outtype, source.kind, next(source.tensors()).qtype, imatrix)
 
 
 def check_work_dir(work_dir: Path | None) -> None:
@@ -155,7 +167,7 @@ def _write(
     re-encoded after a KV-group cut (name -> ``source type -> written type``)."""
     tensors, dropped = plan_tensors(source, plan, choice, extra_tensors(source))
 
-    writer = GGUFWriter(path, ARCH)
+    writer = GGUFWriter(path, source.spec.family.gguf_out)
     write_hparams(writer, source.spec, plan.skip if plan else (), plan.linear if plan else (),
                   plan.kv_groups if plan else None)  # fmt: skip
     write_provenance(writer, plan, source)

@@ -1,4 +1,5 @@
-"""GGUF metadata for the ``deci`` architecture (docs/design.md section 2).
+"""GGUF metadata for the ``deci`` architecture (docs/design.md section 2), and for
+``openelm`` (Qwen3, section 5), which reads the same keys.
 
 ``deci`` reads per-layer head counts, so a layer with head_count 0 has no attention
 tensors, and one with head_count n_head and head_count_kv 0 is a "linear attention" layer
@@ -25,8 +26,6 @@ from ..families import ModelSpec
 from ..families.base import rope_kind
 from ..plan import Plan
 from ..sources import GgufFileSource, ModelSource
-
-ARCH = "deci"
 
 #: Keys the writer or this module sets itself; never copied from a GGUF source.
 _NOT_COPIED_PREFIXES = ("GGUF.", "general.architecture", "general.file_type", "split.")
@@ -78,13 +77,14 @@ def write_provenance(writer: GGUFWriter, plan: Plan | None, source: ModelSource)
 
 def copy_gguf_metadata(writer: GGUFWriter, source: GgufFileSource) -> None:
     """Copy every key of a GGUF source (tokenizer verbatim), renaming ``llama.``/``qwen2.``
-    keys to ``deci.``; hyper-parameters written by :func:`write_hparams` win."""
+    keys to ``deci.`` (``qwen3.`` to ``openelm.``); hyper-parameters written by
+    :func:`write_hparams` win."""
     prefix = source.arch + "."
     for key, field in source.reader.fields.items():
         if key.startswith(_NOT_COPIED_PREFIXES) or not field.types:
             continue
         if key.startswith(prefix):
-            key = ARCH + "." + key[len(prefix):]
+            key = writer.arch + "." + key[len(prefix):]
         if any(key in kv for kv in writer.kv_data):
             continue
         main = field.types[0]

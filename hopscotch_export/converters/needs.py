@@ -77,7 +77,13 @@ def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensor
     tensor (:func:`_tensor_peak`); with llama.cpp's quantizer, also its own per-tensor buffers;
     and the plan's linear maps, held (float32) from the plan's load to the end."""
     stored = {t.name: t.qtype for t in source.tensors()}
-    peaks = {t.name: _tensor_peak(t, stored.get(t.name, t.qtype), source, plan, choice) for t in tensors}
+
+    def peak(t: OutTensor) -> int:
+        if t.parts:  # openelm's attn_qkv: its parts made one after another, then stacked
+            return sum(peak(p) + p.nbytes for p in t.parts) + t.nbytes
+        return _tensor_peak(t, stored.get(t.name, t.qtype), source, plan, choice)
+
+    peaks = {t.name: peak(t) for t in tensors}
     if choice.quantizer is not None:  # reads f16, converts to float32, writes into a work buffer
         for t in tensors:
             peaks[t.name] = max(peaks[t.name], 10 * int(np.prod(t.shape)))

@@ -14,28 +14,34 @@ Q = GGMLQuantizationType
 #: Types we write directly (gguf-py converts or quantizes them in Python).
 DIRECT = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
 
-#: Types llama.cpp's own quantizer makes from an f16 intermediate (its mixes, its rules).
-LLAMA_QUANTIZER = {
-    "q4_0": LlamaFileType.MOSTLY_Q4_0,
-    "q4_1": LlamaFileType.MOSTLY_Q4_1,
-    "q5_0": LlamaFileType.MOSTLY_Q5_0,
-    "q5_1": LlamaFileType.MOSTLY_Q5_1,
-    "q2_k": LlamaFileType.MOSTLY_Q2_K,
-    "q3_k_m": LlamaFileType.MOSTLY_Q3_K_M,
-    "q4_k_s": LlamaFileType.MOSTLY_Q4_K_S,
-    "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M,
-    "q5_k_s": LlamaFileType.MOSTLY_Q5_K_S,
-    "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M,
-    "q6_k": LlamaFileType.MOSTLY_Q6_K,
-}
+def _file_types(*names: str) -> dict[str, LlamaFileType]:
+    return {n.lower(): LlamaFileType[f"MOSTLY_{n}"] for n in names}
 
-OUTTYPES = ("auto", "source", *DIRECT, *LLAMA_QUANTIZER)
+
+#: Types llama.cpp's own quantizer makes from an f16 intermediate (its mixes, its rules):
+#: every one ``llama_model_quantize`` makes without an importance matrix, but MXFP4_MOE
+#: (mixtures of experts, which deci cannot hold) and NVFP4 (it fails on CPU builds).
+LLAMA_QUANTIZER = _file_types(
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
+    "Q5_K_M", "Q6_K", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0",
+)
+#: Types llama.cpp quantizes only with an importance matrix (``llama-imatrix``'s file), which
+#: llama-cpp-python cannot hand to it: ``--imatrix FILE`` writes f16 and prints the
+#: ``llama-quantize`` command that makes them (:func:`.quantize.imatrix_command`).
+IMATRIX_ONLY = _file_types("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S")
+
+OUTTYPES = ("auto", "source", *DIRECT, *LLAMA_QUANTIZER, *IMATRIX_ONLY)
 
 _FILE_TYPES = {
     Q.F32: LlamaFileType.ALL_F32,
     Q.F16: LlamaFileType.MOSTLY_F16,
     Q.BF16: LlamaFileType.MOSTLY_BF16,
     Q.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+}
+#: ``general.file_type`` -> the ``outtype`` that writes it
+OUTTYPE_OF_FILE_TYPE = {
+    **{_FILE_TYPES[q]: name for name, q in DIRECT.items()},
+    **{t: name for name, t in LLAMA_QUANTIZER.items()},
 }
 
 
@@ -48,17 +54,34 @@ class OutputChoice:
     direct: GGMLQuantizationType | None
     #: set when llama.cpp's quantizer runs after an f16 intermediate.
     quantizer: LlamaFileType | None = None
+    #: set when the file is written as f16 for ``llama-quantize --imatrix`` to make this type
+    after: LlamaFileType | None = None
 
 
-def resolve_outtype(outtype: str, source_kind: str, first_dtype: GGMLQuantizationType) -> OutputChoice:
+def resolve_outtype(
+    outtype: str, source_kind: str, first_dtype: GGMLQuantizationType, imatrix: bool = False
+) -> OutputChoice:
     """Pick the output type like llama.cpp's converter does for ``auto``.
 
     ``auto`` keeps a GGUF's quantization (no second rounding) and, for Hugging Face
-    weights, is bf16 when the weights are bf16 and f16 otherwise.
+    weights, is bf16 when the weights are bf16 and f16 otherwise. With an importance matrix
+    (``imatrix``) a llama.cpp type is written as f16, for ``llama-quantize`` to finish.
     """
     name = outtype.lower()
     if name not in OUTTYPES:
         raise HopscotchError(f"unknown --outtype {outtype!r}; choose one of: {', '.join(OUTTYPES)}")
+    if name in IMATRIX_ONLY and not imatrix:
+        raise HopscotchError(
+            f"--outtype {name} needs an importance matrix: pass --imatrix FILE (llama.cpp's llama-imatrix writes "
+            "one), or choose a type without one (q4_k_m, iq4_xs, ...)"
+        )
+    if imatrix:
+        if name not in LLAMA_QUANTIZER and name not in IMATRIX_ONLY:
+            raise HopscotchError(
+                f"--imatrix is for llama.cpp's quantized types (q4_k_m, iq2_xs, ...); --outtype {name} does not use "
+                "one, drop --imatrix"
+            )
+        return OutputChoice("f16", Q.F16, after={**LLAMA_QUANTIZER, **IMATRIX_ONLY}[name])
     if name == "source" or (name == "auto" and source_kind == "gguf"):
         return OutputChoice(name, None)
     if name == "auto":
@@ -171,7 +194,7 @@ def mix_file_type(tensors: dict[str, GGMLQuantizationType]) -> LlamaFileType:
     if plain:
         base = max(plain, key=plain.__getitem__)
     elif raised and fell_back:  # the plain tensors fell back: their rows are not whole K blocks
-        base = min(raised, key=_bits)
+        base = min(raised, key=bits_per_weight)
     else:
         counts = Counter(t for t in tensors.values() if t != Q.F32)  # 1-D tensors are F32 in every file
         base = max(counts, key=counts.__getitem__, default=Q.F32)
@@ -193,7 +216,7 @@ def _kind(name: str) -> str:
     return parts[2] if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" else ""
 
 
-def _bits(qtype: GGMLQuantizationType) -> float:
+def bits_per_weight(qtype: GGMLQuantizationType) -> float:
     block, size = GGML_QUANT_SIZES[qtype]
     return 8 * size / block
 

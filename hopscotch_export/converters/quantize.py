@@ -1,15 +1,20 @@
-"""K-quant outputs through llama.cpp's own quantizer (its type mixes and fallbacks), and
-single tensors through ggml's (types gguf-py cannot encode: K-quants, i-quants).
+"""K-quant and i-quant outputs through llama.cpp's own quantizer (its type mixes and
+fallbacks), and single tensors through ggml's (types gguf-py cannot encode: K-quants, i-quants).
 
 llama-cpp-python exposes ``llama_model_quantize``; it accepts ``deci`` files
-(docs/design.md section 2). ``ggml_quantize_chunk`` is in the ``libggml-base`` it ships.
+(docs/design.md section 2). Its parameters hold an importance matrix only as a pointer to a
+C++ ``std::unordered_map``, which Python cannot build, so the types that need one are left
+to the ``llama-quantize`` command (:func:`imatrix_command`). ``ggml_quantize_chunk`` is in
+the ``libggml-base`` it ships.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
+import re
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +24,36 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from ..errors import HopscotchError
 
 
-def llama_quantize(src: Path, dst: Path, ftype: LlamaFileType, threads: int | None = None) -> None:
-    """Quantize GGUF ``src`` into ``dst`` with llama.cpp; raises if llama.cpp reports failure."""
-    from ..llama_lib import llama_library  # its log captured, not printed (a line per tensor)
+#: the line llama.cpp's quantizer logs as it starts each tensor: ``[  12/  75] blk.1.attn_q.weight ...``
+_TENSOR_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]")
 
-    llama_cpp, _ = llama_library()
+
+def llama_quantize(
+    src: Path, dst: Path, ftype: LlamaFileType, threads: int | None = None,
+    on_tensor: Callable[[], None] = lambda: None,
+) -> None:  # fmt: skip
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp on ``threads`` (default: the cores
+    this process may use); ``on_tensor`` is called as each tensor starts. Raises if
+    llama.cpp reports failure."""
+    from ..llama_lib import default_threads, llama_library  # its log captured, not printed (a line per tensor)
+
+    llama_cpp, log = llama_library()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
-    params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    params.nthread = threads or default_threads()
+    with log.listening(lambda line: on_tensor() if _TENSOR_LINE.match(line) else None):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise HopscotchError(f"llama.cpp failed to quantize to {ftype.name} (code {rc}); try --outtype q8_0 or f16")
+
+
+def imatrix_command(f16: Path, imatrix: Path, ftype: LlamaFileType) -> str:
+    """The ``llama-quantize`` command that makes ``ftype`` from our f16 output with an
+    importance matrix (beside it, named ``<stem>-<TYPE>.gguf``)."""
+    kind = ftype.name.removeprefix("MOSTLY_")
+    out = f16.with_name(f"{f16.stem}-{kind}.gguf")
+    files = " ".join(shlex.quote(str(p)) for p in (imatrix, f16, out))
+    return f"llama-quantize --imatrix {files} {kind}"
 
 
 def ggml_quantize(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

@@ -34,7 +34,7 @@ from ..families import ModelSpec
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
 from ..sources.layout import rope_permutation
-from .outtypes import PYTHON_ENCODED, OutputChoice, cut_type, map_type, nbytes, tensor_type
+from .outtypes import PYTHON_ENCODED, OutputChoice, bits_per_weight, cut_type, map_type, nbytes, tensor_type
 from .quant_scale import scale_rows, select_columns, select_rows
 from .quantize import ggml_quantize
 
@@ -56,6 +56,8 @@ class OutTensor:
     source_shape: tuple[int, ...] | None = None
     #: how a tensor that lost columns was re-encoded (``Q4_K -> Q5_0``); None when copied
     requantized: str | None = None
+    #: the tensors stacked by rows into this one (``openelm``'s ``attn_qkv``)
+    parts: tuple[OutTensor, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -63,10 +65,12 @@ class OutTensor:
 
 
 def plan_tensors(
-    source: ModelSource, plan: Plan | None, choice: OutputChoice, extra: dict[str, np.ndarray]
+    source: ModelSource, plan: Plan | None, choice: OutputChoice, extra: dict[str, np.ndarray], fuse: bool = True
 ) -> tuple[list[OutTensor], list[str]]:
     """All output tensors in write order, and the names of the dropped ones (a linear
-    layer's source ``attn_output.weight`` is replaced, not dropped: the name stays)."""
+    layer's source ``attn_output.weight`` is replaced, not dropped: the name stays).
+    ``fuse``: stack q, k and v as the written architecture wants (``openelm``); without it
+    they stay apart under the source family's names (how tests write a ``qwen3`` GGUF)."""
     kept: list[OutTensor] = []
     dropped: list[str] = []
     for name, arr in extra.items():
@@ -80,7 +84,49 @@ def plan_tensors(
             kept.append(_map_tensor(t, plan, choice, source.spec))
             continue
         kept.append(_out_tensor(t, source, plan, choice))
+    if fuse and source.spec.family.gguf_out == "openelm":
+        kept = fuse_qkv(kept)
     return kept, dropped
+
+
+_QKV = ("attn_q", "attn_k", "attn_v")
+
+
+def fuse_qkv(tensors: list[OutTensor]) -> list[OutTensor]:
+    """``openelm``'s ``attn_qkv`` in place of each layer's ``attn_q``, ``attn_k`` and ``attn_v``:
+    their rows stacked in that order (each already cut to the kept heads)."""
+    parts: dict[str, dict[str, OutTensor]] = {}
+    for t in tensors:
+        m = _LAYER.match(t.name)
+        if m and m.group(2) in _QKV:
+            parts.setdefault(f"blk.{m.group(1)}.attn_qkv.{m.group(3)}", {})[m.group(2)] = t
+    out = []
+    for t in tensors:
+        m = _LAYER.match(t.name)
+        if m is None or m.group(2) not in _QKV:
+            out.append(t)
+        elif m.group(2) == "attn_q":
+            name = f"blk.{m.group(1)}.attn_qkv.{m.group(3)}"
+            out.append(_stacked(name, [parts[name][k] for k in _QKV]))
+    return out
+
+
+def _stacked(name: str, parts: list[OutTensor]) -> OutTensor:
+    """One tensor of ``parts``' rows. Rows are whole blocks of every type, so parts of one
+    type are copied; parts of several (a K-quant mix gives ``attn_v`` Q6_K beside Q4_K) are
+    stored in the most precise of them, the others re-encoded from their values."""
+    qtype = max((p.qtype for p in parts), key=bits_per_weight)
+
+    def produce() -> np.ndarray:
+        data = [p.produce() for p in parts]
+        return np.concatenate([
+            d if p.qtype == qtype else encode(np.asarray(gguf.quants.dequantize(d, p.qtype), np.float32), qtype)
+            for p, d in zip(parts, data)
+        ])  # fmt: skip
+
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    moved = [f"{p.name.split('.')[2]} {p.qtype.name} -> {qtype.name}" for p in parts if p.qtype != qtype]
+    return OutTensor(name, shape, qtype, produce, requantized=", ".join(moved) or None, parts=tuple(parts))
 
 
 def _fate(name: str, plan: Plan | None) -> Literal["keep", "drop", "map"]:
@@ -211,7 +257,7 @@ def row_transform(
     m = _LAYER.match(name)
     kind = m.group(2) if m else name.partition(".")[0]
     order = None
-    if m and kind in ("attn_q", "attn_k") and neox:
+    if m and kind in ("attn_q", "attn_k") and neox and not spec.family.out_rope_neox:
         heads = spec.n_heads if kind == "attn_q" else spec.n_kv_heads
         order = rope_permutation(spec.head_dim * heads, heads)
     if m and kind in ("attn_q", "attn_k", "attn_v"):

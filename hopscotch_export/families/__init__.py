@@ -33,7 +33,7 @@ def family_for(architecture: str, where: str = "the model") -> type[Family]:
     raise SourceError(f"{where} is {architecture!r}: {reason}. {supported_line()}")
 
 
-from . import llama, granite, phi3, qwen2  # noqa: E402  (the families register themselves, Llama first)
+from . import llama, granite, phi3, qwen2, qwen3  # noqa: E402  (the families register themselves, Llama first)
 from .spec import ModelSpec  # noqa: E402
 
 __all__ = ["REGISTRY", "Family", "ModelSpec", "family_for", "register"]

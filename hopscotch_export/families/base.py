@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import gguf
+
 from ..errors import SourceError
 
 if TYPE_CHECKING:
+    from ..plan import Plan
     from .spec import ModelSpec
 
 
@@ -33,6 +36,15 @@ class Family:
     #: GGUF files of this family store q/k rows in rotate-half (NEOX) order, so the
     #: converter permutes them for ``deci``'s NORM rope (``llama`` GGUFs already did)
     gguf_rope_neox: ClassVar[bool] = False
+    #: the llama.cpp architecture the family is written as (docs/design.md sections 2 and 5)
+    gguf_out: ClassVar[str] = "deci"
+    #: the written architecture ropes rotate-half (NEOX) pairs, so q/k rows go in unpermuted
+    out_rope_neox: ClassVar[bool] = False
+    #: the written architecture can drop a whole attention block (skip, linear map); without
+    #: it every layer keeps at least one KV group, and the search removes groups only
+    removes_blocks: ClassVar[bool] = True
+    #: gguf-py's tensor name map that names the source's tensors (Hugging Face -> GGUF)
+    tensor_names: ClassVar[gguf.MODEL_ARCH] = gguf.MODEL_ARCH.DECI
 
     @classmethod
     def name(cls) -> str:
@@ -48,6 +60,16 @@ class Family:
                 f"so it cannot hold it. {supported_line()}"
             )
         cls.check_rope(rope_scaling_of(cfg), where)
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec, where: str) -> None:
+        """Refuse, in one line, what the written architecture cannot hold in hyper-parameters
+        read alike from a Hugging Face config and a GGUF header. ``deci`` holds them all."""
+
+    @classmethod
+    def check_plan(cls, plan: Plan, where: str) -> None:
+        """Refuse, in one line, a plan the written architecture cannot express. ``deci``
+        holds skips, linear maps and KV-group cuts."""
 
     @classmethod
     def check_rope(cls, rope: dict[str, Any] | None, where: str) -> None:

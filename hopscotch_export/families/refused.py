@@ -1,10 +1,11 @@
-"""Architectures ``deci`` cannot hold, each with the reason a user is told."""
+"""Architectures ``deci`` (and ``openelm``, for Qwen3) cannot hold, each with the reason a user is told."""
 
 from __future__ import annotations
 
 _PER_HEAD_NORMS = "per-head q/k norms, which deci has no tensors for"
 _GEMMA = "scaled embeddings, GeGLU, extra post-norms and logit soft-capping, which deci does not compute"
 _MOE = "a mixture of experts; deci has one MLP per layer"
+_QWEN3_MOE = "a mixture of experts; deci, and openelm that holds dense Qwen3, have one MLP per layer"
 #: rope deci cannot express: Phi-3's longrope (su, yarn), and a rotary dimension short of the head
 LONG_ROPE = ("switches between two sets of per-dimension rope factors by context length, which deci's plain rope "
              "cannot express")
@@ -13,10 +14,10 @@ _GRANITE4 = "Granite 4's hybrid layout (Mamba-2 layers, a shared MLP beside expe
 
 #: Hugging Face class or GGUF architecture name -> why it is refused
 REFUSED: dict[str, str] = {
-    **dict.fromkeys(("Qwen3ForCausalLM", "qwen3", "Olmo2ForCausalLM", "olmo2", "Qwen3MoeForCausalLM", "qwen3moe"),
-                    _PER_HEAD_NORMS),
+    **dict.fromkeys(("Olmo2ForCausalLM", "olmo2"), _PER_HEAD_NORMS),
     **dict.fromkeys(("GemmaForCausalLM", "gemma", "Gemma2ForCausalLM", "gemma2", "Gemma3ForCausalLM",
                      "Gemma3ForConditionalGeneration", "gemma3"), _GEMMA),
+    **dict.fromkeys(("Qwen3MoeForCausalLM", "qwen3moe"), _QWEN3_MOE),
     **dict.fromkeys(("MixtralForCausalLM", "Qwen2MoeForCausalLM", "qwen2moe", "PhimoeForCausalLM", "phimoe",
                      "DeepseekV2ForCausalLM", "deepseek2", "DeepseekV3ForCausalLM", "OlmoeForCausalLM", "olmoe",
                      "GraniteMoeForCausalLM", "granitemoe", "GraniteMoeSharedForCausalLM"), _MOE),

@@ -53,7 +53,7 @@ class ModelSpec:
             if rope_theta is None:  # transformers 5 moves it into rope_parameters
                 rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
             context, notice = family.context_length(cfg, where)
-            return cls(
+            spec = cls(
                 family=family,
                 n_layers=cfg["num_hidden_layers"],
                 hidden_size=hidden,
@@ -74,3 +74,5 @@ class ModelSpec:
             )
         except KeyError as e:
             raise SourceError(f"config.json lacks {e}; add it or re-download the complete model folder") from None
+        family.check_spec(spec, where)
+        return spec

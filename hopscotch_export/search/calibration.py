@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,12 @@ class Calibration:
 
 
 def build_calibration(
-    records: Iterable[Record], tokenizer: Any, samples: int, heldout: int, seq_len: int
+    records: Iterable[Record], tokenizer: Any, samples: int, heldout: int, seq_len: int,
+    on_chunk: Callable[[], None] = lambda: None,
 ) -> Calibration:
-    """Pack ``samples`` training and ``heldout`` held-out chunks; raise if the data runs out."""
+    """Pack ``samples`` training and ``heldout`` held-out chunks; raise if the data runs out.
+    ``on_chunk`` is called as each chunk is filled (records may be written by the model as
+    they are asked for, which is the slow part)."""
     used: list[Record] = []
 
     def documents() -> Iterator[tuple[list[int], list[bool]]]:
@@ -67,8 +70,8 @@ def build_calibration(
             yield tokenize_record(tokenizer, record)
 
     docs = documents()
-    train = _fill(docs, samples, seq_len)
-    held = _fill(docs, heldout, seq_len)
+    train = _fill(docs, samples, seq_len, on_chunk)
+    held = _fill(docs, heldout, seq_len, on_chunk)
     if len(train) < samples or len(held) < heldout:
         total = len(train) + len(held)
         raise HopscotchError(
@@ -130,7 +133,9 @@ def save_records(records: list[Record], path: Path, force: bool) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n", force=force)
 
 
-def _fill(docs: Iterator[tuple[list[int], list[bool]]], n: int, seq_len: int) -> list[tuple[list[int], list[bool]]]:
+def _fill(
+    docs: Iterator[tuple[list[int], list[bool]]], n: int, seq_len: int, on_chunk: Callable[[], None]
+) -> list[tuple[list[int], list[bool]]]:
     """Up to ``n`` chunks from the next documents; the rest of the last document is dropped."""
     chunks: list[tuple[list[int], list[bool]]] = []
     ids: list[int] = []
@@ -144,6 +149,7 @@ def _fill(docs: Iterator[tuple[list[int], list[bool]]], n: int, seq_len: int) ->
         targets += more_targets
         while len(ids) >= seq_len and len(chunks) < n:
             chunks.append((ids[:seq_len], targets[:seq_len]))
+            on_chunk()
             ids, targets = ids[seq_len:], targets[seq_len:]
     return chunks
 

@@ -85,7 +85,7 @@ def search_command(
     unit: str = typer.Option(
         D.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
         "head and its query heads; a layer losing its last is skipped) or auto (either, by loss added per KV byte "
-        "saved)"
+        "saved); Qwen3 takes group only, and every layer keeps one"
     ),
     kv_saving: Optional[float] = typer.Option(
         None, "--kv-saving", help="instead of --skips: the fraction of the KV cache to remove (0.25: a quarter); "
@@ -102,6 +102,13 @@ def search_command(
         None, "--max-ppl-increase", help="--skips auto: the most held-out perplexity rise (percent) the plan may "
         "have (the one command also checks the exported file against it)"
     ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (the one command: for llama.cpp's verify too; default: all "
+        "cores; on a busy shared machine fewer can be faster)"
+    ),
+    revision: Optional[str] = typer.Option(
+        None, "--revision", help="branch, tag or commit of a hub MODEL (default: main)"
+    ),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted search from its partial plan"),
     force: bool = typer.Option(False, "--force", help="overwrite existing output files"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the memory estimate and placement, then exit"),
@@ -113,9 +120,9 @@ def search_command(
         data_field=data_field, samples=samples, heldout=heldout, seq_len=seq_len, score_samples=score_samples,
         batch_size=batch_size, lr=lr, epochs=epochs, final_lr=final_lr, final_epochs=final_epochs, seed=seed,
         device=device, dtype=dtype, max_new_tokens=max_new_tokens, replace=replace, linear_epochs=linear_epochs,
-        max_linear=max_linear, map_lr=map_lr, unit=unit,
+        max_linear=max_linear, map_lr=map_lr, unit=unit, threads=threads,
     )  # fmt: skip
-    source = open_source(model)
+    source = open_source(model, revision)
     if dry_run:
         print_estimate(source, options)
         return

@@ -287,10 +287,10 @@ class Selector:
         for kind in kinds:
             if kind != GROUP:
                 found = [Trial(c, kind) for c in layers if removed.left(c) <= room]
-            else:  # a layer's last group is its skip trial when skips are tried
-                last_is_skip = SKIP in kinds
+            else:  # a layer's last group is its skip trial when skips are tried, and stays under keep_last_group
+                last_stays = SKIP in kinds or self.o.keep_last_group
                 found = [
-                    Trial(c, GROUP, g) for c in layers if not (last_is_skip and removed.left(c) == 1)
+                    Trial(c, GROUP, g) for c in layers if not (last_stays and removed.left(c) == 1)
                     for g in range(self.n_kv) if g not in removed.cut.get(c, ())
                 ]  # fmt: skip
             if found:

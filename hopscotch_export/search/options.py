@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HopscotchError
+from ..families import Family
+from ..families.qwen3 import NO_BLOCKS
 
 OBJECTIVES = ("kl", "ce")
 GRANULARITIES = ("layer", "channel")
@@ -109,6 +111,11 @@ class SearchOptions:
     #: the budget as a fraction of the KV cache, instead of ``skips`` (which is then 0
     #: until :meth:`for_model`): steps until the saving reaches it, none overshooting it
     kv_saving: float | None = None
+    #: no step removes a layer's last KV group (set by :meth:`for_family` for a family
+    #: written where a layer cannot lose all its heads: Qwen3 as ``openelm``)
+    keep_last_group: bool = False
+    #: torch's CPU threads (``torch.set_num_threads``); None leaves torch's default
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -131,6 +138,8 @@ class SearchOptions:
                 "use --unit auto (blocks and groups) or --unit block"
             )
         self._check_kv_saving()
+        if self.threads is not None and self.threads < 1:
+            raise HopscotchError(f"--threads must be at least 1, got {self.threads}")
         for name in ("linear_epochs", "max_linear"):
             if (getattr(self, name) or 0) < 0:
                 raise HopscotchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
@@ -208,6 +217,33 @@ class SearchOptions:
             return self
         room = len([i for i in range(1, n_layers) if i not in self.protect]) - 1
         return dataclasses.replace(self, skips=max(1, min(self.skips, room)))
+
+    def for_family(self, family: type[Family], n_layers: int, n_kv: int) -> SearchOptions:
+        """These options for a model of ``family``, after :meth:`for_model`. A family that
+        cannot lose whole blocks (Qwen3) removes single KV groups only, every layer keeping
+        one: ``--unit block|auto`` and ``--replace linear|auto`` are refused, not
+        reinterpreted, and so is a budget beyond the groups that may go (``--skips auto``
+        lowers its most blocks' worth to fit them)."""
+        if family.removes_blocks:
+            return self
+        asked = [f"--unit {self.unit}"] * (self.unit != "group")
+        asked += [f"--replace {self.replace}"] * (self.replace != "skip")
+        if asked:
+            raise HopscotchError(
+                f"{' and '.join(asked)} {'remove' if len(asked) > 1 else 'removes'} whole attention blocks, but "
+                f"{NO_BLOCKS}; pass --unit group{' without --replace' if self.replace != 'skip' else ''}"
+            )
+        room = len(self.candidates(n_layers)) * (n_kv - 1)
+        options = self
+        if self.curve:  # the most blocks' worth tried, lowered to what may go
+            options = dataclasses.replace(self, skips=max(1, min(self.skips, room // n_kv)))
+        target = options.kv_target(n_layers, n_kv)
+        if target > room:
+            raise HopscotchError(
+                f"the budget is {target} KV groups, but with every layer keeping one (layer 0 and protected layers "
+                f"all theirs), at most {room} of the {n_layers * n_kv} can go; lower --skips or --kv-saving"
+            )
+        return dataclasses.replace(options, keep_last_group=True)
 
     def kv_target(self, n_layers: int, n_kv: int) -> int:
         """The KV groups the search frees (of ``n_layers x n_kv``), after :meth:`for_model`:

@@ -92,7 +92,7 @@ def run_search(
     """
     out = Path(out)
     ref = source.model_ref()
-    options = options.for_model(ref.n_layers)
+    options = options.for_model(ref.n_layers).for_family(source.spec.family, ref.n_layers, source.spec.n_kv_heads)
     candidates = options.candidates(ref.n_layers)
     curve_paths = _curve_paths(out, curve_out) if options.curve else ()
     state: SearchState | None = None
@@ -195,6 +195,8 @@ def prepare(
         console.print(f"[yellow]note:[/] {source.spec.notice}", highlight=False)
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     with console.status("loading the model"):
         model = source.load_torch(placement.torch_dtype, device_map=placement.device_map, max_memory=placement.max_memory)
@@ -206,7 +208,8 @@ def prepare(
     console.print(f"model loaded on {where}", highlight=False)
     seconds["load"] = time.perf_counter() - t
     t = time.perf_counter()
-    with console.status("preparing calibration data"):
+    with progress_bars(console) as bars:  # counts sequences as they fill (the model may be writing them)
+        bar = bars.add_task("calibration sequences", total=options.samples + options.heldout)
         if options.data is not None:
             records = read_records(options.data, options.data_config, options.data_split, options.data_field)
             data: dict[str, Any] = {
@@ -227,7 +230,9 @@ def prepare(
                 records = read_records(str(data_file), None, "train", None)
         # rank 0 packs the sequences for every process (records are lazy: the model writes its chats there alone)
         calib = distributed.shared(
-            lambda: build_calibration(records, tokenizer, options.samples, options.heldout, options.seq_len)
+            lambda: build_calibration(
+                records, tokenizer, options.samples, options.heldout, options.seq_len, lambda: bars.advance(bar)
+            )
         )
         if options.data is None and save_data and distributed.rank() == 0:
             assert data_file is not None

@@ -1,4 +1,5 @@
-"""Model sources: a Hugging Face folder, a hub id (from the local cache), or a GGUF file.
+"""Model sources: a Hugging Face folder, a hub model (from the local cache, downloaded when
+the hub is reachable: see :mod:`.hub`), or a GGUF file.
 
 Both search (torch model) and convert (tensors one at a time) read models through
 :func:`open_source`.
@@ -13,44 +14,42 @@ from .base import ModelSource, SourceTensor
 from .bundled import PREFIX, bundled_path
 from .gguf_file import GgufFileSource
 from .hf import HfFolderSource
+from .hub import HubRef, hub_path, parse_hub
 
-__all__ = ["ModelSource", "SourceTensor", "open_source", "GgufFileSource", "HfFolderSource"]
-
-_HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
+__all__ = ["ModelSource", "SourceTensor", "open_source", "local_model", "hub_ref", "GgufFileSource", "HfFolderSource"]
 
 
-def open_source(spec: str | Path) -> ModelSource:
-    """Open a model by path or hub id; raise :class:`SourceError` with the fix otherwise."""
-    if str(spec).startswith(PREFIX):
-        return GgufFileSource(bundled_path(str(spec)[len(PREFIX):]))
-    path = Path(spec).expanduser()
+def open_source(spec: str | Path, revision: str | None = None) -> ModelSource:
+    """Open a model by path or hub name (at ``revision``); raise :class:`SourceError` with the fix otherwise."""
+    local = local_model(str(spec), revision)
+    if local.startswith(PREFIX):
+        return GgufFileSource(bundled_path(local[len(PREFIX):]))
+    path = Path(local).expanduser()
     if path.is_dir():
         return HfFolderSource(path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise SourceError(f"{path} is a file but not a .gguf; pass a GGUF file or a Hugging Face folder")
         return GgufFileSource(path)
-    text = str(spec)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        return HfFolderSource(_hub_snapshot(text))
     raise SourceError(
-        f"{spec} not found; pass a Hugging Face folder, a hub id like org/name, a .gguf file, or bundled:smollm2"
+        f"{spec} not found; pass a Hugging Face folder, a hub id like org/name (or org/name:Q4_K_M, "
+        "org/name/file.gguf for a GGUF repository), a .gguf file, or bundled:smollm2"
     )
 
 
-def _hub_snapshot(repo_id: str) -> Path:
-    """The cached snapshot of ``repo_id``, downloading it when the hub is reachable."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+def hub_ref(spec: str) -> HubRef | None:
+    """The hub model ``spec`` names; None for a local path, ``bundled:`` or anything else."""
+    if spec.startswith(PREFIX) or spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+        return None
+    return parse_hub(spec)
 
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
-        raise SourceError(
-            f"hub model {repo_id!r} is not in the local cache and could not be downloaded "
-            f"({type(e).__name__}); download it with `hf download {repo_id}` or pass a local folder"
-        ) from None
+
+def local_model(spec: str, revision: str | None = None) -> str:
+    """``spec`` as a local path: a hub model's cached (or downloaded) folder or GGUF file;
+    other specs unchanged. Resolved once, so that every stage reads the same revision."""
+    ref = hub_ref(spec)
+    if ref is None:
+        if revision is not None:
+            raise SourceError(f"--revision applies to hub models; {spec} is not one (drop --revision)")
+        return spec
+    return str(hub_path(ref, revision))

@@ -119,7 +119,7 @@ class ModelSource(ABC):
         parts = self.spec.family.split(hf_name, self.spec)
         if parts is not None:
             return _stacked(hf_name, [self.hf_tensor(part) for part, _, _ in parts])
-        name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        name = gguf_names(self.spec).get_name(hf_name, try_suffixes=(".weight", ".bias"))
         t = self._tensor_index.get(name or "")
         if t is None:
             raise SourceError(f"{self.path} has no tensor for {hf_name}; is it a complete {self.spec.architecture}?")
@@ -150,10 +150,15 @@ class ModelSource(ABC):
 _Q_OR_K = re.compile(r"^blk\.\d+\.attn_([qk])\.(weight|bias)$")
 
 
+def gguf_names(spec: ModelSpec) -> gguf.TensorNameMap:
+    """Hugging Face -> GGUF tensor names, by the family's map (``deci`` names equal ``llama`` /
+    ``qwen2`` ones; Qwen3's adds the q/k norms)."""
+    return _name_map(spec.family.tensor_names, spec.n_layers)
+
+
 @functools.lru_cache(maxsize=8)
-def gguf_names(n_layers: int) -> gguf.TensorNameMap:
-    """Hugging Face -> GGUF tensor names (``deci`` names equal ``llama`` / ``qwen2`` ones)."""
-    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
+def _name_map(arch: gguf.MODEL_ARCH, n_layers: int) -> gguf.TensorNameMap:
+    return gguf.get_tensor_name_map(arch, n_layers)
 
 
 def split_rows(name: str, shape: tuple[int, ...], spec: ModelSpec) -> list[tuple[str, int, int]]:

@@ -115,6 +115,7 @@ class GgufFileSource(ModelSource):
                 "it is damaged or incomplete, re-download or re-convert it"
             )
         self._refuse_rope(spec, names)
+        family.check_spec(spec, f"{self.path} (GGUF)")
         return spec
 
     def _rope_scaling(self, family: type[Family]) -> dict[str, Any] | None:

@@ -56,7 +56,7 @@ class HfFolderSource(ModelSource):
                 if fused == "__metadata__" or fused.endswith("rotary_emb.inv_freq"):
                     continue
                 for hf_name, first, end in split_rows(fused, tuple(entry["shape"]), self.spec):
-                    name = gguf_names(self.spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                    name = gguf_names(self.spec).get_name(hf_name, try_suffixes=(".weight", ".bias"))
                     if name is None:
                         raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")
                     out.append((name, hf_name, f, entry, first, end))

@@ -56,7 +56,10 @@ def verify_command(
         "f16", "--cache-type", help=f"KV cache type of the main row ({'|'.join(CACHE_TYPES)}); "
         "the others are measured beside it."
     ),
-    gpu_layers: int = typer.Option(0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."),
+    gpu_layers: Optional[int] = typer.Option(
+        None, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all); default: all when llama-cpp-python "
+        "was built with GPU offload, else 0."
+    ),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: all cores; on a busy shared machine 1 can be faster)."
     ),

@@ -20,30 +20,13 @@ from pathlib import Path
 from gguf import LlamaFileType
 from rich.console import Console
 
+from ..converters.outtypes import OUTTYPE_OF_FILE_TYPE
 from ..errors import HopscotchError
 from ..files import temp_folder
 from ..resources import check
 from ..sources import ModelSource
 from ..sources.gguf_file import scan_gguf
 
-#: ``general.file_type`` -> the converter's ``outtype`` that writes it.
-_OUTTYPE_OF_FILE_TYPE = {
-    LlamaFileType.ALL_F32: "f32",
-    LlamaFileType.MOSTLY_F16: "f16",
-    LlamaFileType.MOSTLY_BF16: "bf16",
-    LlamaFileType.MOSTLY_Q8_0: "q8_0",
-    LlamaFileType.MOSTLY_Q4_0: "q4_0",
-    LlamaFileType.MOSTLY_Q4_1: "q4_1",
-    LlamaFileType.MOSTLY_Q5_0: "q5_0",
-    LlamaFileType.MOSTLY_Q5_1: "q5_1",
-    LlamaFileType.MOSTLY_Q2_K: "q2_k",
-    LlamaFileType.MOSTLY_Q3_K_M: "q3_k_m",
-    LlamaFileType.MOSTLY_Q4_K_S: "q4_k_s",
-    LlamaFileType.MOSTLY_Q4_K_M: "q4_k_m",
-    LlamaFileType.MOSTLY_Q5_K_S: "q5_k_s",
-    LlamaFileType.MOSTLY_Q5_K_M: "q5_k_m",
-    LlamaFileType.MOSTLY_Q6_K: "q6_k",
-}
 
 
 #: what the temporary folder of a converted reference is named after (with this process
@@ -64,7 +47,7 @@ def outtype_of(gguf_path: Path) -> str:
     """The converter output type that reproduces ``gguf_path``'s ``general.file_type``."""
     value = scan_gguf(gguf_path).metadata.get("general.file_type")
     try:
-        return _OUTTYPE_OF_FILE_TYPE[LlamaFileType(value)]
+        return OUTTYPE_OF_FILE_TYPE[LlamaFileType(value)]
     except (ValueError, KeyError):
         raise HopscotchError(
             f"cannot tell which output type {gguf_path.name} has (general.file_type={value}); "

@@ -175,8 +175,8 @@ class VerifyReport:
         """Write the JSON report atomically; ``force`` allows replacing an existing file."""
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n", force=force)
 
-    def render(self, console: Console) -> None:
-        """The side-by-side table, what was measured on, and the limit verdicts."""
+    def table(self) -> Table:
+        """Reference and model side by side (printed by :meth:`render`, and in the model card)."""
         m, r = self.model, self.reference
         table = Table(title="hopscotch-export verify", title_justify="left")
         table.add_column("")
@@ -238,11 +238,17 @@ class VerifyReport:
             if p.floor is not None:
                 table.add_row("parity floor: unmodified file vs torch", f"{p.floor:.3g}", "", "")
             table.add_row("parity: same top token", "", f"{100 * p.same_top:.2f}%", "")
-        console.print(table)
+        return table
+
+    def render(self, console: Console) -> None:
+        """The side-by-side table, what was measured on, and the limit verdicts."""
+        console.print(self.table())
         self._render_alternatives(console)
         t = self.text
         converted = f", converted to {self.reference_converted_to}" if self.reference_converted_to else ""
         console.print(f"reference: {self.reference_spec}{converted}")
+        if self.settings.get("placement"):
+            console.print(f"llama.cpp: {self.settings['placement']}", highlight=False)
         console.print(
             f"held-out text: {t.source}; {t.tokens} tokens, {t.windows} windows of {t.ctx}, "
             f"{t.scored_tokens} tokens scored"

@@ -16,6 +16,7 @@ from ..converters.convert import check_work_dir
 from ..errors import HopscotchError
 from ..files import temp_folder
 from ..inspect import gguf_summary
+from ..llama_lib import default_threads
 from ..progress import progress_bars
 from ..resources import check, fits, one_line
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
@@ -29,7 +30,7 @@ from .perplexity import Perplexity, first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
 from .runner import (
-    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, default_threads, gpu_offload_available, tokenize_file,
+    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_offload_available, tokenize_file,
 )  # fmt: skip
 from .speed import Speed, measure_speed
 from .tasks import DEFAULT_TEMPLATE, Task, TaskScore, load_task, score_task
@@ -64,8 +65,9 @@ class VerifyOptions:
     speed_rounds: int = 3
     #: KV cache type of the export's main row (``-ctk/-ctv``); the others are measured beside it
     cache_type: str = "f16"
-    #: llama.cpp placement: layers offloaded to a GPU (-1 = all) and CPU threads
-    gpu_layers: int = 0
+    #: llama.cpp placement: layers offloaded to a GPU (-1 = all; None: all when llama.cpp
+    #: has GPU offload, else 0) and CPU threads
+    gpu_layers: int | None = None
     threads: int | None = None
     #: output type for a reference that must be converted (default: the model's own)
     reference_outtype: str | None = None
@@ -101,6 +103,7 @@ def run_verify(
         else None
     )
     threads = opts.threads or default_threads()
+    gpu_layers, placement = gpu_layers_for(opts.gpu_layers)
     with contextlib.ExitStack() as stack:
         ref = stack.enter_context(
             reference_gguf(str(reference), model_gguf, opts.reference_outtype, console, opts.work_dir)
@@ -115,7 +118,8 @@ def run_verify(
         base = stack.enter_context(LogitsFile(scratch / "reference.logits", vocab.n_vocab,
                                               "the reference's held-out logits"))  # fmt: skip
         progress = stack.enter_context(progress_bars(console))
-        measure = _Measure(opts, threads, windows, vocab.tokens, base, progress, task, opts.speed and not interleave)
+        measure = _Measure(opts, threads, gpu_layers, windows, vocab.tokens, base, progress, task,
+                           opts.speed and not interleave)  # fmt: skip
         parity_logits: dict[str, LogitsFile] = {}
         if opts.plan is not None:
             for name in ("export", "original") if floor else ("export",):
@@ -136,7 +140,7 @@ def run_verify(
             )
         if interleave:
             _interleaved_speed(rows, {"original": ref.path, "export": model_gguf}, vocab.tokens, opts, threads,
-                               progress)  # fmt: skip
+                               gpu_layers, progress)  # fmt: skip
 
         # a converted reference lives in a temporary folder: name it by what the user passed
         ref_label = str(ref.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
@@ -163,7 +167,7 @@ def run_verify(
             task_source=task.source if task else None,
             task_questions=len(task.questions) if task else 0,
             parity=parity,
-            settings=_settings(opts, threads, interleave),
+            settings=_settings(opts, threads, gpu_layers, placement, interleave),
             rows=report_rows,
             unmeasured=measure.refused,
             recommendation=recommend(report_rows, opts.max_kl),
@@ -200,6 +204,7 @@ class _Measure:
 
     opts: VerifyOptions
     threads: int
+    gpu_layers: int
     windows: list[list[int]]
     tokens: list[int]
     base: LogitsFile
@@ -215,7 +220,7 @@ class _Measure:
         """Load ``path``, measure it with each of its KV cache types, free it."""
         opts = self.opts
         cache_types = [main_type, *(t for n, t in alternatives_for(opts.cache_type) if n == name)]
-        with LlamaModel(path, opts.gpu_layers) as model:
+        with LlamaModel(path, self.gpu_layers) as model:
             for cache_type in cache_types:
                 main = cache_type == main_type
                 try:
@@ -254,12 +259,12 @@ class _Measure:
 
 def _interleaved_speed(
     rows: list[_Measured], paths: dict[str, Path], tokens: list[int], opts: VerifyOptions, threads: int,
-    progress: Progress,
+    gpu_layers: int, progress: Progress,
 ) -> None:  # fmt: skip
     """Both models loaded together and every measured row's context on them, the speed
     rounds interleaved (speed.py): only when :func:`speed_needs` fits in memory."""
     with contextlib.ExitStack() as stack:
-        models = {m: stack.enter_context(LlamaModel(p, opts.gpu_layers)) for m, p in paths.items()}
+        models = {m: stack.enter_context(LlamaModel(p, gpu_layers)) for m, p in paths.items()}
         sessions = [
             stack.enter_context(LlamaSession(paths[r.model], n_ctx=opts.ctx, n_threads=threads,
                                              cache_type=r.kv_cache.type_k, share=models[r.model]))
@@ -342,13 +347,27 @@ def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:
         yield LimitCheck("perplexity increase % (--max-ppl-increase)", report.ppl_increase_pct, opts.max_ppl_increase)
 
 
-def _settings(opts: VerifyOptions, threads: int, interleaved: bool) -> dict[str, object]:
+def gpu_layers_for(asked: int | None) -> tuple[int, str]:
+    """Layers llama.cpp offloads (-1: all) and, in words, where it runs and why: ``asked``
+    (``--gpu-layers``), or by default all when llama.cpp was built with GPU offload, else none."""
+    if asked is not None:
+        where = "all layers" if asked < 0 else f"{asked} layer(s)"
+        return asked, f"{where} on the GPU (--gpu-layers {asked})" if asked else "CPU only (--gpu-layers 0)"
+    if gpu_offload_available():
+        return -1, "all layers on the GPU (default: this llama.cpp has GPU offload)"
+    return 0, "CPU only (default: this llama-cpp-python was built without GPU offload)"
+
+
+def _settings(
+    opts: VerifyOptions, threads: int, gpu_layers: int, placement: str, interleaved: bool
+) -> dict[str, object]:
     import llama_cpp
 
     return {
         "llama_cpp_python": llama_cpp.__version__,
         "gpu_offload_available": gpu_offload_available(),
-        "gpu_layers": opts.gpu_layers,
+        "gpu_layers": gpu_layers,
+        "placement": placement,
         "threads": threads,
         "flash_attention": True,
         "cache_type": opts.cache_type,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..errors import HopscotchError
 from ..kv_cache import kv_bytes_per_cell
-from ..llama_lib import llama_library
+from ..llama_lib import default_threads, llama_library
 from ..sources.gguf_file import scan_gguf
 
 #: Tokens per ``llama_decode`` call: one llama.cpp micro-batch, so that the logits held
@@ -167,14 +166,6 @@ def gpu_offload_available() -> bool:
     """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal...)."""
     llama_cpp, _ = llama_library()
     return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-def default_threads() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 class LlamaModel:
