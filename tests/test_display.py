@@ -111,4 +111,4 @@ def test_the_one_command_into_a_file_prints_lines_not_bars(tiny_llama: Path, tex
                ("converting", r"[\d.]+ [kM]B"), ("llama.cpp quantizing to q4_k_m", r"\d+"))  # fmt: skip
     for task, total in counted:
         assert re.search(rf"^{re.escape(task)} +{total}/{total}  \d\d:\d\d$", text, re.M), (task, text)
-    assert re.search(r"^perplexity and KL( \(\d+ rows\))? +1/1  \d\d:\d\d$", text, re.M), text
+    assert re.search(r"^perplexity and KL \(export, f16 KV\) +1/1  \d\d:\d\d$", text, re.M), text

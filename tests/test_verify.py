@@ -23,10 +23,14 @@ from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
+from hopscotch_export.verify import run as verify_run
 from hopscotch_export.verify.data import load_text
+from hopscotch_export.verify.divergence import log_softmax, token_kl
+from hopscotch_export.verify.heldout import window_outputs
+from hopscotch_export.verify.needs import verify_needs
 from hopscotch_export.verify.parity import floor_applies, torch_parity
-from hopscotch_export.verify.perplexity import make_windows
-from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.perplexity import Perplexity, make_windows, token_nll
+from hopscotch_export.verify.runner import LlamaModel, LlamaSession
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
 from models import smollm2_tokenizer
 from test_cli import assert_one_line_error, run_cli
@@ -275,6 +279,81 @@ def test_the_one_command_passes_the_cache_type_to_verify(tiny, tmp_path, monkeyp
     result = CliRunner().invoke(one_command.export_app, args)
     assert result.exit_code == 0, result.output
     assert seen[0].cache_type == "q8_0"
+
+
+@pytest.fixture
+def models_alive(monkeypatch) -> list[int]:
+    """[most llama.cpp models loaded at once so far, models loaded now], kept by LlamaModel."""
+    alive: set[int] = set()
+    counts = [0, 0]
+    real_init, real_close = LlamaModel.__init__, LlamaModel.close
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        alive.add(id(self))
+        counts[:] = max(counts[0], len(alive)), len(alive)
+
+    def close(self):
+        alive.discard(id(self))
+        counts[1] = len(alive)
+        real_close(self)
+
+    monkeypatch.setattr(LlamaModel, "__init__", init)
+    monkeypatch.setattr(LlamaModel, "close", close)
+    return counts
+
+
+def test_one_model_at_a_time_with_parity_and_sequential_speed(tiny, models_alive, monkeypatch):
+    """Never two llama.cpp models: parity's llama.cpp side is recorded in each model's pass and
+    torch runs after both are freed; the speed rounds are sequential when both would not fit."""
+    monkeypatch.setattr(verify_run, "fits", lambda needs: False)  # as if both did not fit together
+    opts = options(chunks=2, plan=tiny["skip_plan"], source=str(tiny["hf"]), parity_windows=1, speed=True,
+                   speed_prompt=16, speed_gen=2, speed_rounds=1)  # fmt: skip
+    r = run_verify(tiny["skip"], str(tiny["hf"]), opts)
+    assert models_alive == [1, 0]
+    assert r.settings["speed_rounds"] == "sequential" and r.model.speed and r.reference.speed
+    assert r.parity is not None and r.parity.floor is not None and r.passed
+    assert not list(tiny["skip"].parent.glob("*hopscotch-verify-*"))  # logits and reference removed
+
+
+def test_one_model_at_a_time_gives_the_figures_of_both_side_by_side(smol_skip3, smollm2, models_alive):
+    """Perplexity and KL equal those computed here with both models loaded at once: the
+    reference's logits come back from the work folder's file bit for bit (float32, as
+    llama.cpp returned them), so only float64 summation order could differ (rel 1e-12)."""
+    r = run_verify(smol_skip3, smollm2, options(ctx=128, chunks=2))
+    assert models_alive == [1, 0] and r.settings["speed_rounds"] is None
+    nll: dict[str, list[np.ndarray]] = {"ref": [], "model": []}
+    kl, top = [], []
+    with LlamaSession(smollm2, n_ctx=128, n_threads=THREADS) as ref, \
+            LlamaSession(smol_skip3, n_ctx=128, n_threads=THREADS) as model:  # fmt: skip
+        for window in make_windows(ref.tokenize(load_text(None).text), 128, None, 2):
+            flags = window_outputs(128)
+            targets = [window[i + 1] for i, f in enumerate(flags) if f]
+            lps = {}
+            for name, s in (("ref", ref), ("model", model)):
+                s.clear()
+                lps[name] = log_softmax(s.decode(window, 0, flags))
+                nll[name].append(token_nll(lps[name], targets))
+            kl.append(token_kl(lps["ref"], lps["model"]))
+            top.append(lps["ref"].argmax(1) == lps["model"].argmax(1))
+    assert r.reference.perplexity.ppl == pytest.approx(Perplexity.from_nll(np.concatenate(nll["ref"])).ppl, rel=1e-12)
+    assert r.model.perplexity.ppl == pytest.approx(Perplexity.from_nll(np.concatenate(nll["model"])).ppl, rel=1e-12)
+    assert r.divergence.mean_kl == pytest.approx(float(np.concatenate(kl).mean()), rel=1e-12)
+    assert r.divergence.max_kl == pytest.approx(float(np.concatenate(kl).max()), rel=1e-12)
+    assert r.divergence.same_top == float(np.concatenate(top).mean())
+
+
+def test_verify_needs_one_model_not_two(tiny):
+    """The estimate is verify's largest stage: one model's weights, never both; the logits
+    kept between the models are disk in the work folder, beside the converted reference."""
+    need = verify_needs(tiny["skip"], str(tiny["hf"]), options(chunks=2, plan=tiny["skip_plan"]))
+    ram = need[0]
+    assert ram.where == "ram" and "one model at a time" in ram.what
+    assert len([k for k in ram.parts if "weights" in k]) <= 1
+    disk = next(n for n in need if n.where == f"disk:{tiny['skip'].parent.resolve()}")
+    vocab = open_source(tiny["hf"]).spec.vocab_size
+    assert disk.parts["reference's held-out logits"] == 2 * 31 * vocab * 4  # 2 windows of 31 scored positions
+    assert any(k.startswith("reference.gguf") for k in disk.parts)
 
 
 def test_a_cache_llama_cpp_refuses_is_listed_not_fatal(tiny):

@@ -67,7 +67,8 @@ def verify_command(
         None, "--reference-outtype", help="Output type for converting the reference (default: the model's)."
     ),
     work_dir: Optional[Path] = typer.Option(
-        None, "--work-dir", help="Folder for the converted reference, a whole model (default: beside MODEL)."
+        None, "--work-dir", help="Folder for the converted reference (a whole model) and the reference's logits kept "
+        "between the models (default: beside MODEL)."
     ),
     max_kl: Optional[float] = typer.Option(None, "--max-kl", help="Exit 1 if the mean KL exceeds this."),
     max_ppl_increase: Optional[float] = typer.Option(

@@ -1,6 +1,8 @@
-"""What ``verify`` needs before it starts: memory for two llama.cpp models (with a context
-for each KV cache type measured) and the torch parity check, and disk for a reference that
-must be converted first.
+"""What ``verify`` needs before it starts: memory for its largest stage (verify loads one
+llama.cpp model at a time, with one context; parity's torch side runs after both are
+freed), disk for the reference's logits kept between the models and for a reference that
+must be converted first, and, apart, what loading both models for interleaved speed
+rounds would take (done only when it fits).
 
 Verification runs late in a long job; refusing at its start (or at the start of the one
 command) in one line beats the kernel's OOM killer halfway through.
@@ -13,20 +15,24 @@ from typing import TYPE_CHECKING
 
 from ..converters.convert import choose_outtype
 from ..converters.needs import convert_needs
-from ..kv_cache import type_bytes
+from ..families import ModelSpec
+from ..kv_cache import kv_bytes_per_cell, type_bytes
 from ..resources import PROCESS_BASE, Need
 from ..sources import open_source
+from ..sources.gguf_file import scan_gguf
 from .alternatives import alternatives_for, check_cache_type
+from .heldout import KL_ROWS
+from .logits_file import LogitsFile
 from .parity import PARITY_TOKENS, parity_needs
+from .perplexity import first_scored
 from .reference import outtype_of
-from .runner import DEFAULT_BATCH
 
 if TYPE_CHECKING:
     from .run import VerifyOptions
 
-#: Rows of float64 log-probabilities the held-out comparison holds at once (heldout._ROWS),
-#: times the temporaries alive together (both sides' log-softmax, exp, difference).
-_KL_TEMPORARIES = 4 * 64 * 8
+#: float64 arrays of KL_ROWS x vocabulary alive together while a batch is compared (both
+#: sides' log-softmax, the exponential, the difference)
+_KL_TEMPORARIES = 4
 
 
 def verify_needs(
@@ -34,42 +40,105 @@ def verify_needs(
     model_outtype: str | None = None,
 ) -> list[Need]:  # fmt: skip
     """Needs of :func:`run_verify` in the order its phases run: converting the reference
-    (disk in ``opts.work_dir`` or beside ``model_gguf``; memory), then both models in
-    llama.cpp with the held-out comparison or, the larger, the parity check.
+    (disk in ``opts.work_dir`` or beside ``model_gguf``; memory), then its largest stage:
+    the reference or the model in llama.cpp, or the parity check's torch side.
 
     Shapes come from the reference; the model is counted with every layer's KV cache, an
     upper bound for a file with skipped blocks. Before ``model_gguf`` exists (the one
-    command's ``--dry-run``) pass its expected size and output type.
+    command's ``--dry-run``) pass its expected size and output type. The disk for the
+    reference's logits is included when ``--chunks`` bounds it (else it is checked once
+    the text is tokenized, :func:`logits_disk_need`).
     """
     check_cache_type(opts.cache_type)
     model_gguf = Path(model_gguf)
     source = open_source(str(reference))
     spec = source.spec
     conversion: list[Need] = []
+    folder = Path(opts.work_dir or model_gguf.parent)
     if source.kind == "gguf":
         reference_bytes = source.path.stat().st_size
     else:
-        folder = Path(opts.work_dir or model_gguf.parent)
         choice = choose_outtype(source, opts.reference_outtype or model_outtype or outtype_of(model_gguf))
         conversion = convert_needs(source, choice, folder / "reference.gguf", folder)
         reference_bytes = next(v for n in conversion for k, v in n.parts.items() if k.startswith("reference.gguf"))
-    batch = min(DEFAULT_BATCH, opts.ctx)
-    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V
-    buffers = 2 * batch * spec.vocab_size * 4  # llama.cpp's logits buffer and the graph's output
-    cache_types = ["f16", opts.cache_type] + [t for _, t in alternatives_for(opts.cache_type)]
-    parts = {
-        "process": PROCESS_BASE,
-        "reference weights (mapped)": reference_bytes,
-        "model weights (mapped)": model_gguf.stat().st_size if model_bytes is None else model_bytes,
-        f"{len(cache_types)} llama.cpp contexts (KV cache types)": sum(
-            int(values * type_bytes(t)) + buffers for t in cache_types
-        ),
+    model_size = model_gguf.stat().st_size if model_bytes is None else model_bytes
+    stages = {
+        "the reference in llama.cpp": _one_model(spec, opts, "reference", reference_bytes, "original"),
+        "the model in llama.cpp": _one_model(spec, opts, "model", model_size, "export"),
     }
     if opts.plan is not None:
         parity = parity_needs(spec, opts.parity_windows, min(opts.ctx, PARITY_TOKENS), source.kind)[0]
-        parts |= {f"parity: {k}": v for k, v in parity.parts.items() if k != "process"}
-    else:
-        parts["held-out logits"] = 2 * batch * spec.vocab_size * 4 + _KL_TEMPORARIES * spec.vocab_size
-    verify = Need("ram", "verify (two models in llama.cpp)", parts,
+        stages["parity's torch side"] = parity.parts
+    stage, parts = max(stages.items(), key=lambda kv: sum(kv[1].values()))
+    verify = Need("ram", f"verify (one model at a time; largest stage: {stage})", parts,
                   fix="lower --ctx or --parity-windows, or verify on a machine with more memory")
-    return [verify, *conversion]  # the conversion runs first, alone: its needs are checked apart
+    disk = [logits_disk_need(folder, opts.chunks, opts, spec.vocab_size, floor=True)] if opts.chunks else []
+    return [verify, *_merge_disk(conversion, disk)]  # the conversion runs first, alone: its needs are checked apart
+
+
+def speed_needs(model_gguf: Path, reference_gguf: Path, opts: VerifyOptions, n_vocab: int) -> list[Need]:
+    """Memory for interleaved speed rounds: both GGUFs loaded together, a context for each
+    row; verify runs them so only when this fits, else each model's rounds in its own pass."""
+    rows = {reference_gguf: ["f16"], model_gguf: [opts.cache_type]}
+    for model, cache_type in alternatives_for(opts.cache_type):
+        rows[reference_gguf if model == "original" else model_gguf].append(cache_type)
+    contexts = 0
+    for path, types in rows.items():
+        meta = scan_gguf(path).metadata
+        contexts += sum(_context(kv_bytes_per_cell(meta, t, t)[0] * opts.ctx, opts.ctx, n_vocab) for t in types)
+    parts = {
+        "process": PROCESS_BASE,
+        "reference weights (mapped)": Path(reference_gguf).stat().st_size,
+        "model weights (mapped)": Path(model_gguf).stat().st_size,
+        f"{sum(map(len, rows.values()))} llama.cpp contexts (KV cache types)": contexts,
+    }
+    return [Need("ram", "interleaved speed rounds (both models in llama.cpp)", parts)]
+
+
+def logits_disk_need(folder: Path, windows: int, opts: VerifyOptions, n_vocab: int, *, floor: bool) -> Need:
+    """Disk in the work folder for the logits kept while their model is freed: the
+    reference's at every scored position, and (with ``--plan``) each side's parity windows
+    (the reference's too when ``floor``)."""
+    row = LogitsFile.row_bytes(n_vocab)
+    parts = {"reference's held-out logits": windows * (opts.ctx - 1 - first_scored(opts.ctx)) * row}
+    if opts.plan is not None:
+        parity_rows = min(windows, opts.parity_windows) * min(opts.ctx, PARITY_TOKENS)
+        parts["parity logits"] = (2 if floor else 1) * parity_rows * row
+    return Need(f"disk:{Path(folder).resolve()}", "verify's logits between models", parts,
+                fix="pass --work-dir on a disk with more room, or lower --chunks")  # fmt: skip
+
+
+def _one_model(spec: ModelSpec, opts: VerifyOptions, what: str, weights: int, model: str) -> dict[str, int]:
+    """One model in llama.cpp with one context at a time (its largest KV cache type) and the
+    held-out comparison's arrays."""
+    types = ["f16" if model == "original" else opts.cache_type]
+    types += [t for m, t in alternatives_for(opts.cache_type) if m == model]
+    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V, every layer
+    return {
+        "process": PROCESS_BASE,
+        f"{what} weights (mapped)": weights,
+        "one llama.cpp context": max(_context(int(values * type_bytes(t)), opts.ctx, spec.vocab_size) for t in types),
+        # float64 temporaries and the reference's rows read back for them
+        "held-out comparison": KL_ROWS * spec.vocab_size * (_KL_TEMPORARIES * 8 + 4),
+    }
+
+
+def _context(kv_bytes: int, ctx: int, n_vocab: int) -> int:
+    """A context of ``ctx`` cells: its KV cache, and llama.cpp's logits buffer and graph
+    output for the most rows one decode asks for (half a window: the held-out positions,
+    and parity.record_logits's pieces)."""
+    return kv_bytes + 2 * (ctx - first_scored(ctx)) * n_vocab * 4
+
+
+def _merge_disk(conversion: list[Need], disk: list[Need]) -> list[Need]:
+    """The conversion's disk need and the logits' in the same folder as one need: the
+    converted reference stays there while the logits are written."""
+    out = list(conversion)
+    for need in disk:
+        same = next((i for i, n in enumerate(out) if n.where == need.where), None)
+        if same is None:
+            out.append(need)
+        else:
+            out[same] = Need(need.where, f"{out[same].what} and {need.what}", out[same].parts | need.parts,
+                             out[same].fix)  # fmt: skip
+    return out

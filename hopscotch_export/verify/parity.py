@@ -29,6 +29,7 @@ from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
+from .logits_file import LogitsFile
 from .runner import LlamaSession
 
 #: A transformers model with no weights (modules, rotary tables): measured 27 MiB for SmolLM2.
@@ -79,13 +80,18 @@ class Parity:
         }
 
 
+#: The llama.cpp side of a comparison: a loaded model, or its logits recorded by
+#: :func:`record_logits` before it was freed (verify holds one model at a time).
+LlamaSide = LlamaSession | LogitsFile
+
+
 def torch_parity(
-    session: LlamaSession,
+    session: LlamaSide,
     source_spec: str | Path,
     plan_path: Path,
     windows: Sequence[Sequence[int]],
     progress: Callable[[int, int], None] = lambda done, total: None,
-    reference: LlamaSession | None = None,
+    reference: LlamaSide | None = None,
 ) -> Parity:
     """Compare ``session`` with ``source`` under ``plan`` on the first ``PARITY_TOKENS`` of
     each window; with ``reference`` (the unmodified file), also the floor: ``reference``
@@ -103,7 +109,7 @@ def torch_parity(
             f"--plan {plan_path} was made for other weights than --source {source_spec} "
             "(fingerprint mismatch); pass the model the plan was searched on"
         )
-    cut = [list(w[:PARITY_TOKENS]) for w in windows]
+    cut = parity_windows(windows)
     check(parity_needs(source.spec, len(cut), max(map(len, cut)), source.kind))
     steps = itertools.count(1)
     total = (source.spec.n_layers + len(cut)) * (1 if reference is None else 2)
@@ -118,13 +124,31 @@ def torch_parity(
     return Parity(str(source_spec), str(plan_path), float(kl.mean()), float(top.mean()), len(kl), floor)
 
 
+def parity_windows(windows: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The tokens compared: the first :data:`PARITY_TOKENS` of each window."""
+    return [list(w[:PARITY_TOKENS]) for w in windows]
+
+
+def record_logits(session: LlamaSession, windows: Sequence[Sequence[int]], store: LogitsFile) -> None:
+    """Write ``session``'s logits at every compared position to ``store``, for a
+    :func:`torch_parity` run after the model is freed. Half a batch per decode: llama.cpp's
+    output buffer then grows no larger than the held-out pass made it (half a window)."""
+    step = max(1, session.n_batch // 2)
+    for window in parity_windows(windows):
+        session.clear()
+        for start in range(0, len(window), step):
+            piece = window[start : start + step]
+            store.append(session.decode(piece, start, [True] * len(piece), copy=False))
+
+
 def _compare(
-    session: LlamaSession, source: ModelSource, plan: Plan, cut: list[list[int]], advance: Callable[[], None]
+    side: LlamaSide, source: ModelSource, plan: Plan, cut: list[list[int]], advance: Callable[[], None]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per position: KL(torch under ``plan`` || ``session``) and whether their top tokens agree."""
+    """Per position: KL(torch under ``plan`` || ``side``) and whether their top tokens agree."""
     kls, tops = [], []
-    for window, expected in zip(cut, planned_logits(source, plan, cut, session.n_vocab, advance)):
-        got = _all_logits(session, window)
+    starts = itertools.accumulate(map(len, cut), initial=0)
+    for window, start, expected in zip(cut, starts, planned_logits(source, plan, cut, side.n_vocab, advance)):
+        got = _all_logits(side, window) if isinstance(side, LlamaSession) else side.read(start, len(window))
         for r in range(0, len(got), _KL_ROWS):  # bounds the float64 temporaries
             rows = slice(r, r + _KL_ROWS)
             kls.append(token_kl(log_softmax(expected[rows]), log_softmax(got[rows])))
@@ -164,8 +188,9 @@ def parity_needs(spec: ModelSpec, windows: int, tokens: int, source_kind: str = 
     """Memory of :func:`torch_parity` from the model's shapes: one decoder layer in float32,
     the windows' activations through it, one window's logits and one chunk of head rows.
 
-    ``tokens`` is the window length (at most :data:`PARITY_TOKENS` are compared). The
-    llama.cpp model being checked is not included: its session is open anyway.
+    ``tokens`` is the window length (at most :data:`PARITY_TOKENS` are compared). No
+    llama.cpp model is included: verify runs parity after freeing them (their logits
+    recorded), and other callers hold theirs open anyway.
     """
     p = parameter_count(spec)
     h, inter, vocab = spec.hidden_size, spec.intermediate_size, spec.vocab_size

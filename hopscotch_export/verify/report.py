@@ -256,6 +256,11 @@ class VerifyReport:
         if self.task_source:
             console.print(f"task: {self.task_source}, {self.task_questions} questions")
         console.print(f"checks run: {', '.join(self.checks_run)}", highlight=False)
+        if self.settings.get("speed_rounds") == "sequential":
+            console.print(
+                "speed rounds sequential, one model after the other (both models do not fit in memory together), "
+                "so a drift in the machine's load between them counts as a speed difference"
+            )
         for c in self.limits:
             verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
             console.print(f"{c.name}: {c.value:.5g} (limit {c.limit:.5g}) {verdict}", highlight=False)

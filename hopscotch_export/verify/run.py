@@ -5,29 +5,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 
 from ..converters.convert import check_work_dir
 from ..errors import HopscotchError
+from ..files import temp_folder
 from ..inspect import gguf_summary
 from ..llama_lib import default_threads
 from ..progress import progress_bars
-from ..resources import check, one_line
+from ..resources import check, fits, one_line
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
-from .heldout import compare_windows
-from .needs import verify_needs
-from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, torch_parity
-from .perplexity import first_scored, make_windows
+from .divergence import Divergence
+from .heldout import score_candidate, score_reference
+from .logits_file import LogitsFile
+from .needs import logits_disk_need, speed_needs, verify_needs
+from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, record_logits, torch_parity
+from .perplexity import Perplexity, first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
-from .runner import LlamaSession, gpu_offload_available
+from .runner import (
+    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_offload_available, tokenize_file,
+)  # fmt: skip
 from .speed import Speed, measure_speed
-from .tasks import DEFAULT_TEMPLATE, TaskScore, load_task, score_task
+from .tasks import DEFAULT_TEMPLATE, Task, TaskScore, load_task, score_task
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class VerifyOptions:
     threads: int | None = None
     #: output type for a reference that must be converted (default: the model's own)
     reference_outtype: str | None = None
-    #: folder for that conversion (a whole model), default: beside the GGUF being verified
+    #: folder for that conversion (a whole model) and for the reference's logits kept while
+    #: the model is measured; default: beside the GGUF being verified
     work_dir: Path | None = None
     #: gates: mean KL from the reference, perplexity increase in percent
     max_kl: float | None = None
@@ -101,84 +108,69 @@ def run_verify(
         ref = stack.enter_context(
             reference_gguf(str(reference), model_gguf, opts.reference_outtype, console, opts.work_dir)
         )
-        ref_s, model_s = (
-            stack.enter_context(
-                LlamaSession(p, n_ctx=opts.ctx, n_threads=threads, gpu_layers=gpu_layers, cache_type=c)
-            )
-            for p, c in ((ref.path, "f16"), (model_gguf, opts.cache_type))
-        )
-        tokens = model_s.tokenize(text.text)
-        if ref_s.n_vocab != model_s.n_vocab or ref_s.tokenize(text.text) != tokens:
-            raise HopscotchError(
-                f"{model_gguf} and the reference {reference} tokenize differently: not the same base model"
-            )
-        windows = make_windows(tokens, opts.ctx, model_s.bos if model_s.add_bos else None, opts.chunks)
-        alternatives, unmeasured = _alternative_sessions(stack, {"original": ref_s, "export": model_s}, opts, threads)
-        sessions = [ref_s, model_s, *(s for _, s in alternatives)]
-
-        with progress_bars(console) as progress:
-            bar = progress.add_task(f"perplexity and KL ({len(sessions)} rows)", total=len(windows))
-            heldout = compare_windows(ref_s, sessions[1:], windows, lambda: progress.advance(bar))
-
-            task_scores: list[TaskScore | None] = [None, None]
-            if task is not None:
-                for i, (name, s) in enumerate((("reference", ref_s), ("model", model_s))):
-                    bar = progress.add_task(f"task ({name})", total=len(task.questions))
-                    task_scores[i] = score_task(s, task, lambda b=bar: progress.advance(b))
-
-            parity = None
-            if opts.plan is not None:
-                bar = progress.add_task("parity with torch", total=None)
-                parity = torch_parity(
-                    model_s, opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
-                    lambda done, total: progress.update(bar, completed=done, total=total),
-                    reference=ref_s if floor_applies(model_gguf, ref.path) else None,
+        vocab = _same_tokens(ref.path, model_gguf, text.text, reference)
+        windows = make_windows(vocab.tokens, opts.ctx, vocab.bos if vocab.add_bos else None, opts.chunks)
+        floor = opts.plan is not None and floor_applies(model_gguf, ref.path)
+        folder = Path(opts.work_dir or model_gguf.parent)
+        check([logits_disk_need(folder, len(windows), opts, vocab.n_vocab, floor=floor)])
+        interleave = opts.speed and fits(speed_needs(model_gguf, ref.path, opts, vocab.n_vocab))
+        scratch = stack.enter_context(temp_folder(folder / _SCRATCH, fix="pass --work-dir on another disk"))
+        base = stack.enter_context(LogitsFile(scratch / "reference.logits", vocab.n_vocab,
+                                              "the reference's held-out logits"))  # fmt: skip
+        progress = stack.enter_context(progress_bars(console))
+        measure = _Measure(opts, threads, gpu_layers, windows, vocab.tokens, base, progress, task,
+                           opts.speed and not interleave)  # fmt: skip
+        parity_logits: dict[str, LogitsFile] = {}
+        if opts.plan is not None:
+            for name in ("export", "original") if floor else ("export",):
+                parity_logits[name] = stack.enter_context(
+                    LogitsFile(scratch / f"{name}.parity.logits", vocab.n_vocab, f"the {name}'s logits for parity")
                 )
+        for name, path, main_type in (("original", ref.path, "f16"), ("export", model_gguf, opts.cache_type)):
+            measure.model(name, path, main_type, parity_logits.get(name))
+        rows = measure.rows
 
-            speeds: list[Speed | None] = [None] * len(sessions)
-            if opts.speed:
-                prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
-                rounds = [opts.speed_rounds] * 2 + [alternative_rounds(opts.speed_rounds)] * len(alternatives)
-                bar = progress.add_task("speed (interleaved)", total=sum(rounds))
-                speeds[:] = measure_speed(
-                    sessions, tokens, prompt_tokens=prompt, gen_tokens=opts.speed_gen,
-                    rounds=rounds, advance=lambda: progress.advance(bar),
-                )
+        parity = None
+        if opts.plan is not None:
+            bar = progress.add_task("parity with torch", total=None)
+            parity = torch_parity(
+                parity_logits["export"], opts.source or str(reference), opts.plan, windows[: opts.parity_windows],
+                lambda done, total: progress.update(bar, completed=done, total=total),
+                reference=parity_logits.get("original"),
+            )
+        if interleave:
+            _interleaved_speed(rows, {"original": ref.path, "export": model_gguf}, vocab.tokens, opts, threads,
+                               gpu_layers, progress)  # fmt: skip
 
         # a converted reference lives in a temporary folder: name it by what the user passed
-        ref_label = str(ref_s.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
-        main = heldout.candidates[0]
-        sides = [
-            Side(label, s.file_bytes, s.kv_cache, ppl, task_scores[i], speeds[i], _layer_kinds(s.path))
-            for i, (label, s, ppl) in enumerate(
-                ((ref_label, ref_s, heldout.reference), (str(model_s.path), model_s, main.perplexity))
-            )
-        ]
-        rows = [
-            Row("original", ref_label, ref_s.kv_cache, heldout.reference, None, speeds[0]),
-            Row("export", str(model_s.path), model_s.kv_cache, main.perplexity, main.divergence, speeds[1], main=True),
-            *(
-                Row(name, str(s.path) if name == "export" else ref_label, s.kv_cache, scored.perplexity,
-                    scored.divergence, speed)
-                for (name, s), scored, speed in zip(alternatives, heldout.candidates[1:], speeds[2:])
-            ),
+        ref_label = str(ref.path) if ref.converted_to is None else f"{reference} (converted to {ref.converted_to})"
+        paths = {"original": ref_label, "export": str(model_gguf)}
+        report_rows = [
+            Row(r.model, paths[r.model], r.kv_cache, r.perplexity, r.divergence, r.speed, main=r.main and r.model == "export")
+            for r in rows
         ]  # fmt: skip
-        rows.sort(key=lambda r: (r.model != "original", -r.kv_cache.bytes))  # the reference first
+        report_rows.sort(key=lambda r: (r.model != "original", -r.kv_cache.bytes))  # the reference first
+        ref_row, main = (next(r for r in rows if r.main and r.model == m) for m in ("original", "export"))
+        sides = [
+            Side(label, path.stat().st_size, r.kv_cache, r.perplexity, measure.tasks.get(r.model), r.speed,
+                 _layer_kinds(path))
+            for label, path, r in ((ref_label, ref.path, ref_row), (str(model_gguf), model_gguf, main))
+        ]  # fmt: skip
         report = VerifyReport(
             model=sides[1],
             reference=sides[0],
             reference_spec=str(reference),
             reference_converted_to=ref.converted_to,
-            text=TextInfo(text.source, text.builtin, len(tokens), opts.ctx, len(windows),
+            text=TextInfo(text.source, text.builtin, len(vocab.tokens), opts.ctx, len(windows),
                           len(windows) * (opts.ctx - 1 - first_scored(opts.ctx))),
             divergence=main.divergence,
             task_source=task.source if task else None,
             task_questions=len(task.questions) if task else 0,
             parity=parity,
-            settings=_settings(opts, threads, gpu_layers, placement),
-            rows=rows,
-            unmeasured=unmeasured,
-            recommendation=recommend(rows, opts.max_kl),
+            settings=_settings(opts, threads, gpu_layers, placement, interleave),
+            rows=report_rows,
+            unmeasured=measure.refused,
+            recommendation=recommend(report_rows, opts.max_kl),
         )
     return dataclasses.replace(report, limits=list(_limits(report, opts)))
 
@@ -188,21 +180,120 @@ def alternative_rounds(rounds: int) -> int:
     return (rounds + 1) // 2
 
 
-def _alternative_sessions(
-    stack: contextlib.ExitStack, models: dict[str, LlamaSession], opts: VerifyOptions, threads: int
-) -> tuple[list[tuple[str, LlamaSession]], dict[str, str]]:
-    """A context per alternative on the model already loaded, closed before it; those llama.cpp
-    refuses (a head size its quantized cache cannot hold) are listed with its reason."""
-    sessions, refused = [], {}
-    for name, cache_type in alternatives_for(opts.cache_type):
-        base = models[name]
-        try:
-            session = LlamaSession(base.path, n_ctx=opts.ctx, n_threads=threads, cache_type=cache_type, share=base)
-        except HopscotchError as e:
-            refused[row_label(name, cache_type)] = str(e)
-            continue
-        sessions.append((name, stack.enter_context(session)))
-    return sessions, refused
+#: the work folder's scratch space: the reference's logits (named as files.temp_folder says)
+_SCRATCH = "hopscotch-verify-logits"
+
+
+@dataclass
+class _Measured:
+    """One model with one KV cache type, as measured (the report's Row, before labels)."""
+
+    model: str
+    main: bool
+    kv_cache: KvCacheInfo
+    perplexity: Perplexity
+    divergence: Divergence | None
+    speed: Speed | None = None
+
+
+@dataclass
+class _Measure:
+    """Each model's pass, one model loaded at a time: every KV cache type's context in turn
+    (one context at a time) scores the held-out windows, the main context the task and
+    the parity windows, and, when the speed rounds are sequential, each context its speed."""
+
+    opts: VerifyOptions
+    threads: int
+    gpu_layers: int
+    windows: list[list[int]]
+    tokens: list[int]
+    base: LogitsFile
+    progress: Progress
+    task: Task | None
+    #: speed measured here, row by row (sequential rounds), not interleaved afterwards
+    speed: bool
+    rows: list[_Measured] = field(default_factory=list)
+    tasks: dict[str, TaskScore] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def model(self, name: str, path: Path, main_type: str, parity: LogitsFile | None) -> None:
+        """Load ``path``, measure it with each of its KV cache types, free it."""
+        opts = self.opts
+        cache_types = [main_type, *(t for n, t in alternatives_for(opts.cache_type) if n == name)]
+        with LlamaModel(path, self.gpu_layers) as model:
+            for cache_type in cache_types:
+                main = cache_type == main_type
+                try:
+                    session = LlamaSession(path, n_ctx=opts.ctx, n_threads=self.threads, cache_type=cache_type,
+                                           share=model)  # fmt: skip
+                except HopscotchError as e:
+                    if main:
+                        raise
+                    self.refused[row_label(name, cache_type)] = str(e)
+                    continue
+                with session:
+                    self.rows.append(self._row(name, main, session, parity))
+
+    def _row(self, name: str, main: bool, session: LlamaSession, parity: LogitsFile | None) -> _Measured:
+        opts, progress = self.opts, self.progress
+        label = row_label(name, session.kv_cache.type_k)
+        bar = progress.add_task(f"perplexity and KL ({label})", total=len(self.windows))
+        advance = lambda: progress.advance(bar)  # noqa: E731
+        if self.base.rows == 0:  # the first row is the reference's
+            row = _Measured(name, main, session.kv_cache, score_reference(session, self.windows, self.base, advance),
+                            None)  # fmt: skip
+        else:
+            scored = score_candidate(session, self.windows, self.base, advance)
+            row = _Measured(name, main, session.kv_cache, scored.perplexity, scored.divergence)
+        if main and self.task is not None:
+            bar = progress.add_task(f"task ({name})", total=len(self.task.questions))
+            self.tasks[name] = score_task(session, self.task, lambda: progress.advance(bar))
+        if main and parity is not None:
+            record_logits(session, self.windows[: opts.parity_windows], parity)
+        if self.speed:
+            rounds = opts.speed_rounds if main else alternative_rounds(opts.speed_rounds)
+            bar = progress.add_task(f"speed ({label}, sequential)", total=rounds)
+            row.speed = _speed([session], self.tokens, opts, [rounds], lambda: progress.advance(bar))[0]
+        return row
+
+
+def _interleaved_speed(
+    rows: list[_Measured], paths: dict[str, Path], tokens: list[int], opts: VerifyOptions, threads: int,
+    gpu_layers: int, progress: Progress,
+) -> None:  # fmt: skip
+    """Both models loaded together and every measured row's context on them, the speed
+    rounds interleaved (speed.py): only when :func:`speed_needs` fits in memory."""
+    with contextlib.ExitStack() as stack:
+        models = {m: stack.enter_context(LlamaModel(p, gpu_layers)) for m, p in paths.items()}
+        sessions = [
+            stack.enter_context(LlamaSession(paths[r.model], n_ctx=opts.ctx, n_threads=threads,
+                                             cache_type=r.kv_cache.type_k, share=models[r.model]))
+            for r in rows
+        ]  # fmt: skip
+        rounds = [opts.speed_rounds if r.main else alternative_rounds(opts.speed_rounds) for r in rows]
+        bar = progress.add_task("speed (interleaved)", total=sum(rounds))
+        for row, speed in zip(rows, _speed(sessions, tokens, opts, rounds, lambda: progress.advance(bar))):
+            row.speed = speed
+
+
+def _speed(
+    sessions: list[LlamaSession], tokens: list[int], opts: VerifyOptions, rounds: list[int],
+    advance: Callable[[], None],
+) -> list[Speed]:  # fmt: skip
+    prompt = min(opts.speed_prompt, opts.ctx - opts.speed_gen)
+    return measure_speed(sessions, tokens, prompt_tokens=prompt, gen_tokens=opts.speed_gen, rounds=rounds,
+                         advance=advance)  # fmt: skip
+
+
+def _same_tokens(reference_path: Path, model_gguf: Path, text: str, reference: str | Path) -> Tokenized:
+    """The held-out text's tokens, the same under both files' vocabularies (read without
+    their weights, before either model is loaded)."""
+    ref, mine = tokenize_file(reference_path, text), tokenize_file(model_gguf, text)
+    if ref != mine:
+        raise HopscotchError(
+            f"{model_gguf} and the reference {reference} tokenize differently: not the same base model"
+        )
+    return mine
 
 
 def _layer_kinds(path: Path) -> dict[str, int]:
@@ -267,7 +358,9 @@ def gpu_layers_for(asked: int | None) -> tuple[int, str]:
     return 0, "CPU only (default: this llama-cpp-python was built without GPU offload)"
 
 
-def _settings(opts: VerifyOptions, threads: int, gpu_layers: int, placement: str) -> dict[str, object]:
+def _settings(
+    opts: VerifyOptions, threads: int, gpu_layers: int, placement: str, interleaved: bool
+) -> dict[str, object]:
     import llama_cpp
 
     return {
@@ -279,4 +372,6 @@ def _settings(opts: VerifyOptions, threads: int, gpu_layers: int, placement: str
         "flash_attention": True,
         "cache_type": opts.cache_type,
         "ctx": opts.ctx,
+        # both models loaded together for the speed rounds only when they fit (needs.speed_needs)
+        "speed_rounds": None if not opts.speed else "interleaved" if interleaved else "sequential",
     }

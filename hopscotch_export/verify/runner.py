@@ -1,8 +1,8 @@
 """One GGUF in llama.cpp (through llama-cpp-python's C API): tokenize, decode, logits.
 
 The low-level API is used rather than ``llama_cpp.Llama`` because verification needs
-logits for chosen positions only (as ``llama-perplexity`` asks for them) and two contexts
-advanced batch by batch side by side. The KV cache size is computed from the file's own
+logits for chosen positions only (as ``llama-perplexity`` asks for them), read in place
+batch by batch, and several contexts on one loaded model. The KV cache size is computed from the file's own
 metadata and only cross-checked against the figure llama.cpp logs. Flash attention is on
 unless asked otherwise: without it llama.cpp pads the V cache of every layer and removed
 blocks keep their V cache (docs/design.md section 2; kv_cache.py models both layouts).
@@ -12,11 +12,12 @@ another KV cache type cost a context, not a second copy of the model.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -95,17 +96,46 @@ class Timing(NamedTuple):
     cpu: float
 
 
-def chat_format(path: Path) -> tuple[str | None, str | None]:
-    """(chat template, end-of-sequence token text) as llama.cpp reads them from ``path``.
-
-    Loads the vocabulary only and creates no context (a context would need the weights and
-    log a misleading context-size warning).
-    """
+@contextlib.contextmanager
+def _vocabulary_only(path: Path) -> Iterator[Any]:
+    """``path`` loaded without its weights (vocabulary and metadata): cheap, and no context
+    (a context would need the weights and log a misleading context-size warning)."""
     lib, _ = llama_library()
     mparams = lib.llama_model_default_params()
     mparams.vocab_only = True
     model = _load_model(path, mparams)
     try:
+        yield model
+    finally:
+        lib.llama_model_free(model)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A text as one file's vocabulary tokenizes it (BOS added when the vocabulary asks)."""
+
+    tokens: list[int]
+    n_vocab: int
+    bos: int
+    add_bos: bool
+
+
+def tokenize_file(path: Path, text: str) -> Tokenized:
+    """Tokenize ``text`` with ``path``'s vocabulary, without loading its weights: verify
+    checks that two files tokenize alike before it loads either."""
+    lib, _ = llama_library()
+    with _vocabulary_only(path) as model:
+        vocab = lib.llama_model_get_vocab(model)
+        add_bos = bool(lib.llama_vocab_get_add_bos(vocab))
+        return Tokenized(_tokenize(lib, vocab, text, True), lib.llama_vocab_n_tokens(vocab),
+                         lib.llama_vocab_bos(vocab), add_bos)  # fmt: skip
+
+
+def chat_format(path: Path) -> tuple[str | None, str | None]:
+    """(chat template, end-of-sequence token text) as llama.cpp reads them from ``path``,
+    from its vocabulary and metadata only."""
+    lib, _ = llama_library()
+    with _vocabulary_only(path) as model:
         buf = ctypes.create_string_buffer(1 << 16)
         n = lib.llama_model_meta_val_str(model, b"tokenizer.chat_template", buf, len(buf))
         if n >= len(buf):
@@ -120,8 +150,6 @@ def chat_format(path: Path) -> tuple[str | None, str | None]:
             m = lib.llama_token_to_piece(vocab, eos_id, piece, len(piece), 0, True)
             eos = piece.raw[:m].decode("utf-8", "replace") if m > 0 else None
         return template, eos
-    finally:
-        lib.llama_model_free(model)
 
 
 def _load_model(path: Path, mparams: Any) -> Any:
@@ -140,11 +168,42 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+class LlamaModel:
+    """A GGUF's weights loaded in llama.cpp (``gpu_layers`` offloaded; -1 = all), for
+    sessions to share (``LlamaSession(share=...)``); freed by :meth:`close`, after them."""
+
+    def __init__(self, path: Path, gpu_layers: int = 0) -> None:
+        lib, _ = llama_library()
+        self._lib = lib
+        self.path = Path(path)
+        if gpu_layers and not lib.llama_supports_gpu_offload():
+            raise HopscotchError(
+                "--gpu-layers needs a llama-cpp-python built with CUDA or Metal; this one is CPU only "
+                '(reinstall with CMAKE_ARGS="-DGGML_CUDA=on") or drop --gpu-layers'
+            )
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
+        self._model = _load_model(self.path, mparams)
+
+    def __enter__(self) -> LlamaModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the weights; safe to call twice."""
+        if self._model:
+            self._lib.llama_model_free(self._model)
+        self._model = None
+
+
 class LlamaSession:
     """A GGUF loaded in llama.cpp with one context of ``n_ctx`` tokens (one sequence).
 
-    ``cache_type`` is the K and V cache type (``-ctk/-ctv``); ``share`` another session whose
-    loaded model this one uses (its path and GPU layers then apply; close this one first).
+    ``cache_type`` is the K and V cache type (``-ctk/-ctv``); ``share`` a loaded model (or
+    another session's) that this one uses instead of loading its own (its path and GPU
+    layers then apply; close this session first).
     """
 
     def __init__(
@@ -157,25 +216,17 @@ class LlamaSession:
         n_batch: int = DEFAULT_BATCH,
         cache_type: str = "f16",
         flash_attn: bool = True,
-        share: LlamaSession | None = None,
+        share: LlamaSession | LlamaModel | None = None,
     ) -> None:
         llama_cpp, log = llama_library()
         self._lib = llama_cpp
         self.path = Path(path)
         self._ctx = None
         self._batch = None
-        self._owns_model = share is None
-        if share is not None:
-            self._model = share._model
-        else:
-            if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
-                raise HopscotchError(
-                    "--gpu-layers needs a llama-cpp-python built with CUDA or Metal; this one is CPU only "
-                    '(reinstall with CMAKE_ARGS="-DGGML_CUDA=on") or drop --gpu-layers'
-                )
-            mparams = llama_cpp.llama_model_default_params()
-            mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
-            self._model = _load_model(self.path, mparams)
+        self._own = LlamaModel(self.path, gpu_layers) if share is None else None
+        model = self._own or (share.model if isinstance(share, LlamaSession) else share)
+        self.model: LlamaModel = model
+        self._model = model._model
         try:
             self._vocab = llama_cpp.llama_model_get_vocab(self._model)
             self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -217,7 +268,7 @@ class LlamaSession:
         self.close()
 
     def close(self) -> None:
-        """Free the batch, context and model (in that order); safe to call twice."""
+        """Free the batch, the context and (unless shared) the model; safe to call twice."""
         lib = self._lib
         if self._batch is not None:
             lib.llama_batch_free(self._batch)
@@ -225,8 +276,8 @@ class LlamaSession:
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
-        if self._model and self._owns_model:
-            lib.llama_model_free(self._model)
+        if self._own is not None:
+            self._own.close()
         self._model = None
 
     @property
@@ -238,13 +289,7 @@ class LlamaSession:
 
         Special-token text in ``text`` is not parsed (as ``llama-perplexity`` does).
         """
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._lib.llama_token * cap)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, False)
-        if n < 0:
-            raise RuntimeError(f"llama_tokenize needs {-n} tokens, more than the {cap} allotted")
-        return list(buf[:n])
+        return _tokenize(self._lib, self._vocab, text, add_special)
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
         """llama.cpp's text of ``tokens``; special tokens (BOS, end of turn) are left out unless
@@ -270,11 +315,15 @@ class LlamaSession:
         """Drop cached positions ``n_pos`` and later, keeping the prefix before them."""
         self._lib.llama_memory_seq_rm(self._memory, 0, n_pos, -1)
 
-    def decode(self, tokens: Sequence[int], start: int, outputs: Sequence[bool] | None = None) -> np.ndarray:
+    def decode(
+        self, tokens: Sequence[int], start: int, outputs: Sequence[bool] | None = None, *, copy: bool = True
+    ) -> np.ndarray:
         """Append ``tokens`` at positions ``start``.. and return logits where ``outputs`` is true.
 
         Returns float32 ``(n_outputs, n_vocab)``, in token order. At most ``n_batch``
-        tokens per call, so that one call is one llama.cpp micro-batch.
+        tokens per call, so that one call is one llama.cpp micro-batch. ``copy=False``
+        returns llama.cpp's own buffer, valid until the next decode (no second copy of a
+        batch of logits in memory).
         """
         n = len(tokens)
         if not 0 < n <= self.n_batch:
@@ -297,7 +346,8 @@ class LlamaSession:
         if n_out == 0:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         ptr = self._lib.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()
+        logits = np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+        return logits.copy() if copy else logits
 
     def timed_decode(self, tokens: Sequence[int], start: int) -> Timing:
         """Time llama.cpp takes to process ``tokens`` (logits for the last one only).
@@ -315,6 +365,17 @@ class LlamaSession:
             wall += time.perf_counter() - w0
             cpu += time.process_time() - c0
         return Timing(wall, cpu)
+
+
+def _tokenize(lib: Any, vocab: Any, text: str, add_special: bool) -> list[int]:
+    """llama.cpp's tokenization of ``text`` with ``vocab`` (see :meth:`LlamaSession.tokenize`)."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (lib.llama_token * cap)()
+    n = lib.llama_tokenize(vocab, data, len(data), buf, cap, add_special, False)
+    if n < 0:
+        raise RuntimeError(f"llama_tokenize needs {-n} tokens, more than the {cap} allotted")
+    return list(buf[:n])
 
 
 def _last_error(lines: list[str]) -> str:
