@@ -127,6 +127,56 @@ def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny:
     assert "m.curve.json" in printed and "quality curve" in err
 
 
+#: the one command on the tiny model with verify, as small as it runs
+_VERIFIED = ("--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2", "--batch-size", "2",
+             "--final-epochs", "1", "--device", "cpu", "--outtype", "f32", "--ctx", "64", "--chunks", "2",
+             "--no-speed", "--parity-windows", "1")  # fmt: skip
+
+
+def test_one_command_chooses_the_count_by_verifys_measure(monkeypatch, capsys, tiny: Path, text_file: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """The issue's case: the curve's estimate puts 3 blocks within --max-kl, verify measures
+    more on the file; the one command exports 2, says so, and verify's gate then passes."""
+    from test_cli import run_cli
+
+    limit = 4.4  # between the two measures of 3 blocks on this model (checked below)
+    out = tmp_path / "m.gguf"
+    code, printed, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", str(limit), "--max-skips", "3", "-o",
+        str(out), "--data", str(text_file), *_VERIFIED,
+    )  # fmt: skip
+    assert code == 0, err
+    curve = json.loads((tmp_path / "m.curve.json").read_text())
+    gate = curve["gate"]
+    assert gate["search_chosen"] == 3 and curve["points"][2]["kl"] <= limit, "the measures no longer straddle the limit"
+    assert [(g["removed"], g["passed"]) for g in gate["counts"]] == [(3, False), (2, True)]
+    assert gate["counts"][0]["kl"] > limit >= gate["counts"][1]["kl"]
+    assert curve["chosen"] == 2 and len(load_plan(tmp_path / "m.plan.json").skip) == 2
+    report = json.loads((tmp_path / "m.verify.json").read_text())
+    assert report["passed"] and report["divergence"]["mean_kl"] == gate["counts"][1]["kl"]  # the measure that chose
+    assert "put 3 within the limits" in " ".join(err.split()) and "exporting 2" in " ".join(err.split())
+    assert "KL (verify)" in err and out.is_file() and "m.gguf" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.Modelfile", "m.curve.json", "m.curve.png", "m.gguf", "m.plan.json", "m.verify.json",
+    ]  # no count plans nor candidate files left
+
+
+def test_one_command_writes_no_model_when_no_count_passes_verify(monkeypatch, capsys, tiny: Path, text_file: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """With the redundant block protected, one block lowers the search's held-out perplexity
+    on this model but raises verify's: no count passes, and no model file is written."""
+    from test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / "m.gguf"
+    code, _, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-ppl-increase", "5", "--max-skips", "1",
+        "--protect", "3", "-o", str(out), "--data", str(text_file), *_VERIFIED,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "m.curve.json").read_text())["points"][0]["ppl_increase_pct"] <= 5
+    assert_one_line_error(code, err, "no count of removed blocks passes the limits as verify measures them")
+    assert not out.exists() and not (tmp_path / "m.Modelfile").exists()
+
+
 def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:
     from hopscotch_export import export as one_command
 
