@@ -153,7 +153,7 @@ def test_one_command_chooses_the_count_by_verifys_measure(monkeypatch, capsys, t
     assert gate["counts"][0]["kl"] > limit >= gate["counts"][1]["kl"]
     assert curve["chosen"] == 2 and len(load_plan(tmp_path / "m.plan.json").skip) == 2
     report = json.loads((tmp_path / "m.verify.json").read_text())
-    assert report["passed"] and report["divergence"]["mean_kl"] == gate["counts"][1]["kl"]  # the measure that chose
+    assert report["passed"] and report["comparison"]["divergence"]["mean_kl"] == gate["counts"][1]["kl"]  # the measure that chose
     assert "put 3 within the limits" in " ".join(err.split()) and "exporting 2" in " ".join(err.split())
     assert "KL (verify)" in err and out.is_file() and "m.gguf" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == [
