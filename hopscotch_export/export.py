@@ -125,6 +125,8 @@ def export(
         console.rule("[bold]1/3 search")
         resume = out.plan if out.plan.exists() and not force else None
         if by_gate:
+            if out.counts.exists() and not out.counts.is_dir():
+                raise HopscotchError(f"{out.counts} is in the way of the search's plans per count; move it away")
             out.counts.mkdir(exist_ok=True)
         try:
             plan = run_search(
@@ -261,7 +263,9 @@ def _summary(out: Outputs, plan: Plan, size: int, report: Any, source: ModelSour
             "perplexity", f"{ref.perplexity.ppl:.3f}",
             f"{mod.perplexity.ppl:.3f} ({report.ppl_increase_pct:+.1f}%)",
         )  # fmt: skip
-        table.add_row("mean KL to original", "", f"{report.divergence.mean_kl:.4f}")
+        curve = "curve" in plan.provenance  # the count was chosen on the search's estimate, then by verify's
+        estimate = f" (search's estimate {plan.provenance['heldout']['final']['kl']:.4f})" if curve else ""
+        table.add_row("mean KL to original", "", f"{report.divergence.mean_kl:.4f}{estimate}")
     else:
         table.add_row("file size", _mib(source.path.stat().st_size) if source.kind == "gguf" else "", _mib(size))
     Console().print(table)

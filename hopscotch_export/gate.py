@@ -89,8 +89,9 @@ def gated_count(
         console.print(gate_table(measured, curve["limits"]))
         best = measured[-1]
         if not best.passed:
+            one = "1 block" if curve.get("unit", "block") == "block" else "1 block's worth of KV"
             raise NoCountPasses(
-                f"no count of removed blocks passes the limits as verify measures them: 1 block gives KL "
+                f"no count of removed blocks passes the limits as verify measures them: {one} gives KL "
                 f"{best.kl:.4g} and perplexity {best.ppl_increase_pct:+.1f}% (the search estimated "
                 f"{best.search_kl:.4g}); raise --max-kl / --max-ppl-increase; no model file was written"
             )

@@ -3,6 +3,7 @@ largest count within the limits exported, the curve's files."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -203,3 +204,28 @@ def test_plot_draws_a_curve_with_limits_and_the_chosen_count(tmp_path: Path) -> 
     with pytest.raises(HopscotchError, match="already exists"):
         plot_curve(curve, tmp_path / "c.png")
     assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left
+
+
+def test_table_and_plot_show_verifys_measure_of_the_counts_it_measured(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from hopscotch_export.search.curve import curve_table
+    from hopscotch_export.search.curve_plot import plot_curve
+
+    points = [
+        {"removed": k, "layers": list(range(1, k + 1)), "kinds": ["skip"] * k, "kl": 0.05 * k, "ppl": 5.0 + k,
+         "ppl_increase_pct": 4.0 * k, "kv_saved_pct": 10.0 * k, "compute_saved_pct": 3.0 * k, "within_limits": True}
+        for k in (1, 2, 3)
+    ]  # fmt: skip
+    gate = {"counts": [{"removed": 3, "kl": 0.2, "passed": False}, {"removed": 2, "kl": 0.11, "passed": True}]}
+    curve = {"replace": "skip", "limits": {"max_kl": 0.15, "max_ppl_increase": None}, "points": points,
+             "chosen": 2, "original": {"ppl": 5.0}, "gate": gate}  # fmt: skip
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(curve_table(curve))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 5}
+    assert "KL (verify)" in text
+    assert "0.2000" in rows["3"] and "fails verify" in rows["3"]
+    assert "0.1100" in rows["2"] and "chosen" in rows["2"] and "verify" not in rows["1"]
+    plot_curve(curve, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
