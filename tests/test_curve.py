@@ -116,16 +116,27 @@ def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny:
     from test_cli import run_cli
 
     out = tmp_path / "m.gguf"
-    code, printed, err = run_cli(
-        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "1e9", "--max-skips", "2", "-o", str(out),
+    args = (
+        str(tiny), "--skips", "auto", "--max-kl", "1e9", "--max-skips", "2", "-o", str(out),
         "--data", str(text_file), "--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2",
         "--batch-size", "2", "--final-epochs", "1", "--device", "cpu", "--no-verify", "--outtype", "f32",
     )  # fmt: skip
+    code, printed, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     curve = json.loads((tmp_path / "m.curve.json").read_text())
     assert curve["chosen"] == 2 and (tmp_path / "m.curve.png").is_file()
     assert len(load_plan(tmp_path / "m.plan.json").skip) == 2 and out.is_file()
     assert "m.curve.json" in printed and "quality curve" in err
+
+    # with verify the plan's count must be chosen by verify's measure, from the plans per count
+    # that a search without verify did not keep
+    from test_cli import assert_one_line_error
+
+    out.unlink()
+    (tmp_path / "m.Modelfile").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, *args[:-3], "--outtype", "f32", "--ctx", "64", "--chunks", "1")
+    assert_one_line_error(code, err, "the plan for 2 removed blocks", "is missing; pass --force to search again")
+    assert not out.exists()
 
 
 #: the one command on the tiny model with verify, as small as it runs
