@@ -6,7 +6,9 @@ Modelfile (``model.Modelfile``) and a model card to publish (``model.README.md``
 ``--skips auto`` also the quality curve (``model.curve.json``, ``model.curve.png``). Every
 option of the search and verify stages is available; its signature is assembled from theirs, so each option is declared once.
 ``--max-kl`` and ``--max-ppl-increase`` belong to both: they choose the count of removed
-blocks (``--skips auto``) and are the limits verify checks the file against.
+blocks (``--skips auto``) and are the limits verify checks the file against; with verify
+on, the count is chosen by verify's measure of the converted file (gate.py), so the limit
+that chose it cannot fail it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import shutil
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +28,8 @@ from rich.table import Table
 from .card import model_card, upload_commands
 from .errors import HopscotchError
 from .evaluation.command import parse_tasks
-from .files import check_writable, write_text_atomic
+from .files import atomic_output, check_writable, write_text_atomic
+from .gate import gated, gated_count
 from .plan import Plan, load_plan
 from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .search import distributed
@@ -81,6 +85,11 @@ class Outputs:
         """The quality curve's JSON (``--skips auto``); its plot is the same name in ``.png``."""
         return self.gguf.with_suffix(".curve.json")
 
+    @property
+    def counts(self) -> Path:
+        """The search's plan of every count on the curve, until verify's measure has chosen one."""
+        return self.gguf.with_suffix(".counts")
+
 
 def export(
     model: str,
@@ -105,7 +114,7 @@ def export(
     MODEL (at ``revision``) is fetched once; every stage then reads that local copy."""
     from .converters import convert
     from .converters.vocab import check_hf_tokenizer
-    from .search.run import run_search
+    from .search.run import curve_paths, run_search, write_curve
     from .verify.run import run_verify
 
     out = Outputs(Path(output))
@@ -137,21 +146,43 @@ def export(
         check_tasks(tasks)  # before hours of search: lm-eval installed, the tasks and their data there
 
     plan = _reusable_plan(out.plan, source, search, force)
+    by_gate = search.curve and verify is not None
     if plan is None:
         console.rule("[bold]1/3 search")
         resume = out.plan if out.plan.exists() and not force else None
-        plan = run_search(
-            source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve,
-            resume_hint="run the same command again to continue",
-        )
+        if by_gate:
+            if out.counts.exists() and not out.counts.is_dir():
+                raise HopscotchError(f"{out.counts} is in the way of the search's plans per count; move it away")
+            out.counts.mkdir(exist_ok=True)
+        try:
+            plan = run_search(
+                source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve,
+                resume_hint="run the same command again to continue", count_plans=out.counts if by_gate else None,
+            )
+        except BaseException:  # the count plans are written at the search's end: none is of use
+            shutil.rmtree(out.counts, ignore_errors=True)
+            raise
     else:
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
 
-    console.rule("[bold]2/3 convert")
-    summary = convert(
-        source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir,
-        imatrix=imatrix,
-    )
+    if by_gate and not gated(plan):
+        assert verify is not None
+        console.rule("[bold]2/3 convert the counts near the limit, measured as verify measures")
+        with gated_count(
+            source, model, plan, out.counts, verify, outtype=outtype, name=name, work_dir=work_dir, near=out.gguf,
+            console=console, imatrix=imatrix,
+        ) as (plan, converted):  # fmt: skip
+            plan.save(out.plan, force=True)
+            write_curve(plan.provenance["curve"], curve_paths(out.plan, out.curve), console, force=True)
+            with atomic_output(out.gguf, force) as tmp:
+                shutil.move(converted, tmp)
+        shutil.rmtree(out.counts, ignore_errors=True)
+    else:
+        console.rule("[bold]2/3 convert")
+        convert(
+            source, plan, out.gguf, outtype=outtype, force=force, name=name, console=console, work_dir=work_dir,
+            imatrix=imatrix,
+        )
     write_text_atomic(out.modelfile, _modelfile_text(out.gguf, cache_type), force=force)
 
     report = None
@@ -175,7 +206,7 @@ def export(
         scores = run_eval(out.gguf, model, options, console)
         scores.render(Console())
         scores.save(out.evaluation, force=force)
-    _summary(out, plan, summary.bytes_written, report, source, cache_type, evaluated=bool(tasks))
+    _summary(out, plan, out.gguf.stat().st_size, report, source, cache_type, evaluated=bool(tasks))
     if report is not None and report.passed is False:
         failed = "; ".join(f"{c.name}: {c.value:.4g} > {c.limit:.4g}" for c in report.limits if not c.passed)
         console.print(f"[bold red]failed:[/] {failed} (figures in {out.report})", highlight=False, soft_wrap=True)
@@ -285,7 +316,9 @@ def _summary(
             "perplexity", f"{ref.perplexity.ppl:.3f}",
             f"{mod.perplexity.ppl:.3f} ({report.ppl_increase_pct:+.1f}%)",
         )  # fmt: skip
-        table.add_row("mean KL to original", "", f"{report.divergence.mean_kl:.4f}")
+        curve = "curve" in plan.provenance  # the count was chosen on the search's estimate, then by verify's
+        estimate = f" (search's estimate {plan.provenance['heldout']['final']['kl']:.4f})" if curve else ""
+        table.add_row("mean KL to original", "", f"{report.divergence.mean_kl:.4f}{estimate}")
     else:
         table.add_row("file size", _mib(source.path.stat().st_size) if source.kind == "gguf" else "", _mib(size))
     Console().print(table)

@@ -3,6 +3,7 @@ largest count within the limits exported, the curve's files."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -115,16 +116,77 @@ def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny:
     from test_cli import run_cli
 
     out = tmp_path / "m.gguf"
-    code, printed, err = run_cli(
-        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "1e9", "--max-skips", "2", "-o", str(out),
+    args = (
+        str(tiny), "--skips", "auto", "--max-kl", "1e9", "--max-skips", "2", "-o", str(out),
         "--data", str(text_file), "--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2",
         "--batch-size", "2", "--final-epochs", "1", "--device", "cpu", "--no-verify", "--outtype", "f32",
     )  # fmt: skip
+    code, printed, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     curve = json.loads((tmp_path / "m.curve.json").read_text())
     assert curve["chosen"] == 2 and (tmp_path / "m.curve.png").is_file()
     assert len(load_plan(tmp_path / "m.plan.json").skip) == 2 and out.is_file()
     assert "m.curve.json" in printed and "quality curve" in err
+
+    # with verify the plan's count must be chosen by verify's measure, from the plans per count
+    # that a search without verify did not keep
+    from test_cli import assert_one_line_error
+
+    out.unlink()
+    (tmp_path / "m.Modelfile").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, *args[:-3], "--outtype", "f32", "--ctx", "64", "--chunks", "1")
+    assert_one_line_error(code, err, "the plan for 2 removed blocks", "is missing; pass --force to search again")
+    assert not out.exists()
+
+
+#: the one command on the tiny model with verify, as small as it runs
+_VERIFIED = ("--samples", "6", "--heldout", "2", "--seq-len", "32", "--score-samples", "2", "--batch-size", "2",
+             "--final-epochs", "1", "--device", "cpu", "--outtype", "f32", "--ctx", "64", "--chunks", "2",
+             "--no-speed", "--parity-windows", "1")  # fmt: skip
+
+
+def test_one_command_chooses_the_count_by_verifys_measure(monkeypatch, capsys, tiny: Path, text_file: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """The issue's case: the curve's estimate puts 3 blocks within --max-kl, verify measures
+    more on the file; the one command exports 2, says so, and verify's gate then passes."""
+    from test_cli import run_cli
+
+    limit = 4.4  # between the two measures of 3 blocks on this model (checked below)
+    out = tmp_path / "m.gguf"
+    code, printed, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", str(limit), "--max-skips", "3", "-o",
+        str(out), "--data", str(text_file), *_VERIFIED,
+    )  # fmt: skip
+    assert code == 0, err
+    curve = json.loads((tmp_path / "m.curve.json").read_text())
+    gate = curve["gate"]
+    assert gate["search_chosen"] == 3 and curve["points"][2]["kl"] <= limit, "the measures no longer straddle the limit"
+    assert [(g["removed"], g["passed"]) for g in gate["counts"]] == [(3, False), (2, True)]
+    assert gate["counts"][0]["kl"] > limit >= gate["counts"][1]["kl"]
+    assert curve["chosen"] == 2 and len(load_plan(tmp_path / "m.plan.json").skip) == 2
+    report = json.loads((tmp_path / "m.verify.json").read_text())
+    assert report["passed"] and report["comparison"]["divergence"]["mean_kl"] == gate["counts"][1]["kl"]  # the measure that chose
+    assert "put 3 within the limits" in " ".join(err.split()) and "exporting 2" in " ".join(err.split())
+    assert "KL (verify)" in err and out.is_file() and "m.gguf" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.Modelfile", "m.curve.json", "m.curve.png", "m.gguf", "m.plan.json", "m.verify.json",
+    ]  # no count plans nor candidate files left
+
+
+def test_one_command_writes_no_model_when_no_count_passes_verify(monkeypatch, capsys, tiny: Path, text_file: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """With the redundant block protected, one block lowers the search's held-out perplexity
+    on this model but raises verify's: no count passes, and no model file is written."""
+    from test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / "m.gguf"
+    code, _, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-ppl-increase", "5", "--max-skips", "1",
+        "--protect", "3", "-o", str(out), "--data", str(text_file), *_VERIFIED,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "m.curve.json").read_text())["points"][0]["ppl_increase_pct"] <= 5
+    assert_one_line_error(code, err, "no count of removed blocks passes the limits as verify measures them")
+    assert not out.exists() and not (tmp_path / "m.Modelfile").exists()
 
 
 def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:
@@ -186,3 +248,28 @@ def test_frontier_panel_places_verify_rows_and_the_q8_0_line(tmp_path: Path, mon
     assert list(lines["original, q8_0 KV (verify, llama.cpp)"].get_xydata()[0]) == pytest.approx([50.0, 0.004])
     assert list(lines["export, f16 KV (verify, llama.cpp)"].get_xydata()[0]) == pytest.approx([20.0, 0.17])
     assert "original, f16 KV (verify, llama.cpp)" not in lines  # the reference is the origin, not a point
+
+
+def test_table_and_plot_show_verifys_measure_of_the_counts_it_measured(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from hopscotch_export.search.curve import curve_table
+    from hopscotch_export.search.curve_plot import plot_curve
+
+    points = [
+        {"removed": k, "layers": list(range(1, k + 1)), "kinds": ["skip"] * k, "kl": 0.05 * k, "ppl": 5.0 + k,
+         "ppl_increase_pct": 4.0 * k, "kv_saved_pct": 10.0 * k, "compute_saved_pct": 3.0 * k, "within_limits": True}
+        for k in (1, 2, 3)
+    ]  # fmt: skip
+    gate = {"counts": [{"removed": 3, "kl": 0.2, "passed": False}, {"removed": 2, "kl": 0.11, "passed": True}]}
+    curve = {"replace": "skip", "limits": {"max_kl": 0.15, "max_ppl_increase": None}, "points": points,
+             "chosen": 2, "original": {"ppl": 5.0}, "gate": gate}  # fmt: skip
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(curve_table(curve))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 5}
+    assert "KL (verify)" in text
+    assert "0.2000" in rows["3"] and "fails verify" in rows["3"]
+    assert "0.1100" in rows["2"] and "chosen" in rows["2"] and "verify" not in rows["1"]
+    plot_curve(curve, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,9 @@ KV cache (``k / n_layers`` of it, :func:`units.curve_counts`), so the final trai
 one per block's worth.
 
 The held-out sequences choose the count, so the chosen point's figures are slightly
-optimistic; ``verify`` measures the exported file on other text.
+optimistic; ``verify`` measures the exported file on other text. The one command with
+verify on therefore chooses among these counts by verify's own measure of their files
+(``export.py``), from the plans ``run_search`` writes per count.
 """
 
 from __future__ import annotations
@@ -133,21 +135,30 @@ def curve_table(curve: dict[str, Any]) -> Table:
     """The curve as a table: one row per count, the chosen one marked."""
     limits = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in curve["limits"].items() if v is not None)
     t = Table(title=f"quality curve on held-out tokens ({limits})")
-    for col in ("removed", "layers", "KL", "perplexity", "ppl rise", "KV saved", "compute saved", ""):
+    # the one command's counts measured as verify measures them (export.py, gate.py)
+    gate = {g["removed"]: g for g in curve.get("gate", {}).get("counts", [])}
+    verify = ["KL (verify)"] if gate else []
+    for col in ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", "KV saved", "compute saved", ""):
         t.add_column(col, justify="right")
     o = curve["original"]
-    t.add_row("0", "", "0", f"{o['ppl']:.2f}", "", "", "", "")
+    t.add_row("0", "", "0", *[""] * len(verify), f"{o['ppl']:.2f}", "", "", "", "")
     for p in curve["points"]:
         groups = p.get("groups") or [None] * len(p["kinds"])
         names = [f"{i}{'L' if k == LINEAR else ''}{f'g{g}' if k == GROUP else ''}"
                  for i, k, g in zip(p["layers"], p["kinds"], groups)]  # fmt: skip
+        measured = gate.get(p["removed"])
         mark = "chosen" if p["removed"] == curve["chosen"] else ("" if p["within_limits"] else "over")
+        if measured is not None and not measured["passed"]:
+            mark = "fails verify"
+        shown = [f"{measured['kl']:.4f}" if measured else ""] if gate else []
         t.add_row(
-            str(p["removed"]), ",".join(names), f"{p['kl']:.4f}", f"{p['ppl']:.2f}", f"{p['ppl_increase_pct']:+.1f}%",
-            f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%", mark,
+            str(p["removed"]), ",".join(names), f"{p['kl']:.4f}", *shown, f"{p['ppl']:.2f}",
+            f"{p['ppl_increase_pct']:+.1f}%", f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%", mark,
         )  # fmt: skip
     t.caption = "L: replaced by a linear map; the others are skipped"
     if curve.get("unit", BLOCK) != BLOCK:
         t.caption = "L: replaced by a linear map; gN: its KV group N removed; the others are skipped"
         t.columns[0].header = "blocks' worth"
+    if gate:
+        t.caption += "; KL (verify): the converted file in llama.cpp on verify's text, which chose the count"
     return t

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def run_search(
     console: Console | None = None,
     curve_out: Path | None = None,
     resume_hint: str | None = None,
+    count_plans: Path | None = None,
 ) -> Plan:
     """Search ``options.skips`` attention blocks to remove (skip, or replace by linear maps
     per ``options.replace``) and their scales; write the plan to ``out``.
@@ -89,12 +91,15 @@ def run_search(
     quality curve goes to ``curve_out`` (default ``<plan>.curve.json``) and a plot beside it
     (``.png``), also when no count is within the limits. ``resume_hint`` is how an
     interrupted run is continued (default: ``--resume OUT``), for callers with their own way.
+    ``count_plans`` (a folder, ``--skips auto``) receives the complete plan of every count
+    on the curve as ``<count>.json``: the one command measures them as verify does before
+    it chooses (docs/quality-curve.md).
     """
     out = Path(out)
     ref = source.model_ref()
     options = options.for_model(ref.n_layers).for_family(source.spec.family, ref.n_layers, source.spec.n_kv_heads)
     candidates = options.candidates(ref.n_layers)
-    curve_paths = _curve_paths(out, curve_out) if options.curve else ()
+    curves = curve_paths(out, curve_out) if options.curve else ()
     state: SearchState | None = None
     with distributed.session(cuda=device_name(options.device) == "cuda"):
         main = distributed.rank() == 0
@@ -104,7 +109,7 @@ def run_search(
 
             logging.disable_progress_bar()
         try:
-            prior, data_file = distributed.shared(lambda: _outputs(out, resume, ref, options, force, curve_paths))
+            prior, data_file = distributed.shared(lambda: _outputs(out, resume, ref, options, force, curves))
             ws = prepare(source, options, console, data_file=data_file, save_data=prior is None, force=force)
             if prior is not None and prior.provenance["data"]["hash"] != ws.calib.hash:
                 raise HopscotchError(
@@ -117,10 +122,10 @@ def run_search(
             with progress_bars(console) as bars:
                 progress = RichSteps(bars) if main else Silent()
                 try:
-                    plan = search_workspace(ws, options, candidates, state, ref, out, progress)
+                    plan = search_workspace(ws, options, candidates, state, ref, out, progress, count_plans)
                 except NoCountWithinLimits as e:
                     if main:
-                        _write_curve(e.curve, curve_paths, console, force)
+                        write_curve(e.curve, curves, console, force)
                     raise
         except KeyboardInterrupt as e:  # Ctrl-C, or another process of a distributed search is gone
             raise _interrupted(e, state, out, resume_hint or f"continue with --resume {out}") from None
@@ -128,7 +133,7 @@ def run_search(
         for table in summary_tables(plan.provenance["search"]["steps"], plan.provenance["heldout"], options.objective):
             console.print(table)
         if options.curve:
-            _write_curve(plan.provenance["curve"], curve_paths, console, force)
+            write_curve(plan.provenance["curve"], curves, console, force)
         linear = f", linear maps for layers {list(plan.linear)}" if plan.linear else ""
         cut = f", KV groups kept {dict(plan.kv_groups)}" if plan.kv_groups else ""
         saving = f" ({plan.kv_saving():.1%} of the KV cache)" if options.unit != BLOCK else ""
@@ -136,13 +141,13 @@ def run_search(
     return plan
 
 
-def _curve_paths(out: Path, curve_out: Path | None) -> tuple[Path, Path]:
+def curve_paths(out: Path, curve_out: Path | None) -> tuple[Path, Path]:
     """The curve's JSON and plot: ``curve_out`` (default ``<plan>.curve.json``) and its ``.png``."""
     json_path = Path(curve_out) if curve_out is not None else out.with_name(out.stem + ".curve.json")
     return json_path, json_path.with_suffix(".png")
 
 
-def _write_curve(curve: dict[str, Any], paths: tuple[Path, ...], console: Console, force: bool) -> None:
+def write_curve(curve: dict[str, Any], paths: tuple[Path, ...], console: Console, force: bool) -> None:
     """The curve as a table, and its JSON and plot files."""
     json_path, png_path = paths
     console.print(curve_table(curve))
@@ -259,12 +264,13 @@ def describe_device(model: Any, dtype: str) -> str:
 
 def search_workspace(
     ws: Workspace, options: SearchOptions, candidates: list[int], state: SearchState, ref: ModelRef,
-    out: Path, progress: Progress,
+    out: Path, progress: Progress, count_plans: Path | None = None,
 ) -> Plan:  # fmt: skip
     """Greedy steps (saving a partial plan after each), final training, held-out report;
     with ``--skips auto``, a final training and held-out figures for every count (with
     KV-group units: every block's worth of KV) (the curve, in the plan's provenance) and
-    the plan of the largest count within the limits."""
+    the plan of the largest count within the limits; the plan of every count goes to
+    ``count_plans`` when given."""
     o = options
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
     base = original_loss(ws, o)
@@ -277,13 +283,21 @@ def search_workspace(
         if main:
             _plan(ref, s, s.scales, s.maps, ws, o, candidates, base, complete=False).save(out, force=True)
 
+    def save_count(k: int, at_k: SearchState, final: BranchScales, maps: dict[int, torch.Tensor],
+                   measured: dict[str, dict[str, float]]) -> None:  # fmt: skip
+        heldout = evaluate(ws, at_k, final, maps, o.batch_size, measured)
+        plan = _plan(ref, at_k, final, maps, ws, o, candidates, base, complete=True, heldout=heldout)
+        if main:
+            plan.save(Path(count_plans) / f"{k}.json", force=True)  # type: ignore[arg-type]
+
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
         on_step(state)
     Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, on_step)
     t = time.perf_counter()
     curve, measured = None, {}
     if o.curve:
-        state, final, maps, curve, measured = _trace_curve(ws, o, state, snapshots, resumed, progress)
+        keep = save_count if count_plans is not None else None
+        state, final, maps, curve, measured = _trace_curve(ws, o, state, snapshots, resumed, progress, keep)
     else:
         final, maps = final_training(
             ws, o, state.skip, state.scales, progress, state.maps, groups=state.kv_groups
@@ -300,13 +314,16 @@ def search_workspace(
 
 def _trace_curve(
     ws: Workspace, o: SearchOptions, state: SearchState, snapshots: dict[int, Snapshot], resumed: int,
-    progress: Progress,
+    progress: Progress, keep: Callable[[int, SearchState, BranchScales, dict[int, torch.Tensor],
+                                        dict[str, dict[str, float]]], None] | None = None,
 ) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any], dict[str, dict[str, float]]]:
     """A final training and held-out figures for every count of removed blocks (with
     KV-group units: for the first step state that frees each count's worth of KV); the state
     of the largest count within the limits with its trained scales and maps, the curve, and
     the held-out metrics already measured (the original model's and that count's plan's).
-    Raises :class:`NoCountWithinLimits`, carrying the curve, if no count is within."""
+    ``keep`` is given every count as it is trained (count, state, scales, maps, those
+    metrics). Raises :class:`NoCountWithinLimits`, carrying the curve, if no
+    count is within."""
     original = heldout_metrics(ws.stack, ws.calib, ws.teacher, o.batch_size)
     points: list[Point] = []
     best: tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, float]] | None = None
@@ -319,6 +336,8 @@ def _trace_curve(
         )
         metrics = plan_metrics(ws, at_k.skip, final, o.batch_size, trained, at_k.kv_groups)
         points.append(point(steps, metrics, original, ws.stack.config, o, k))
+        if keep is not None:
+            keep(k, at_k, final, trained, {"original": original, "final": metrics})
         if points[-1].within:
             best = at_k, final, trained, points[-1].metrics
     curve = curve_json(points, original, o, resumed)
