@@ -183,3 +183,15 @@ def test_qwen3s_chat_template_gets_chatml_in_the_modelfile():
     text = modelfile("m.gguf", template, "<|im_end|>")
     assert f'TEMPLATE """{CHATML}"""' in text
     assert 'PARAMETER stop "<|im_start|>"' in text and text.count('PARAMETER stop "<|im_end|>"') == 1
+
+
+def test_the_card_names_openelm_and_the_kv_groups_cut(tiny_qwen3, tmp_path):
+    """The card describes what was written: openelm, KV groups cut from two layers, no block removed."""
+    from hopscotch_export.card import model_card
+
+    plan = cut_plan(tiny_qwen3, {1: (1,), 3: (0,)})
+    card = model_card(tmp_path / "m.gguf", tmp_path / "m.Modelfile", plan, None, open_source(tiny_qwen3), None,
+                      "f16", "m", None)  # fmt: skip
+    assert "with 2 of its 12 KV groups cut (from layers 1, 3, 16.7% of the KV cache)" in card
+    assert "llama.cpp's `openelm` architecture" in card and "deci" not in card and "blocks removed" not in card
+    assert "KV groups: layer 1 keeps [1]; layer 3 keeps [0]." in card
