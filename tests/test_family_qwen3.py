@@ -124,15 +124,18 @@ def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys, kind
                                             "and protected layers all theirs), at most 5 of the 12 can go"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
 @pytest.mark.parametrize("command", [["search"], []], ids=["search", "one-command"])
 def test_a_search_that_would_remove_blocks_is_refused_in_one_line(
-    tiny_qwen3, tmp_path, monkeypatch, capsys, command, args, message
+    tiny_qwen3, tmp_path, monkeypatch, capsys, command, dry_run, args, message
 ):  # fmt: skip
+    """Refused alike by the search and by ``--dry-run``, which prints no estimate for it."""
     out = tmp_path / ("p.json" if command else "m.gguf")
     skips = [] if "--skips" in args else ["--skips", "1"]
-    code, _, err = run_cli(monkeypatch, capsys, *command, str(tiny_qwen3), *skips, *args, "-o", str(out))
+    given = [str(tiny_qwen3), *skips, *args, *dry_run, "-o", str(out)]
+    code, printed, err = run_cli(monkeypatch, capsys, *command, *given)
     assert_one_line_error(code, err, message)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and "search:" not in printed
 
 
 def test_skips_auto_lowers_its_most_blocks_to_the_groups_that_may_go():

@@ -6,11 +6,14 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HopscotchError
 from ..families import Family
 from ..families.qwen3 import NO_BLOCKS
+
+if TYPE_CHECKING:
+    from ..families import ModelSpec
 
 OBJECTIVES = ("kl", "ce")
 GRANULARITIES = ("layer", "channel")
@@ -217,6 +220,12 @@ class SearchOptions:
             return self
         room = len([i for i in range(1, n_layers) if i not in self.protect]) - 1
         return dataclasses.replace(self, skips=max(1, min(self.skips, room)))
+
+    def for_spec(self, spec: ModelSpec) -> SearchOptions:
+        """These options as the search runs them on a model of ``spec``: :meth:`for_model`,
+        then :meth:`for_family`. The search and ``--dry-run`` both ask it, so a dry run
+        refuses what the search would."""
+        return self.for_model(spec.n_layers).for_family(spec.family, spec.n_layers, spec.n_kv_heads)
 
     def for_family(self, family: type[Family], n_layers: int, n_kv: int) -> SearchOptions:
         """These options for a model of ``family``, after :meth:`for_model`. A family that
