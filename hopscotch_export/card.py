@@ -101,8 +101,8 @@ def model_card(
         "## What was removed and why",
         "",
         "A greedy search removed, one step at a time, the attention block (or KV group) whose removal raised "
-        "the loss on the calibration data least once learned scales on every branch repaired the drift it caused; the scales "
-        "are folded into the weights.",
+        "the loss on the calibration data least once learned scales on every branch repaired the drift it "
+        "caused; the scales are folded into the weights.",
         "",
     ]  # fmt: skip
     provenance = plan.provenance
