@@ -120,6 +120,9 @@ def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys, kind
              "every layer keeps at least one KV group; pass --unit group"),
         (["--unit", "auto"], "--unit auto removes whole attention blocks"),
         (["--replace", "linear"], "--unit block and --replace linear remove whole attention blocks"),
+        (["--unit", "group", "--replace", "linear"], "--replace linear removes whole attention blocks, but Qwen3 "
+                                                     "is written as llama.cpp's openelm, where every layer keeps at "
+                                                     "least one KV group; pass --unit group without --replace"),
         (["--unit", "group", "--skips", "3"], "the budget is 6 KV groups, but with every layer keeping one (layer 0 "
                                             "and protected layers all theirs), at most 5 of the 12 can go"),
     ],

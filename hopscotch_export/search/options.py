@@ -135,11 +135,6 @@ class SearchOptions:
             raise HopscotchError(f"--replace must be one of {', '.join(REPLACEMENTS)}, got {self.replace!r}")
         if self.unit not in UNITS:
             raise HopscotchError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if self.unit == "group" and self.replace != "skip":
-            raise HopscotchError(
-                f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
-                "use --unit auto (blocks and groups) or --unit block"
-            )
         self._check_kv_saving()
         if self.threads is not None and self.threads < 1:
             raise HopscotchError(f"--threads must be at least 1, got {self.threads}")
@@ -232,8 +227,15 @@ class SearchOptions:
         cannot lose whole blocks (Qwen3) removes single KV groups only, every layer keeping
         one: ``--unit block|auto`` and ``--replace linear|auto`` are refused, not
         reinterpreted, and so is a budget beyond the groups that may go (``--skips auto``
-        lowers its most blocks' worth to fit them)."""
+        lowers its most blocks' worth to fit them). ``--unit group`` with ``--replace
+        linear|auto`` is refused here, not at construction, so the message suggests only
+        units the family accepts."""
         if family.removes_blocks:
+            if self.unit == "group" and self.replace != "skip":
+                raise HopscotchError(
+                    f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
+                    "use --unit auto (blocks and groups) or --unit block"
+                )
             return self
         asked = [f"--unit {self.unit}"] * (self.unit != "group")
         asked += [f"--replace {self.replace}"] * (self.replace != "skip")
