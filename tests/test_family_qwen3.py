@@ -114,6 +114,24 @@ def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys, kind
 
 
 @pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"attention_bias": True}, "a Qwen3 with q/k/v biases, which openelm has no tensors for"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+         "rope scaling 'linear' on a Qwen3 is not supported yet (openelm is written with plain rope)"),
+    ],
+    ids=["bias", "rope-scaling"],
+)  # fmt: skip
+def test_a_qwen3_openelm_cannot_hold_is_refused_in_one_line(tmp_path, monkeypatch, capsys, config, message):
+    model = make_tiny_model(tmp_path / "hf", "qwen3", layers=2, hidden=32, intermediate=64, head_dim=8, tied=True,
+                            **config)  # fmt: skip
+    out = tmp_path / "p.json"
+    code, _, err = run_cli(monkeypatch, capsys, "search", str(model), "--skips", "1", "--unit", "group", "-o", str(out))
+    assert_one_line_error(code, err, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     "args,message",
     [
         ([], "--unit block removes whole attention blocks, but Qwen3 is written as llama.cpp's openelm, where "
@@ -149,8 +167,9 @@ def test_skips_auto_lowers_its_most_blocks_to_the_groups_that_may_go():
     assert options.skips == 2 and options.keep_last_group  # 5 layers x 1 group: 2 blocks' worth of 2
 
 
-def test_a_plan_that_skips_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_path):
-    plan = linear_plan(open_source(tiny_qwen3), skip=(2,), linear=())
+@pytest.mark.parametrize("skip,linear", [((2,), ()), ((), (2,))], ids=["skip", "linear"])
+def test_a_plan_that_removes_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_path, skip, linear):
+    plan = linear_plan(open_source(tiny_qwen3), skip=skip, linear=linear)
     with pytest.raises(PlanError, match=r"removes the whole attention block of layers \[2\]; .*--unit group"):
         convert(open_source(tiny_qwen3), plan, tmp_path / "m.gguf", outtype="f32")
     assert not (tmp_path / "m.gguf").exists()
