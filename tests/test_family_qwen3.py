@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 from gguf import LlamaFileType
 
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.converters.quantize import llama_quantize
-from hopscotch_export.errors import PlanError
+from hopscotch_export.errors import PlanError, SourceError
 from hopscotch_export.inspect import gguf_summary, gguf_tensor_types
 from hopscotch_export.ollama import CHATML, modelfile
 from hopscotch_export.plan import Plan
@@ -220,3 +221,18 @@ def test_the_card_names_openelm_and_the_kv_groups_cut(tiny_qwen3, tmp_path):
     assert "with 2 of its 12 KV groups cut (from layers 1, 3, 16.7% of the KV cache)" in card
     assert "llama.cpp's `openelm` architecture" in card and "deci" not in card and "blocks removed" not in card
     assert "KV groups: layer 1 keeps [1]; layer 3 keeps [0]." in card
+
+
+@pytest.mark.parametrize("missing", ["attn_q", "attn_k", "attn_v"])
+def test_a_layer_missing_a_part_of_attn_qkv_is_refused_naming_it(missing):
+    """A damaged file lacking one of a layer's q, k, v: named, not a KeyError, nor k/v dropped."""
+    from hopscotch_export.converters.tensors import OutTensor, fuse_qkv
+
+    def tensor(name: str) -> OutTensor:
+        return OutTensor(name, (8, 8), gguf.GGMLQuantizationType.F32, lambda: np.zeros((8, 8), np.float32))
+
+    names = [f"blk.{i}.{k}.weight" for i in range(2) for k in ("attn_q", "attn_k", "attn_v")]
+    tensors = [tensor(n) for n in names if n != f"blk.1.{missing}.weight"]
+    with pytest.raises(SourceError, match=rf"but no blk\.1\.{missing}\.weight, so its attention cannot be written"):
+        fuse_qkv(tensors)
+    assert [t.name for t in fuse_qkv([tensor(n) for n in names])] == ["blk.0.attn_qkv.weight", "blk.1.attn_qkv.weight"]
