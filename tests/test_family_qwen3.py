@@ -197,6 +197,8 @@ def test_the_one_command_on_a_tiny_qwen3_folder(tmp_path, text_file, monkeypatch
     gate = report["limits"][0]
     assert report["passed"] is True and gate["name"].startswith("parity with torch") and gate["passed"]
     assert f'TEMPLATE """{CHATML}"""' in (tmp_path / "m.Modelfile").read_text()  # SmolLM2's tokenizer: ChatML
+    card = (tmp_path / "m.README.md").read_text()
+    assert "KV groups cut (from layers" in card and "llama.cpp's `openelm` architecture" in card
 
 
 def test_qwen3s_chat_template_gets_chatml_in_the_modelfile():
