@@ -91,20 +91,18 @@ def model_card(
     from .search.display import summary_tables
 
     meta = card_metadata(source, hub)
-    n = plan.model.n_layers
-    removed = len(plan.skip) + len(plan.linear)
     origin = meta.get("base_model") or source.path.name
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
         f"# {name}", "",
-        f"`{origin}` with {removed} of its {n} attention blocks removed by [Hopscotch]({PAPER}), as a GGUF for "
-        f"llama.cpp's `deci` architecture (written by hopscotch-export {__version__}).",
+        f"`{origin}` with {what_was_removed(plan)} by [Hopscotch]({PAPER}), as a GGUF for llama.cpp's "
+        f"`{source.spec.family.gguf_out}` architecture (written by hopscotch-export {__version__}).",
         "",
         "## What was removed and why",
         "",
-        "A greedy search removed, one step at a time, the attention block whose removal raised the loss on the "
-        "calibration data least once learned scales on every branch repaired the drift it caused; the scales "
-        "are folded into the weights.",
+        "A greedy search removed, one step at a time, the attention block (or KV group) whose removal raised "
+        "the loss on the calibration data least once learned scales on every branch repaired the drift it "
+        "caused; the scales are folded into the weights.",
         "",
     ]  # fmt: skip
     provenance = plan.provenance
@@ -114,7 +112,9 @@ def model_card(
         for table in summary_tables(search["steps"], provenance["heldout"], objective):
             lines += [f"**{table.title}**", "", markdown_table(table), ""]
     else:
-        lines += [f"Removed: layers {', '.join(map(str, [*plan.skip, *plan.linear])) or 'none'}.", ""]
+        kept = "; ".join(f"layer {i} keeps {list(g)}" for i, g in plan.kv_groups.items())
+        groups = f" KV groups: {kept}." if kept else ""
+        lines += [f"Removed: layers {', '.join(map(str, [*plan.skip, *plan.linear])) or 'none'}.{groups}", ""]
     lines += ["## How it measured in llama.cpp", ""]
     if report is not None:
         t = report.text
@@ -129,6 +129,24 @@ def model_card(
         lines += [f"![quality against attention blocks removed]({curve_png.name})", ""]
     lines += run_instructions(gguf, modelfile, cache_type, name)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def what_was_removed(plan: Plan) -> str:
+    """The card's phrase for what the plan removed: whole attention blocks, KV groups cut
+    (and from which layers), or both, so a family that only cuts groups is described as such."""
+    n = plan.model.n_layers
+    parts = []
+    blocks = len(plan.skip) + len(plan.linear)
+    if blocks or not plan.kv_groups:
+        parts.append(f"{blocks} of its {n} attention blocks removed")
+    if plan.kv_groups:
+        kv = plan.model.n_kv_heads
+        cut = "" if kv is None else f"{sum(kv - len(g) for g in plan.kv_groups.values())} of its {n * kv} "
+        layers = ", ".join(map(str, plan.kv_groups))
+        saving = plan.kv_saving()
+        share = "" if saving is None else f", {saving:.1%} of the KV cache"
+        parts.append(f"{cut}KV groups cut (from layers {layers}{share})")
+    return " and ".join(parts)
 
 
 def run_instructions(gguf: Path, modelfile: Path, cache_type: str, name: str) -> list[str]:

@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 from gguf import LlamaFileType
 
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.converters.quantize import llama_quantize
-from hopscotch_export.errors import PlanError
+from hopscotch_export.errors import PlanError, SourceError
 from hopscotch_export.inspect import gguf_summary, gguf_tensor_types
 from hopscotch_export.ollama import CHATML, modelfile
 from hopscotch_export.plan import Plan
@@ -114,25 +115,49 @@ def test_untied_qwen3_is_refused_in_one_line(tmp_path, monkeypatch, capsys, kind
 
 
 @pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"attention_bias": True}, "a Qwen3 with q/k/v biases, which openelm has no tensors for"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+         "rope scaling 'linear' on a Qwen3 is not supported yet (openelm is written with plain rope)"),
+    ],
+    ids=["bias", "rope-scaling"],
+)  # fmt: skip
+def test_a_qwen3_openelm_cannot_hold_is_refused_in_one_line(tmp_path, monkeypatch, capsys, config, message):
+    model = make_tiny_model(tmp_path / "hf", "qwen3", layers=2, hidden=32, intermediate=64, head_dim=8, tied=True,
+                            **config)  # fmt: skip
+    out = tmp_path / "p.json"
+    code, _, err = run_cli(monkeypatch, capsys, "search", str(model), "--skips", "1", "--unit", "group", "-o", str(out))
+    assert_one_line_error(code, err, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     "args,message",
     [
         ([], "--unit block removes whole attention blocks, but Qwen3 is written as llama.cpp's openelm, where "
              "every layer keeps at least one KV group; pass --unit group"),
         (["--unit", "auto"], "--unit auto removes whole attention blocks"),
         (["--replace", "linear"], "--unit block and --replace linear remove whole attention blocks"),
+        (["--unit", "group", "--replace", "linear"], "--replace linear removes whole attention blocks, but Qwen3 "
+                                                     "is written as llama.cpp's openelm, where every layer keeps at "
+                                                     "least one KV group; pass --unit group without --replace"),
         (["--unit", "group", "--skips", "3"], "the budget is 6 KV groups, but with every layer keeping one (layer 0 "
                                             "and protected layers all theirs), at most 5 of the 12 can go"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
 @pytest.mark.parametrize("command", [["search"], []], ids=["search", "one-command"])
 def test_a_search_that_would_remove_blocks_is_refused_in_one_line(
-    tiny_qwen3, tmp_path, monkeypatch, capsys, command, args, message
+    tiny_qwen3, tmp_path, monkeypatch, capsys, command, dry_run, args, message
 ):  # fmt: skip
+    """Refused alike by the search and by ``--dry-run``, which prints no estimate for it."""
     out = tmp_path / ("p.json" if command else "m.gguf")
     skips = [] if "--skips" in args else ["--skips", "1"]
-    code, _, err = run_cli(monkeypatch, capsys, *command, str(tiny_qwen3), *skips, *args, "-o", str(out))
+    given = [str(tiny_qwen3), *skips, *args, *dry_run, "-o", str(out)]
+    code, printed, err = run_cli(monkeypatch, capsys, *command, *given)
     assert_one_line_error(code, err, message)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and "search:" not in printed
 
 
 def test_skips_auto_lowers_its_most_blocks_to_the_groups_that_may_go():
@@ -143,8 +168,9 @@ def test_skips_auto_lowers_its_most_blocks_to_the_groups_that_may_go():
     assert options.skips == 2 and options.keep_last_group  # 5 layers x 1 group: 2 blocks' worth of 2
 
 
-def test_a_plan_that_skips_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_path):
-    plan = linear_plan(open_source(tiny_qwen3), skip=(2,), linear=())
+@pytest.mark.parametrize("skip,linear", [((2,), ()), ((), (2,))], ids=["skip", "linear"])
+def test_a_plan_that_removes_a_block_is_refused_by_the_converter(tiny_qwen3, tmp_path, skip, linear):
+    plan = linear_plan(open_source(tiny_qwen3), skip=skip, linear=linear)
     with pytest.raises(PlanError, match=r"removes the whole attention block of layers \[2\]; .*--unit group"):
         convert(open_source(tiny_qwen3), plan, tmp_path / "m.gguf", outtype="f32")
     assert not (tmp_path / "m.gguf").exists()
@@ -171,6 +197,8 @@ def test_the_one_command_on_a_tiny_qwen3_folder(tmp_path, text_file, monkeypatch
     gate = report["limits"][0]
     assert report["passed"] is True and gate["name"].startswith("parity with torch") and gate["passed"]
     assert f'TEMPLATE """{CHATML}"""' in (tmp_path / "m.Modelfile").read_text()  # SmolLM2's tokenizer: ChatML
+    card = (tmp_path / "m.README.md").read_text()
+    assert "KV groups cut (from layers" in card and "llama.cpp's `openelm` architecture" in card
 
 
 def test_qwen3s_chat_template_gets_chatml_in_the_modelfile():
@@ -183,3 +211,30 @@ def test_qwen3s_chat_template_gets_chatml_in_the_modelfile():
     text = modelfile("m.gguf", template, "<|im_end|>")
     assert f'TEMPLATE """{CHATML}"""' in text
     assert 'PARAMETER stop "<|im_start|>"' in text and text.count('PARAMETER stop "<|im_end|>"') == 1
+
+
+def test_the_card_names_openelm_and_the_kv_groups_cut(tiny_qwen3, tmp_path):
+    """The card describes what was written: openelm, KV groups cut from two layers, no block removed."""
+    from hopscotch_export.card import model_card
+
+    plan = cut_plan(tiny_qwen3, {1: (1,), 3: (0,)})
+    card = model_card(tmp_path / "m.gguf", tmp_path / "m.Modelfile", plan, None, open_source(tiny_qwen3), None,
+                      "f16", "m", None)  # fmt: skip
+    assert "with 2 of its 12 KV groups cut (from layers 1, 3, 16.7% of the KV cache)" in card
+    assert "llama.cpp's `openelm` architecture" in card and "deci" not in card and "blocks removed" not in card
+    assert "KV groups: layer 1 keeps [1]; layer 3 keeps [0]." in card
+
+
+@pytest.mark.parametrize("missing", ["attn_q", "attn_k", "attn_v"])
+def test_a_layer_missing_a_part_of_attn_qkv_is_refused_naming_it(missing):
+    """A damaged file lacking one of a layer's q, k, v: named, not a KeyError, nor k/v dropped."""
+    from hopscotch_export.converters.tensors import OutTensor, fuse_qkv
+
+    def tensor(name: str) -> OutTensor:
+        return OutTensor(name, (8, 8), gguf.GGMLQuantizationType.F32, lambda: np.zeros((8, 8), np.float32))
+
+    names = [f"blk.{i}.{k}.weight" for i in range(2) for k in ("attn_q", "attn_k", "attn_v")]
+    tensors = [tensor(n) for n in names if n != f"blk.1.{missing}.weight"]
+    with pytest.raises(SourceError, match=rf"but no blk\.1\.{missing}\.weight, so its attention cannot be written"):
+        fuse_qkv(tensors)
+    assert [t.name for t in fuse_qkv([tensor(n) for n in names])] == ["blk.0.attn_qkv.weight", "blk.1.attn_qkv.weight"]

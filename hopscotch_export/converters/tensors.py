@@ -30,6 +30,7 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from ..errors import SourceError
 from ..families import ModelSpec
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
@@ -94,20 +95,32 @@ _QKV = ("attn_q", "attn_k", "attn_v")
 
 def fuse_qkv(tensors: list[OutTensor]) -> list[OutTensor]:
     """``openelm``'s ``attn_qkv`` in place of each layer's ``attn_q``, ``attn_k`` and ``attn_v``:
-    their rows stacked in that order (each already cut to the kept heads)."""
+    their rows stacked in that order (each already cut to the kept heads), where the first
+    of them stood. A layer lacking one of the three (a damaged file) is refused, naming it."""
     parts: dict[str, dict[str, OutTensor]] = {}
     for t in tensors:
         m = _LAYER.match(t.name)
         if m and m.group(2) in _QKV:
             parts.setdefault(f"blk.{m.group(1)}.attn_qkv.{m.group(3)}", {})[m.group(2)] = t
+    for name, got in parts.items():
+        _, layer, _, kind = name.split(".")
+        missing = [f"blk.{layer}.{k}.{kind}" for k in _QKV if k not in got]
+        if missing:
+            have = ", ".join(t.name for t in got.values())
+            raise SourceError(
+                f"the model has {have} but no {' or '.join(missing)}, so its attention cannot be written "
+                "(a damaged file?); convert the model again from its original weights"
+            )
     out = []
     for t in tensors:
         m = _LAYER.match(t.name)
         if m is None or m.group(2) not in _QKV:
             out.append(t)
-        elif m.group(2) == "attn_q":
-            name = f"blk.{m.group(1)}.attn_qkv.{m.group(3)}"
-            out.append(_stacked(name, [parts[name][k] for k in _QKV]))
+            continue
+        name = f"blk.{m.group(1)}.attn_qkv.{m.group(3)}"
+        got = parts.pop(name, None)  # at the layer's first part; None at the other two
+        if got is not None:
+            out.append(_stacked(name, [got[k] for k in _QKV]))
     return out
 
 

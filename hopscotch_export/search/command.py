@@ -132,8 +132,9 @@ def search_command(
 def print_estimate(source: ModelSource, options: SearchOptions, console: Console | None = None) -> Placement:
     """The search's estimate as a table (``--dry-run``), with the refusal if it would not fit."""
     console = console or Console()
-    # the budget as the search will run it: --kv-saving sets the blocks' worth (and the maps' bytes)
-    placement = plan_placement(source.spec, options.for_model(source.spec.n_layers), source_kind=source.kind)
+    # the budget as the search will run it: --kv-saving sets the blocks' worth (and the maps' bytes),
+    # and the family refuses what it cannot write (Qwen3: whole blocks)
+    placement = plan_placement(source.spec, options.for_spec(source.spec), source_kind=source.kind)
     print_report(console, placement.needs, f"search: {source.describe()} on {placement.describe()}")
     if placement.notice:
         console.print(f"[yellow]note:[/] {placement.notice}", highlight=False)

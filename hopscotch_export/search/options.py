@@ -6,11 +6,14 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HopscotchError
 from ..families import Family
 from ..families.qwen3 import NO_BLOCKS
+
+if TYPE_CHECKING:
+    from ..families import ModelSpec
 
 OBJECTIVES = ("kl", "ce")
 GRANULARITIES = ("layer", "channel")
@@ -132,11 +135,6 @@ class SearchOptions:
             raise HopscotchError(f"--replace must be one of {', '.join(REPLACEMENTS)}, got {self.replace!r}")
         if self.unit not in UNITS:
             raise HopscotchError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if self.unit == "group" and self.replace != "skip":
-            raise HopscotchError(
-                f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
-                "use --unit auto (blocks and groups) or --unit block"
-            )
         self._check_kv_saving()
         if self.threads is not None and self.threads < 1:
             raise HopscotchError(f"--threads must be at least 1, got {self.threads}")
@@ -218,13 +216,26 @@ class SearchOptions:
         room = len([i for i in range(1, n_layers) if i not in self.protect]) - 1
         return dataclasses.replace(self, skips=max(1, min(self.skips, room)))
 
+    def for_spec(self, spec: ModelSpec) -> SearchOptions:
+        """These options as the search runs them on a model of ``spec``: :meth:`for_model`,
+        then :meth:`for_family`. The search and ``--dry-run`` both ask it, so a dry run
+        refuses what the search would."""
+        return self.for_model(spec.n_layers).for_family(spec.family, spec.n_layers, spec.n_kv_heads)
+
     def for_family(self, family: type[Family], n_layers: int, n_kv: int) -> SearchOptions:
         """These options for a model of ``family``, after :meth:`for_model`. A family that
         cannot lose whole blocks (Qwen3) removes single KV groups only, every layer keeping
         one: ``--unit block|auto`` and ``--replace linear|auto`` are refused, not
         reinterpreted, and so is a budget beyond the groups that may go (``--skips auto``
-        lowers its most blocks' worth to fit them)."""
+        lowers its most blocks' worth to fit them). ``--unit group`` with ``--replace
+        linear|auto`` is refused here, not at construction, so the message suggests only
+        units the family accepts."""
         if family.removes_blocks:
+            if self.unit == "group" and self.replace != "skip":
+                raise HopscotchError(
+                    f"--replace {self.replace} replaces whole blocks, which --unit group never removes; "
+                    "use --unit auto (blocks and groups) or --unit block"
+                )
             return self
         asked = [f"--unit {self.unit}"] * (self.unit != "group")
         asked += [f"--replace {self.replace}"] * (self.replace != "skip")

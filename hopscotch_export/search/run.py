@@ -97,7 +97,7 @@ def run_search(
     """
     out = Path(out)
     ref = source.model_ref()
-    options = options.for_model(ref.n_layers).for_family(source.spec.family, ref.n_layers, source.spec.n_kv_heads)
+    options = options.for_spec(source.spec)
     candidates = options.candidates(ref.n_layers)
     curves = curve_paths(out, curve_out) if options.curve else ()
     state: SearchState | None = None
