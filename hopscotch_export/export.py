@@ -29,7 +29,7 @@ from .card import model_card, upload_commands
 from .errors import HopscotchError
 from .evaluation.command import parse_tasks
 from .files import atomic_output, check_writable, write_text_atomic
-from .gate import gated, gated_count
+from .gate import NoCountPasses, gated, gated_count
 from .plan import Plan, load_plan
 from .run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .search import distributed
@@ -153,6 +153,10 @@ def export(
         if by_gate:
             if out.counts.exists() and not out.counts.is_dir():
                 raise HopscotchError(f"{out.counts} is in the way of the search's plans per count; move it away")
+            if resume is None and not force and out.counts.is_dir() and any(out.counts.iterdir()):
+                raise HopscotchError(
+                    f"{out.counts} already exists and is not from this search; move it away or pass --force"
+                )
             out.counts.mkdir(exist_ok=True)
         try:
             plan = run_search(
@@ -168,14 +172,18 @@ def export(
     if by_gate and not gated(plan):
         assert verify is not None
         console.rule("[bold]2/3 convert the counts near the limit, measured as verify measures")
-        with gated_count(
-            source, model, plan, out.counts, verify, outtype=outtype, name=name, work_dir=work_dir, near=out.gguf,
-            console=console, imatrix=imatrix,
-        ) as (plan, converted):  # fmt: skip
-            plan.save(out.plan, force=True)
-            write_curve(plan.provenance["curve"], curve_paths(out.plan, out.curve), console, force=True)
-            with atomic_output(out.gguf, force) as tmp:
-                shutil.move(converted, tmp)
+        try:
+            with gated_count(
+                source, model, plan, out.counts, verify, outtype=outtype, name=name, work_dir=work_dir,
+                near=out.gguf, console=console, imatrix=imatrix,
+            ) as (plan, converted):  # fmt: skip
+                plan.save(out.plan, force=True)
+                write_curve(plan.provenance["curve"], curve_paths(out.plan, out.curve), console, force=True)
+                with atomic_output(out.gguf, force) as tmp:
+                    shutil.move(converted, tmp)
+        except NoCountPasses:  # the plans per count are of no further use (an interrupt keeps them to resume)
+            shutil.rmtree(out.counts, ignore_errors=True)
+            raise
         shutil.rmtree(out.counts, ignore_errors=True)
     else:
         console.rule("[bold]2/3 convert")

@@ -187,6 +187,7 @@ def test_one_command_writes_no_model_when_no_count_passes_verify(monkeypatch, ca
     assert json.loads((tmp_path / "m.curve.json").read_text())["points"][0]["ppl_increase_pct"] <= 5
     assert_one_line_error(code, err, "no count of removed blocks passes the limits as verify measures them")
     assert not out.exists() and not (tmp_path / "m.Modelfile").exists()
+    assert not (tmp_path / "m.counts").exists()  # the plans per count go with the failed choice
 
 
 def test_one_command_gives_the_limits_to_search_and_verify(monkeypatch) -> None:

@@ -65,9 +65,9 @@ def plot_curve(
                                      (right_kl, rise, limits.get("max_ppl_increase"), "tab:orange")):  # fmt: skip
         if limit is not None and limit <= 3 * max(map(abs, values)):  # a far-off limit would flatten the curve
             ax.axhline(limit, color=color, linestyle="--", linewidth=1)
-    measured = curve.get("gate", {}).get("counts", [])
-    if measured:  # the one command's counts measured as verify measures them
-        left.plot([m["removed"] for m in measured], [m["kl"] for m in measured], "x", markersize=9,
+    gated = curve.get("gate", {}).get("counts", [])
+    if gated:  # the one command's counts measured as verify measures them
+        left.plot([m["removed"] for m in gated], [m["kl"] for m in gated], "x", markersize=9,
                   color="black", label="KL measured by verify")  # fmt: skip
     if curve.get("chosen"):
         k = curve["chosen"]
