@@ -132,8 +132,8 @@ def test_one_command_writes_the_curve_beside_the_gguf(monkeypatch, capsys, tiny:
     # that a search without verify did not keep
     from test_cli import assert_one_line_error
 
-    out.unlink()
-    (tmp_path / "m.Modelfile").unlink()
+    for done in (out, tmp_path / "m.Modelfile", tmp_path / "m.README.md"):
+        done.unlink()
     code, _, err = run_cli(monkeypatch, capsys, *args[:-3], "--outtype", "f32", "--ctx", "64", "--chunks", "1")
     assert_one_line_error(code, err, "the plan for 2 removed blocks", "is missing; pass --force to search again")
     assert not out.exists()
@@ -169,7 +169,7 @@ def test_one_command_chooses_the_count_by_verifys_measure(monkeypatch, capsys, t
     assert "put 3 within the limits" in " ".join(err.split()) and "exporting 2" in " ".join(err.split())
     assert "KL (verify)" in err and out.is_file() and "m.gguf" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "m.Modelfile", "m.curve.json", "m.curve.png", "m.gguf", "m.plan.json", "m.verify.json",
+        "m.Modelfile", "m.README.md", "m.curve.json", "m.curve.png", "m.gguf", "m.plan.json", "m.verify.json",
     ]  # no count plans nor candidate files left
 
 
