@@ -350,6 +350,9 @@ def test_verify_needs_one_model_not_two(tiny):
     ram = need[0]
     assert ram.where == "ram" and "one model at a time" in ram.what
     assert len([k for k in ram.parts if "weights" in k]) <= 1
+    # without parity's torch side a model's pass is the largest stage: exactly one model's weights
+    alone = verify_needs(tiny["skip"], str(tiny["hf"]), options(chunks=2))[0]
+    assert len([k for k in alone.parts if "weights" in k]) == 1, alone.parts
     disk = next(n for n in need if n.where == f"disk:{tiny['skip'].parent.resolve()}")
     vocab = open_source(tiny["hf"]).spec.vocab_size
     assert disk.parts["reference's held-out logits"] == 2 * 31 * vocab * 4  # 2 windows of 31 scored positions
