@@ -52,10 +52,30 @@ class NoCountPasses(HopscotchError):
     """Not even the smallest count passes the limits as verify measures them."""
 
 
-def gated(plan: Plan) -> bool:
-    """Whether ``plan``'s count was chosen by verify's measure (or has no curve to choose from)."""
+#: what verify's KL of a file depends on besides the file: the settings a gated count was measured with
+MEASURED_WITH = ("ctx", "chunks", "data", "data_config", "data_split", "cache_type", "reference_outtype")
+
+
+def gate_settings(verify: VerifyOptions, outtype: str) -> dict[str, Any]:
+    """The settings that made the gate's figures: the file's output type and verify's text and cache."""
+    return {"outtype": outtype, **{k: getattr(verify, k) for k in MEASURED_WITH}}
+
+
+def gated(plan: Plan, verify: VerifyOptions, outtype: str) -> bool:
+    """Whether ``plan``'s count was chosen by verify's measure (or has no curve to choose
+    from). A count chosen with other settings is refused: its plans per count are gone, and
+    verify could now measure it above the limit that chose it."""
     curve = plan.provenance.get("curve")
-    return curve is None or "gate" in curve
+    if curve is None or "gate" not in curve:
+        return curve is None
+    then, now = curve["gate"].get("settings"), gate_settings(verify, outtype)
+    changed = [f"--{k.replace('_', '-')} {then.get(k)!r} -> {now[k]!r}" for k in now if (then or {}).get(k) != now[k]]
+    if changed:
+        raise HopscotchError(
+            f"the plan's count was chosen by verify with other settings ({'; '.join(changed)}); "
+            "pass the same settings, or --force to search again"
+        )
+    return True
 
 
 @contextlib.contextmanager
@@ -104,7 +124,8 @@ def gated_count(
                 f"{first.search_kl:.4g}), verify measures {first.kl:.4g} on its file: exporting {best.removed} "
                 f"(verify {best.kl:.4g})", highlight=False, soft_wrap=True,
             )  # fmt: skip
-        gate = {"measure": MEASURE, "counts": [m.to_json() for m in measured], "search_chosen": curve["chosen"]}
+        gate = {"measure": MEASURE, "counts": [m.to_json() for m in measured], "search_chosen": curve["chosen"],
+                "settings": gate_settings(verify, outtype)}  # fmt: skip
         curve = {**curve, "chosen": best.removed, "gate": gate}
         yield plan.with_fields(provenance={**plan.provenance, "curve": curve}), path
 
