@@ -421,3 +421,17 @@ def test_cli_limits_become_exit_codes(tiny, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
     missing = runner.invoke(app, ["verify", str(tmp_path / "nope.gguf"), "--reference", str(tiny["hf"])])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_speed_rounds_are_sequential_when_layers_go_to_a_gpu(tiny, models_alive, monkeypatch):
+    """The estimate that lets both models load for interleaved rounds counts RAM only: with
+    layers offloaded to a GPU (here a CPU build ignores them) the rounds are sequential."""
+    monkeypatch.setattr(verify_run, "fits", lambda needs: True)  # RAM would hold both
+    monkeypatch.setattr(verify_run, "gpu_layers_for", lambda asked: (-1, "forced for the test"))
+    from hopscotch_export.llama_lib import llama_library
+
+    # this CPU build has no GPU: say it has, and llama.cpp, finding no device, keeps the layers
+    monkeypatch.setattr(llama_library()[0], "llama_supports_gpu_offload", lambda: True)
+    opts = options(chunks=1, speed=True, speed_prompt=16, speed_gen=2, speed_rounds=1)
+    r = run_verify(tiny["skip"], str(tiny["hf"]), opts)
+    assert r.settings["speed_rounds"] == "sequential" and models_alive == [1, 0]

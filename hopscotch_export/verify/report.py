@@ -258,7 +258,8 @@ class VerifyReport:
         console.print(f"checks run: {', '.join(self.checks_run)}", highlight=False)
         if self.settings.get("speed_rounds") == "sequential":
             console.print(
-                "speed rounds sequential, one model after the other (both models do not fit in memory together), "
+                "speed rounds sequential, one model after the other (both models do not fit in memory together, "
+                "or layers are offloaded to a GPU, whose memory the estimate does not count), "
                 "so a drift in the machine's load between them counts as a speed difference"
             )
         for c in self.limits:

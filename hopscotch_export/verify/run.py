@@ -113,7 +113,8 @@ def run_verify(
         floor = opts.plan is not None and floor_applies(model_gguf, ref.path)
         folder = Path(opts.work_dir or model_gguf.parent)
         check([logits_disk_need(folder, len(windows), opts, vocab.n_vocab, floor=floor)])
-        interleave = opts.speed and fits(speed_needs(model_gguf, ref.path, opts, vocab.n_vocab))
+        # both models at once only where the estimate can say they fit: it counts RAM, not GPU memory
+        interleave = opts.speed and gpu_layers == 0 and fits(speed_needs(model_gguf, ref.path, opts, vocab.n_vocab))
         scratch = stack.enter_context(temp_folder(folder / _SCRATCH, fix="pass --work-dir on another disk"))
         base = stack.enter_context(LogitsFile(scratch / "reference.logits", vocab.n_vocab,
                                               "the reference's held-out logits"))  # fmt: skip
