@@ -209,7 +209,7 @@ def export(
         from .evaluation import EvalOptions, run_eval
 
         console.rule("[bold]lm-eval tasks")
-        threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, 0)
+        threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, None)
         options = EvalOptions(tasks, threads=threads, gpu_layers=gpu_layers, cache_type=cache_type, work_dir=work_dir)
         scores = run_eval(out.gguf, model, options, console)
         scores.render(Console())

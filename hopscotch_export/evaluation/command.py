@@ -60,8 +60,9 @@ def eval_command(
         help=f"Context in tokens; longer prompts are cut on the left (default: the file's, at most {DEFAULT_CTX}).",
     ),
     cache_type: str = typer.Option("f16", "--cache-type", help=f"KV cache type ({'|'.join(CACHE_TYPES)})."),
-    gpu_layers: int = typer.Option(
-        0, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all), if built with it."
+    gpu_layers: Optional[int] = typer.Option(
+        None, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all); default: all when llama-cpp-python "
+        "was built with GPU offload, else 0."
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     reference_outtype: Optional[str] = typer.Option(

@@ -21,6 +21,7 @@ from ..errors import HopscotchError
 from ..progress import progress_bars
 from ..sources.gguf_file import scan_gguf
 from ..verify.reference import reference_gguf
+from ..verify.run import gpu_layers_for
 from .report import EvalReport, Runtime
 
 #: the context when the file's own is longer: enough for few-shot prompts, a small KV cache
@@ -38,7 +39,8 @@ class EvalOptions:
     #: context in tokens; None: the file's, at most :data:`DEFAULT_CTX`
     ctx: int | None = None
     threads: int | None = None
-    gpu_layers: int = 0
+    #: layers offloaded (-1 = all); None: all when llama.cpp has GPU offload, as verify
+    gpu_layers: int | None = None
     cache_type: str = "f16"
     flash_attn: bool = True
     reference_outtype: str | None = None
@@ -103,7 +105,7 @@ def _evaluate(
     from .model import LlamaCppLM
 
     with _quiet(), LlamaCppLM(
-        path, max_length=ctx, threads=options.threads, gpu_layers=options.gpu_layers,
+        path, max_length=ctx, threads=options.threads, gpu_layers=gpu_layers_for(options.gpu_layers)[0],
         cache_type=options.cache_type, flash_attn=options.flash_attn, progress=progress,
     ) as lm:  # fmt: skip
         out = evaluator.simple_evaluate(
