@@ -169,7 +169,7 @@ def export(
     else:
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
 
-    if by_gate and not gated(plan, verify, outtype):  # type: ignore[arg-type]
+    if by_gate and not gated(plan, verify, outtype, imatrix):  # type: ignore[arg-type]
         assert verify is not None
         console.rule("[bold]2/3 convert the counts near the limit, measured as verify measures")
         try:

@@ -56,20 +56,22 @@ class NoCountPasses(HopscotchError):
 MEASURED_WITH = ("ctx", "chunks", "data", "data_config", "data_split", "cache_type", "reference_outtype")
 
 
-def gate_settings(verify: VerifyOptions, outtype: str) -> dict[str, Any]:
-    """The settings that made the gate's figures: the file's output type and verify's text and cache."""
-    return {"outtype": outtype, **{k: getattr(verify, k) for k in MEASURED_WITH}}
+def gate_settings(verify: VerifyOptions, outtype: str, imatrix: Path | None = None) -> dict[str, Any]:
+    """The settings that made the gate's figures: the file's output type (``--imatrix`` writes
+    f16 instead) and verify's text and cache."""
+    made = {"outtype": outtype, "imatrix": None if imatrix is None else str(imatrix)}
+    return {**made, **{k: getattr(verify, k) for k in MEASURED_WITH}}
 
 
-def gated(plan: Plan, verify: VerifyOptions, outtype: str) -> bool:
+def gated(plan: Plan, verify: VerifyOptions, outtype: str, imatrix: Path | None = None) -> bool:
     """Whether ``plan``'s count was chosen by verify's measure (or has no curve to choose
     from). A count chosen with other settings is refused: its plans per count are gone, and
     verify could now measure it above the limit that chose it."""
     curve = plan.provenance.get("curve")
     if curve is None or "gate" not in curve:
         return curve is None
-    then, now = curve["gate"].get("settings"), gate_settings(verify, outtype)
-    changed = [f"--{k.replace('_', '-')} {then.get(k)!r} -> {now[k]!r}" for k in now if (then or {}).get(k) != now[k]]
+    then, now = curve["gate"].get("settings") or {}, gate_settings(verify, outtype, imatrix)
+    changed = [f"--{k.replace('_', '-')} {then.get(k)!r} -> {now[k]!r}" for k in now if then.get(k) != now[k]]
     if changed:
         raise HopscotchError(
             f"the plan's count was chosen by verify with other settings ({'; '.join(changed)}); "
@@ -125,7 +127,7 @@ def gated_count(
                 f"(verify {best.kl:.4g})", highlight=False, soft_wrap=True,
             )  # fmt: skip
         gate = {"measure": MEASURE, "counts": [m.to_json() for m in measured], "search_chosen": curve["chosen"],
-                "settings": gate_settings(verify, outtype)}  # fmt: skip
+                "settings": gate_settings(verify, outtype, imatrix)}  # fmt: skip
         curve = {**curve, "chosen": best.removed, "gate": gate}
         yield plan.with_fields(provenance={**plan.provenance, "curve": curve}), path
 

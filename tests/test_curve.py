@@ -186,6 +186,21 @@ def test_one_command_chooses_the_count_by_verifys_measure(monkeypatch, capsys, t
     assert not out.exists()
 
 
+def test_a_folder_of_the_count_plans_name_that_a_user_owns_is_refused(monkeypatch, capsys, tiny: Path,
+                                                                      text_file: Path, tmp_path: Path) -> None:  # fmt: skip
+    from test_cli import assert_one_line_error, run_cli
+
+    mine = tmp_path / "m.counts" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("kept")
+    code, _, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "1", "--max-skips", "2", "-o",
+        str(tmp_path / "m.gguf"), "--data", str(text_file), *_VERIFIED,
+    )  # fmt: skip
+    assert_one_line_error(code, err, "m.counts already exists and is not from this search", "--force")
+    assert mine.read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["m.counts"]
+
+
 def test_one_command_writes_no_model_when_no_count_passes_verify(monkeypatch, capsys, tiny: Path, text_file: Path,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     """With the redundant block protected, one block lowers the search's held-out perplexity
