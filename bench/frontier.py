@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from search import shuffled  # bench/search.py, beside this script
+from search import print_results, shuffled  # bench/search.py, beside this script
 
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.display import Silent
@@ -128,6 +128,10 @@ def snapshot_row(ws: Workspace, o: SearchOptions, s: SearchState, name: str, k: 
     }  # fmt: skip
 
 
+#: what the calibration data is without ``--data``
+OWN_CHATS = "the model's own chats"
+
+
 def removed_text(r: dict[str, Any]) -> str:
     """``skip 7,20; linear 3; 12 groups in 9 layers``."""
     parts = []
@@ -148,7 +152,7 @@ def show(rows: list[dict[str, Any]], savings: list[int], original: dict[str, flo
         table.add_column(col)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines = [
-        f"data: {a.data or 'the model own chats'}"
+        f"data: {a.data or OWN_CHATS}"
         f"{f' (records shuffled with seed {a.data_seed})' if a.data_seed is not None else ''}, search seed {a.seed}; "
         f"{a.samples} x {a.seq_len} training tokens, {a.heldout} x {a.seq_len} held-out; "
         f"original held-out perplexity {original['ppl']:.2f}"
@@ -168,12 +172,7 @@ def show(rows: list[dict[str, Any]], savings: list[int], original: dict[str, flo
                     f"{k} blocks' worth: {LABELS[r['method']]} held-out KL {100 * (r['kl'] / paper['kl'] - 1):+.1f}% "
                     "vs the paper's blocks"
                 )
-    console = Console()
-    console.print(table)
-    for line in lines:
-        console.print(line)
-    if a.markdown:
-        a.markdown.write_text("\n".join(md + [""] + [f"- {line}" for line in lines]) + "\n")
+    print_results(table, lines, md, a.markdown)
     if a.json:
         a.json.write_text(json.dumps({"original": original, "rows": rows, "notes": lines}, indent=1) + "\n")
 

@@ -238,12 +238,17 @@ def show(
                     f"{k} blocks: {r['method']} held-out KL {100 * (r['kl'] / best['kl'] - 1):+.1f}% vs the best "
                     f"baseline ({best['method']}, {best['kl']:.4f})"
                 )
+    print_results(table, lines, md, a.markdown)
+
+
+def print_results(table: Table, lines: list[str], md: list[str], markdown: Path | None) -> None:
+    """The table and the lines under it, and (``--markdown``) both as markdown."""
     console = Console()
     console.print(table)
     for line in lines:
         console.print(line)
-    if a.markdown:
-        a.markdown.write_text("\n".join(md + [""] + [f"- {line}" for line in lines]) + "\n")
+    if markdown:
+        markdown.write_text("\n".join(md + [""] + [f"- {line}" for line in lines]) + "\n")
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def _published(out: Outputs, plan: Plan) -> list[Path]:
 def _plot_frontier(out: Outputs, plan: Plan, report: Any) -> None:
     """Redraw the curve's plot (this run's own output) with what verify measured beside the
     export: the KV-cache alternatives as points, and the curve with a q8_0 cache as a line."""
-    from .search.curve_plot import Combined, Measured, plot_curve
+    from .search.curve_plot import Combined, VerifyPoint, plot_curve
 
     curve = plan.provenance.get("curve")
     rows = {(r.model, r.kv_cache.type_k): r for r in report.rows}
@@ -367,7 +367,7 @@ def _plot_frontier(out: Outputs, plan: Plan, report: Any) -> None:
     if curve is None or ref is None or len(rows) < 3:
         return
     measured = [
-        Measured(r.label, 100 * (1 - r.kv_cache.bytes / ref.kv_cache.bytes), r.mean_kl) for r in report.rows if r is not ref
+        VerifyPoint(r.label, 100 * (1 - r.kv_cache.bytes / ref.kv_cache.bytes), r.mean_kl) for r in report.rows if r is not ref
     ]  # fmt: skip
     combined = None
     q8, f16, export_q8 = rows.get(("original", "q8_0")), rows.get(("export", "f16")), rows.get(("export", "q8_0"))

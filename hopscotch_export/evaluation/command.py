@@ -13,6 +13,7 @@ from ..files import check_writable
 from ..kv_cache import CACHE_TYPES
 from ..sources.bundled import PREFIX, bundled_path
 from ..verify.alternatives import check_cache_type
+from ..verify.command import gpu_layers_option
 from .run import DEFAULT_CTX, EvalOptions, run_eval
 
 
@@ -60,10 +61,7 @@ def eval_command(
         help=f"Context in tokens; longer prompts are cut on the left (default: the file's, at most {DEFAULT_CTX}).",
     ),
     cache_type: str = typer.Option("f16", "--cache-type", help=f"KV cache type ({'|'.join(CACHE_TYPES)})."),
-    gpu_layers: Optional[int] = typer.Option(
-        None, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all); default: all when llama-cpp-python "
-        "was built with GPU offload, else 0."
-    ),
+    gpu_layers: Optional[int] = gpu_layers_option(),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     reference_outtype: Optional[str] = typer.Option(
         None, "--reference-outtype", help="Output type for converting the reference (default: the model's)."

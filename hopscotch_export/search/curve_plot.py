@@ -14,7 +14,7 @@ from ..files import atomic_output
 
 
 @dataclass(frozen=True)
-class Measured:
+class VerifyPoint:
     """A model measured elsewhere (the one command's verify, in llama.cpp on its own text),
     drawn on the frontier as a point: KV cache saved against the original with an f16 cache."""
 
@@ -35,7 +35,7 @@ class Combined:
 
 
 def plot_curve(
-    curve: dict[str, Any], path: Path, force: bool = False, measured: Sequence[Measured] = (),
+    curve: dict[str, Any], path: Path, force: bool = False, measured: Sequence[VerifyPoint] = (),
     combined: Combined | None = None,
 ) -> None:  # fmt: skip
     """Left: held-out KL and perplexity rise against blocks removed, the limits dashed and
@@ -95,7 +95,7 @@ def plot_curve(
 
 
 def _frontier(
-    ax: Any, curve: dict[str, Any], kl: list[float], measured: Sequence[Measured], combined: Combined | None
+    ax: Any, curve: dict[str, Any], kl: list[float], measured: Sequence[VerifyPoint], combined: Combined | None
 ) -> None:
     """KL against KV cache saved: the search's curve, the curve with a quantized cache, and
     the ``measured`` points (llama.cpp on verify's text: another measure than the curve's)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,14 @@ from .tasks import DEFAULT_TEMPLATE
 #: Exit codes: 0 every gate passed (or none ran), 1 a gate failed, 2 a user error.
 EXIT_LIMIT, EXIT_USER_ERROR = 1, 2
 
+
+
+def gpu_layers_option() -> Any:
+    """``--gpu-layers``, as every command that runs llama.cpp declares it (a fresh option each)."""
+    return typer.Option(
+        None, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all); default: all when llama-cpp-python "
+        "was built with GPU offload, else 0."
+    )
 
 def verify_command(
     model: Path = typer.Argument(..., help="The GGUF to verify (written by convert)."),
@@ -56,10 +64,7 @@ def verify_command(
         "f16", "--cache-type", help=f"KV cache type of the main row ({'|'.join(CACHE_TYPES)}); "
         "the others are measured beside it."
     ),
-    gpu_layers: Optional[int] = typer.Option(
-        None, "--gpu-layers", help="Layers to offload to CUDA/Metal (-1 = all); default: all when llama-cpp-python "
-        "was built with GPU offload, else 0."
-    ),
+    gpu_layers: Optional[int] = gpu_layers_option(),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: all cores; on a busy shared machine 1 can be faster)."
     ),
