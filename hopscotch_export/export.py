@@ -27,7 +27,9 @@ from rich.table import Table
 
 from .card import model_card, upload_commands
 from .errors import HopscotchError
-from .evaluation.command import parse_tasks
+from .curve_tasks import files_to_score
+from .evaluation.command import parse_limit, parse_tasks
+from .evaluation.run import EvalOptions
 from .files import atomic_output, check_writable, write_text_atomic
 from .gate import NoCountPasses, gated, gated_count
 from .plan import Plan, load_plan
@@ -105,10 +107,14 @@ def export(
     work_dir: Path | None = None,
     revision: str | None = None,
     tasks: tuple[str, ...] = (),
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    include_path: Path | None = None,
 ) -> int:
-    """Search, convert, verify (and score lm-eval's ``tasks`` beside the original); returns the
-    exit code: 1 when a gate fails (the file does not match torch under the plan, or a quality
-    limit the user set is exceeded).
+    """Search, convert, verify (and score lm-eval's ``tasks`` beside the original, with eval's
+    ``limit``, ``num_fewshot`` and ``include_path``; with ``--skips auto``, every count of the
+    curve too); returns the exit code: 1 when a gate fails (the file does not match torch under
+    the plan, or a quality limit the user set is exceeded).
 
     ``dry_run`` prints what each stage will need and where it will run, and stops. A hub
     MODEL (at ``revision``) is fetched once; every stage then reads that local copy."""
@@ -133,9 +139,18 @@ def export(
     if verify is not None:
         check_reference_outtype(source, verify.reference_outtype)  # before hours of search
         check_cache_type(verify.cache_type)
+    given = [o for o, v in (("--limit", limit), ("--num-fewshot", num_fewshot), ("--include-path", include_path))
+             if v is not None]  # fmt: skip
+    if given and not tasks:
+        raise HopscotchError(f"{', '.join(given)} set how --tasks are scored; add --tasks (or drop them)")
     cache_type = verify.cache_type if verify is not None else "f16"
+    threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, None)
+    evaluation = EvalOptions(
+        tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path, threads=threads,
+        gpu_layers=gpu_layers, cache_type=cache_type, work_dir=work_dir,
+    )  # fmt: skip
     if dry_run:
-        _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None)
+        _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None, tasks)
         return 0
     outputs = (out.gguf, out.modelfile, out.card, *((out.report,) if verify else ()), *((out.evaluation,) if tasks else ()))
     for path in outputs:
@@ -143,14 +158,18 @@ def export(
     if tasks:
         from .evaluation.run import check_tasks
 
-        check_tasks(tasks)  # before hours of search: lm-eval installed, the tasks and their data there
+        check_tasks(tasks, include_path)  # before hours of search: lm-eval installed, the tasks and their data there
+        if search.curve:
+            console.print(f"--tasks with --skips auto: {files_to_score(search.for_spec(source.spec).skips)}")
 
     plan = _reusable_plan(out.plan, source, search, force)
     by_gate = search.curve and verify is not None
+    # the plan of every count, kept while the gate measures them or the tasks score them
+    keep_counts = search.curve and (by_gate or bool(tasks))
     if plan is None:
         console.rule("[bold]1/3 search")
         resume = out.plan if out.plan.exists() and not force else None
-        if by_gate:
+        if keep_counts:
             if out.counts.exists() and not out.counts.is_dir():
                 raise HopscotchError(f"{out.counts} is in the way of the search's plans per count; move it away")
             if resume is None and not force and out.counts.is_dir() and any(out.counts.iterdir()):
@@ -161,7 +180,7 @@ def export(
         try:
             plan = run_search(
                 source, search, out.plan, resume=resume, force=force, console=console, curve_out=out.curve,
-                resume_hint="run the same command again to continue", count_plans=out.counts if by_gate else None,
+                resume_hint="run the same command again to continue", count_plans=out.counts if keep_counts else None,
             )
         except BaseException:  # the count plans are written at the search's end: none is of use
             shutil.rmtree(out.counts, ignore_errors=True)
@@ -169,6 +188,15 @@ def export(
     else:
         console.print(f"reusing the complete plan in {out.plan} (pass --force to search again)")
 
+    curve_tasks = None
+    if tasks and "curve" in plan.provenance:
+        from .curve_tasks import CurveTasks, already_scored, task_settings
+
+        if not already_scored(plan.provenance["curve"], task_settings(evaluation, outtype, imatrix)):
+            curve_tasks = CurveTasks(
+                source, model, plan.provenance["curve"], out.counts, evaluation, outtype=outtype, imatrix=imatrix,
+                name=name, work_dir=work_dir, console=console,
+            )  # fmt: skip
     if by_gate and not gated(plan, verify, outtype, imatrix):  # type: ignore[arg-type]
         assert verify is not None
         console.rule("[bold]2/3 convert the counts near the limit, measured as verify measures")
@@ -176,6 +204,7 @@ def export(
             with gated_count(
                 source, model, plan, out.counts, verify, outtype=outtype, name=name, work_dir=work_dir,
                 near=out.gguf, console=console, imatrix=imatrix,
+                measured_file=curve_tasks.score if curve_tasks is not None else None,
             ) as (plan, converted):  # fmt: skip
                 plan.save(out.plan, force=True)
                 write_curve(plan.provenance["curve"], curve_paths(out.plan, out.curve), console, force=True)
@@ -184,7 +213,8 @@ def export(
         except NoCountPasses:  # the plans per count are of no further use (an interrupt keeps them to resume)
             shutil.rmtree(out.counts, ignore_errors=True)
             raise
-        shutil.rmtree(out.counts, ignore_errors=True)
+        if curve_tasks is None:
+            shutil.rmtree(out.counts, ignore_errors=True)
     else:
         console.rule("[bold]2/3 convert")
         convert(
@@ -205,13 +235,22 @@ def export(
     curve_png = out.curve.with_suffix(".png") if "curve" in plan.provenance else None
     card = model_card(out.gguf, out.modelfile, plan, report, source, hub, cache_type, shown_name, curve_png)
     write_text_atomic(out.card, card, force=force)
-    if tasks:
-        from .evaluation import EvalOptions, run_eval
+    if curve_tasks is not None:
+        console.rule("[bold]lm-eval tasks on every count of the curve")
+        curve = {**plan.provenance["curve"], "tasks": curve_tasks.finish(plan.provenance["curve"], out.gguf)}
+        plan = plan.with_fields(provenance={**plan.provenance, "curve": curve})
+        plan.save(out.plan, force=True)
+        write_curve(curve, curve_paths(out.plan, out.curve), console, force=True)
+        if report is not None:
+            _plot_frontier(out, plan, report)
+        shutil.rmtree(out.counts, ignore_errors=True)
+        scores = curve_tasks.report(curve["chosen"], out.gguf)
+    elif tasks:
+        from .evaluation import run_eval
 
         console.rule("[bold]lm-eval tasks")
-        threads, gpu_layers = (verify.threads, verify.gpu_layers) if verify else (None, None)
-        options = EvalOptions(tasks, threads=threads, gpu_layers=gpu_layers, cache_type=cache_type, work_dir=work_dir)
-        scores = run_eval(out.gguf, model, options, console)
+        scores = run_eval(out.gguf, model, evaluation, console)
+    if tasks:
         scores.render(Console())
         scores.save(out.evaluation, force=force)
     _summary(out, plan, out.gguf.stat().st_size, report, source, cache_type, evaluated=bool(tasks))
@@ -224,7 +263,7 @@ def export(
 
 def _dry_run(
     source: ModelSource, model: str, out: Outputs, search: SearchOptions, verify: VerifyOptions | None,
-    outtype: str, work_dir: Path | None, imatrix: bool = False,
+    outtype: str, work_dir: Path | None, imatrix: bool = False, tasks: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Each stage's estimate, as it will be checked when the stage starts."""
     from .converters.convert import choose_outtype
@@ -244,6 +283,11 @@ def _dry_run(
         kind = choice.name if choice.name not in ("auto", "source") else direct
         opts = dataclasses.replace(verify, plan=out.plan, source=model, work_dir=work_dir)
         print_report(shown, verify_needs(out.gguf, model, opts, model_bytes=size, model_outtype=kind), "verify")
+    if tasks:
+        files = files_to_score(search.for_spec(source.spec).skips) if search.curve else (
+            "2 files scored on the tasks: the exported file and the original"
+        )  # fmt: skip
+        shown.print(f"lm-eval tasks ({', '.join(tasks)}): {files}", highlight=False, soft_wrap=True)
 
 
 def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force: bool) -> Plan | None:
@@ -425,6 +469,9 @@ def export_command(**kwargs: Any) -> None:
         work_dir=kwargs["work_dir"],
         revision=kwargs["revision"],
         tasks=parse_tasks(kwargs["tasks"] or ""),
+        limit=parse_limit(kwargs["limit"]),
+        num_fewshot=kwargs["num_fewshot"],
+        include_path=kwargs["include_path"],
     )
     raise typer.Exit(code)
 
@@ -446,7 +493,14 @@ def _export_signature() -> inspect.Signature:
         inspect.Parameter("no_verify", P, annotation=bool, default=typer.Option(
             False, "--no-verify", help="Skip the llama.cpp verification.")),
         inspect.Parameter("tasks", P, annotation=Optional[str], default=typer.Option(
-            None, "--tasks", help="Also score lm-eval tasks (arc_easy,hellaswag,...) on the file and the original.")),
+            None, "--tasks", help="Also score lm-eval tasks (arc_easy,hellaswag,...) on the file and the original; "
+            "with --skips auto, on every count of the curve too.")),
+        inspect.Parameter("limit", P, annotation=Optional[float], default=typer.Option(
+            None, "--limit", help="--tasks: documents per task (a fraction if below 1).")),
+        inspect.Parameter("num_fewshot", P, annotation=Optional[int], default=typer.Option(
+            None, "--num-fewshot", help="--tasks: few-shot examples (default: the task's).")),
+        inspect.Parameter("include_path", P, annotation=Optional[Path], default=typer.Option(
+            None, "--include-path", help="--tasks: folder of task YAML files of your own (lm-eval's --include_path).")),
         inspect.Parameter("force", P, annotation=bool, default=typer.Option(
             False, "--force", help="Overwrite outputs and search again even if a plan exists.")),
     ]  # fmt: skip

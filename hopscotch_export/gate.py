@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +84,14 @@ def gated(plan: Plan, verify: VerifyOptions, outtype: str, imatrix: Path | None 
 def gated_count(
     source: ModelSource, model: str, chosen: Plan, counts: Path, verify: VerifyOptions, *, outtype: str,
     name: str | None, work_dir: Path | None, near: Path, console: Console, imatrix: Path | None = None,
+    measured_file: Callable[[int, Path], None] | None = None,
 ) -> Iterator[tuple[Plan, Path]]:  # fmt: skip
     """The plan of the largest count, from the search's ``chosen`` one down, whose file passes
     verify's limits, and that file (temporary, in ``work_dir`` or beside ``near``: move it
     away inside the block). Each count's plan is read from ``counts/<count>.json``; one
-    candidate file exists at a time. Raises :class:`NoCountPasses` when none passes."""
+    candidate file exists at a time. ``measured_file(count, path)`` is given each candidate
+    once verify has measured it, before it is deleted (``--tasks`` scores it there). Raises
+    :class:`NoCountPasses` when none passes."""
     from .converters import convert
     from .verify.run import run_verify
 
@@ -98,7 +101,7 @@ def gated_count(
     measured: list[Measured] = []
     with temp_folder(near, folder=work_dir, fix="pass --work-dir on another disk") as tmp:
         for k in range(curve["chosen"], 0, -1):
-            plan = _count_plan(counts, k)
+            plan = count_plan(counts, k)
             path = tmp / f"{k}.gguf"
             console.print(f"measuring {k} as verify does (the search estimated KL {points[k]['kl']:.4g})")
             convert(
@@ -107,6 +110,8 @@ def gated_count(
             report = run_verify(path, model, lean, console)
             measured.append(Measured(k, points[k]["kl"], points[k]["ppl_increase_pct"],
                                      report.divergence.mean_kl, report.ppl_increase_pct, bool(report.passed)))  # fmt: skip
+            if measured_file is not None:
+                measured_file(k, path)
             if report.passed:
                 break
             path.unlink()
@@ -132,7 +137,7 @@ def gated_count(
         yield plan.with_fields(provenance={**plan.provenance, "curve": curve}), path
 
 
-def _count_plan(counts: Path, k: int) -> Plan:
+def count_plan(counts: Path, k: int) -> Plan:
     """The search's plan for ``k`` removed blocks (blocks' worth of KV)."""
     path = counts / f"{k}.json"
     if not path.is_file():

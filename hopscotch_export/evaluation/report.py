@@ -46,6 +46,27 @@ def metrics(results: dict[str, Any]) -> list[Metric]:
     return out
 
 
+#: a task's main metric, the first it reports of these (papers print ARC and HellaSwag as
+#: acc_norm, MMLU as acc, GSM8K as exact match), else the first metric lm-eval lists
+MAIN_METRICS = ("acc_norm", "acc", "exact_match")
+
+
+def main_metrics(results: dict[str, Any]) -> dict[str, Metric]:
+    """Each task's main metric (:data:`MAIN_METRICS`). A group that reports its own figure
+    (``mmlu``) stands for its subtasks, which are left out."""
+    by_task: dict[str, list[Metric]] = {}
+    for m in metrics(results):
+        by_task.setdefault(m.task, []).append(m)
+    covered = {s for g, subs in results.get("group_subtasks", {}).items() if g in by_task for s in subs}
+    out = {}
+    for task, found in by_task.items():
+        if task in covered:
+            continue
+        named = {m.name.partition(",")[0]: m for m in reversed(found)}  # a metric's first filter wins
+        out[task] = next((named[n] for n in MAIN_METRICS if n in named), found[0])
+    return out
+
+
 def _pick(resps: Any) -> Any:
     """What a document's (filtered) responses chose: the index of the likeliest choice, a
     continuation's greedy flag, or the generated text; None for perplexity tasks."""
@@ -161,12 +182,12 @@ class EvalReport:
         """The model's results in lm-eval's layout (what ``lm-eval --output_path`` writes, without
         the per-document samples), with the reference's and the comparison under ``hopscotch``."""
         return {
-            **_without_samples(self.results),
+            **without_samples(self.results),
             "hopscotch": {
                 "format": FORMAT,
                 "model": self.model,
                 "reference": self.reference,
-                "reference_results": _without_samples(self.reference_results) if self.reference_results else None,
+                "reference_results": without_samples(self.reference_results) if self.reference_results else None,
                 "comparison": self.comparison(),
                 "runtime": {side: r.to_json() for side, r in self.runtime.items()},
             },
@@ -191,5 +212,5 @@ def _number(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.4g}"
 
 
-def _without_samples(results: dict[str, Any]) -> dict[str, Any]:
+def without_samples(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k != "samples"}

@@ -69,15 +69,10 @@ def check_tasks(tasks: tuple[str, ...], include_path: Path | None = None) -> Non
 
 def run_eval(model: Path, reference: str | None, options: EvalOptions, console: Console | None = None) -> EvalReport:
     """lm-eval's results for ``model`` (and ``reference``), compared task by task."""
-    require_lm_eval()
-    from .tasks import task_manager
-
     console = console or Console(stderr=True)
     model = Path(model)
-    if not options.tasks:
-        raise HopscotchError("--tasks is empty; name one or more lm-eval tasks, e.g. --tasks arc_easy,hellaswag")
-    manager = task_manager(list(options.tasks), options.include_path)
-    ctx = options.ctx or min(_trained_ctx(model), DEFAULT_CTX)
+    scorer = TaskScorer(options, console)
+    ctx = scorer.context(model)
     results: dict[str, dict[str, Any]] = {}
     runtime: dict[str, Runtime] = {}
     with contextlib.ExitStack() as stack:
@@ -87,13 +82,37 @@ def run_eval(model: Path, reference: str | None, options: EvalOptions, console: 
                 reference_gguf(reference, model, options.reference_outtype, console, options.work_dir)
             )
             files["reference"] = ref.path
-        bars = stack.enter_context(progress_bars(console))
         for side, path in files.items():
-            results[side], runtime[side] = _evaluate(path, manager, options, ctx, _counter(bars, side))
+            results[side], runtime[side] = scorer.score(path, side, ctx)
     return EvalReport(
         model=str(model), reference=reference, results=results["model"], reference_results=results.get("reference"),
         runtime=runtime,
     )  # fmt: skip
+
+
+class TaskScorer:
+    """Scores one file after another on the same tasks and options: the task registry is
+    indexed and the data loaded once (the one command scores every count of a curve)."""
+
+    def __init__(self, options: EvalOptions, console: Console) -> None:
+        require_lm_eval()
+        from .tasks import task_manager
+
+        if not options.tasks:
+            raise HopscotchError("--tasks is empty; name one or more lm-eval tasks, e.g. --tasks arc_easy,hellaswag")
+        self.options = options
+        self.console = console
+        self.manager = task_manager(list(options.tasks), options.include_path)
+
+    def context(self, path: Path) -> int:
+        """The context the file is scored with: ``--ctx``, else its own, at most :data:`DEFAULT_CTX`."""
+        return self.options.ctx or min(_trained_ctx(path), DEFAULT_CTX)
+
+    def score(self, path: Path, label: str, ctx: int | None = None) -> tuple[dict[str, Any], Runtime]:
+        """lm-eval's results for ``path`` (per-document samples kept) and its runtime, with
+        progress bars named ``label``; ``ctx`` default: :meth:`context`."""
+        with progress_bars(self.console) as bars:
+            return _evaluate(path, self.manager, self.options, ctx or self.context(path), _counter(bars, label))
 
 
 def _evaluate(

@@ -138,22 +138,30 @@ def curve_table(curve: dict[str, Any]) -> Table:
     # the one command's counts measured as verify measures them (export.py, gate.py)
     gate = {g["removed"]: g for g in curve.get("gate", {}).get("counts", [])}
     verify = ["KL (verify)"] if gate else []
-    for col in ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", "KV saved", "compute saved", ""):
+    # the one command's lm-eval scores of every count (--tasks, export.py and curve_tasks.py)
+    tasks = curve.get("tasks")
+    names = list(tasks["original"]) if tasks else []
+    scored = {c["removed"]: c["scores"] for c in tasks["counts"]} if tasks else {}
+    headers = [f"{n} {tasks['original'][n]['metric']}" for n in names] if tasks else []
+    for col in ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", *headers, "KV saved", "compute saved", ""):
         t.add_column(col, justify="right")
     o = curve["original"]
-    t.add_row("0", "", "0", *[""] * len(verify), f"{o['ppl']:.2f}", "", "", "", "")
+    original = [_score(tasks["original"].get(n)) for n in names] if tasks else []
+    t.add_row("0", "", "0", *[""] * len(verify), f"{o['ppl']:.2f}", "", *original, "", "", "")
     for p in curve["points"]:
         groups = p.get("groups") or [None] * len(p["kinds"])
-        names = [f"{i}{'L' if k == LINEAR else ''}{f'g{g}' if k == GROUP else ''}"
-                 for i, k, g in zip(p["layers"], p["kinds"], groups)]  # fmt: skip
+        layers = [f"{i}{'L' if k == LINEAR else ''}{f'g{g}' if k == GROUP else ''}"
+                  for i, k, g in zip(p["layers"], p["kinds"], groups)]  # fmt: skip
         measured = gate.get(p["removed"])
         mark = "chosen" if p["removed"] == curve["chosen"] else ("" if p["within_limits"] else "over")
         if measured is not None and not measured["passed"]:
             mark = "fails verify"
         shown = [f"{measured['kl']:.4f}" if measured else ""] if gate else []
+        scores = [_score(scored.get(p["removed"], {}).get(n)) for n in names]
         t.add_row(
-            str(p["removed"]), ",".join(names), f"{p['kl']:.4f}", *shown, f"{p['ppl']:.2f}",
-            f"{p['ppl_increase_pct']:+.1f}%", f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%", mark,
+            str(p["removed"]), ",".join(layers), f"{p['kl']:.4f}", *shown, f"{p['ppl']:.2f}",
+            f"{p['ppl_increase_pct']:+.1f}%", *scores, f"{p['kv_saved_pct']:.0f}%", f"{p['compute_saved_pct']:.1f}%",
+            mark,
         )  # fmt: skip
     t.caption = "L: replaced by a linear map; the others are skipped"
     if curve.get("unit", BLOCK) != BLOCK:
@@ -161,4 +169,14 @@ def curve_table(curve: dict[str, Any]) -> Table:
         t.columns[0].header = "blocks' worth"
     if gate:
         t.caption += "; KL (verify): the converted file in llama.cpp on verify's text, which chose the count"
+    if tasks:
+        t.caption += "; tasks: lm-eval on each count's file in llama.cpp, ± its standard error"
     return t
+
+
+def _score(score: dict[str, Any] | None) -> str:
+    """A task's main metric with lm-eval's standard error (``""`` for a count not scored)."""
+    if score is None:
+        return ""
+    value = f"{score['value']:.3f}" if abs(score["value"]) < 100 else f"{score['value']:.4g}"
+    return value + (f"±{score['stderr']:.3f}" if score.get("stderr") is not None else "")

@@ -1,7 +1,7 @@
 """The quality curve as a picture (``model.curve.png``): what each count of removed blocks
 costs on held-out tokens, what it saves, and the frontier: KL against KV cache saved, beside
 what a user already has (llama.cpp's KV-cache quantization) when the one command has
-measured it."""
+measured it; with the one command's ``--tasks``, each count's task accuracy."""
 
 from __future__ import annotations
 
@@ -38,10 +38,12 @@ def plot_curve(
     curve: dict[str, Any], path: Path, force: bool = False, measured: Sequence[VerifyPoint] = (),
     combined: Combined | None = None,
 ) -> None:  # fmt: skip
-    """Left: held-out KL and perplexity rise against blocks removed, the limits dashed and
-    the chosen count ringed; points whose plan has linear maps are squares. Middle: the KV
-    cache and compute per token saved. Right: the frontier, held-out KL against KV cache
-    saved, with the ``measured`` points and the ``combined`` line."""
+    """First: held-out KL and perplexity rise against blocks removed, the limits dashed and
+    the chosen count ringed; points whose plan has linear maps are squares. Second: the KV
+    cache and compute per token saved. Third: the frontier, held-out KL against KV cache
+    saved, with the ``measured`` points and the ``combined`` line. With the curve's ``tasks``
+    (the one command's ``--tasks``), a fourth: each task's score against the count, the
+    original's as a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, none opened
@@ -52,7 +54,10 @@ def plot_curve(
     kl = [0.0] + [p["kl"] for p in points]
     rise = [0.0] + [p["ppl_increase_pct"] for p in points]
     linear = [False] + ["linear" in p["kinds"] for p in points]
-    fig, (left, right, frontier) = plt.subplots(1, 3, figsize=(16, 4.2), constrained_layout=True)
+    tasks = curve.get("tasks")
+    panels = 4 if tasks else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4.2), constrained_layout=True)
+    left, right, frontier = axes[:3]
     right_kl = left.twinx()
     left.plot(ks, kl, color="tab:blue", label="KL to original")
     right_kl.plot(ks, rise, color="tab:orange", label="perplexity rise %")
@@ -89,6 +94,8 @@ def plot_curve(
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     _frontier(frontier, curve, kl, measured, combined)
+    if tasks:
+        _tasks(axes[3], tasks, curve.get("chosen"), xlabel)
     with atomic_output(path, force) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -113,3 +120,28 @@ def _frontier(
     ax.set_title("frontier: quality paid per KV byte saved")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=7)
+
+
+def _tasks(ax: Any, tasks: dict[str, Any], chosen: int | None, xlabel: str) -> None:
+    """Each task's main metric against the count, with lm-eval's standard error as bars and
+    the original's figure as a dotted line of the same colour. Metrics outside 0..1
+    (perplexities) are in the JSON and the table only: they would flatten the accuracies."""
+    counts = sorted(tasks["counts"], key=lambda c: c["removed"])
+    ks = [0] + [c["removed"] for c in counts]
+    for i, (name, original) in enumerate(tasks["original"].items()):
+        scores = [original] + [c["scores"].get(name) for c in counts]
+        if any(s is None or not 0 <= s["value"] <= 1 for s in scores):
+            continue
+        color = f"C{i % 10}"
+        values = [s["value"] for s in scores]
+        errors = [s.get("stderr") or 0.0 for s in scores]
+        ax.errorbar(ks, values, yerr=errors, marker="o", capsize=3, color=color, label=f"{name} {original['metric']}")
+        ax.axhline(original["value"], color=color, linestyle=":", linewidth=1)
+        if chosen in ks:
+            ax.plot(chosen, values[ks.index(chosen)], "o", markersize=14, markerfacecolor="none", color="black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("task score (lm-eval in llama.cpp)")
+    ax.set_title("tasks on each count's file (dotted: the original)")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
