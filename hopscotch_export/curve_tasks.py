@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from .errors import HopscotchError
-from .evaluation.report import EvalReport, Runtime, without_samples, main_metrics
+from .evaluation.report import EvalReport, Runtime, main_metrics, without_samples
 from .evaluation.run import EvalOptions, TaskScorer
 from .files import temp_folder
 from .gate import count_plan

@@ -108,7 +108,8 @@ def test_skips_auto_scores_every_count_as_eval_scores_its_file(
     assert tasks["settings"]["limit"] == 8 and tasks["settings"]["tasks"] == ["colours"]
 
     json_out = tmp_path / "eval.json"
-    for label, entry in [("original", tasks["original"])] + [(f"count-{c['removed']}", c["scores"]) for c in tasks["counts"]]:
+    files = [("original", tasks["original"])] + [(f"count-{c['removed']}", c["scores"]) for c in tasks["counts"]]
+    for label, entry in files:
         path = kept / f"{label}.gguf"
         if label != "original":
             k = int(label.split("-")[1])
@@ -144,6 +145,15 @@ def test_skips_auto_scores_every_count_as_eval_scores_its_file(
     )  # fmt: skip
     assert_one_line_error(code, err, "plans per count", "which a finished run removes; pass --force")
     assert not out.exists()
+    # the same settings: the curve's scores stand; only the exported file and the original are scored
+    scored.clear()
+    code, _, err = run_cli(
+        monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "4.4", "--max-skips", "3", "-o", str(out),
+        "--data", str(text_file), *VERIFIED, *scoring,
+    )  # fmt: skip
+    assert code == 0, err
+    assert scored == ["model", "reference"] and json.loads((run / "m.curve.json").read_text())["tasks"] == tasks
+    assert json.loads((run / "m.eval.json").read_text())["results"]["colours"] == report["results"]["colours"]
 
 
 def _results(value: float) -> dict:
@@ -192,8 +202,8 @@ def test_every_count_is_scored_and_none_converted_twice(monkeypatch, tmp_path: P
     curve = {"points": [{"removed": k} for k in (1, 2, 3, 4)], "chosen": 3}
     options = curve_tasks.EvalOptions(("colours",))
     ct = curve_tasks.CurveTasks(
-        None, "MODEL", curve, tmp_path / "m.counts", options, outtype="f32", imatrix=None, name=None,  # type: ignore[arg-type]
-        work_dir=None, console=Console(file=io.StringIO()),
+        None, "MODEL", curve, tmp_path / "m.counts", options,  # type: ignore[arg-type]
+        outtype="f32", imatrix=None, name=None, work_dir=None, console=Console(file=io.StringIO()),
     )  # fmt: skip
     exported = tmp_path / "m.gguf"
     exported.write_text("0.3")
@@ -270,9 +280,9 @@ def test_dry_run_says_how_many_files_the_tasks_score(monkeypatch, capsys, tiny: 
     code, printed, err = run_cli(monkeypatch, capsys, str(tiny), "--skips", "auto", "--max-kl", "1", "--max-skips", "3",
                                  *common)  # fmt: skip
     assert code == 0, err
-    assert "lm-eval tasks (colours): 4 files scored on the tasks: the original and each count of the curve (up to 3)" in (
-        " ".join(printed.split())
-    )
+    shown = " ".join(printed.split())
+    assert "lm-eval tasks (colours): 4 files scored on the tasks: the original and each count of the curve" in shown
+    assert "(up to 3), each converted once to a temporary file" in shown
     code, printed, err = run_cli(monkeypatch, capsys, str(tiny), "--skips", "2", *common)
     assert code == 0, err
     assert "lm-eval tasks (colours): 2 files scored on the tasks: the exported file and the original" in (

@@ -143,7 +143,8 @@ def curve_table(curve: dict[str, Any]) -> Table:
     names = list(tasks["original"]) if tasks else []
     scored = {c["removed"]: c["scores"] for c in tasks["counts"]} if tasks else {}
     headers = [f"{n} {tasks['original'][n]['metric']}" for n in names] if tasks else []
-    for col in ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", *headers, "KV saved", "compute saved", ""):
+    columns = ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", *headers, "KV saved", "compute saved", "")
+    for col in columns:
         t.add_column(col, justify="right")
     o = curve["original"]
     original = [_score(tasks["original"].get(n)) for n in names] if tasks else []
