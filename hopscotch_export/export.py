@@ -8,7 +8,8 @@ option of the search and verify stages is available; its signature is assembled 
 ``--max-kl`` and ``--max-ppl-increase`` belong to both: they choose the count of removed
 blocks (``--skips auto``) and are the limits verify checks the file against; with verify
 on, the count is chosen by verify's measure of the converted file (gate.py), so the limit
-that chose it cannot fail it.
+that chose it cannot fail it. ``--tasks`` scores lm-eval tasks on the file and the original
+(``model.eval.json``); with ``--skips auto``, on every count of the curve too (curve_tasks.py).
 """
 
 from __future__ import annotations
@@ -235,22 +236,22 @@ def export(
     curve_png = out.curve.with_suffix(".png") if "curve" in plan.provenance else None
     card = model_card(out.gguf, out.modelfile, plan, report, source, hub, cache_type, shown_name, curve_png)
     write_text_atomic(out.card, card, force=force)
-    if curve_tasks is not None:
-        console.rule("[bold]lm-eval tasks on every count of the curve")
-        curve = {**plan.provenance["curve"], "tasks": curve_tasks.finish(plan.provenance["curve"], out.gguf)}
-        plan = plan.with_fields(provenance={**plan.provenance, "curve": curve})
-        plan.save(out.plan, force=True)
-        write_curve(curve, curve_paths(out.plan, out.curve), console, force=True)
-        if report is not None:
-            _plot_frontier(out, plan, report)
-        shutil.rmtree(out.counts, ignore_errors=True)
-        scores = curve_tasks.report(curve["chosen"], out.gguf)
-    elif tasks:
-        from .evaluation import run_eval
-
-        console.rule("[bold]lm-eval tasks")
-        scores = run_eval(out.gguf, model, evaluation, console)
     if tasks:
+        if curve_tasks is not None:  # every count, the original once; the exported count's scores are reused
+            console.rule("[bold]lm-eval tasks on every count of the curve")
+            curve = {**plan.provenance["curve"], "tasks": curve_tasks.finish(plan.provenance["curve"], out.gguf)}
+            plan = plan.with_fields(provenance={**plan.provenance, "curve": curve})
+            plan.save(out.plan, force=True)
+            write_curve(curve, curve_paths(out.plan, out.curve), console, force=True)
+            if report is not None:
+                _plot_frontier(out, plan, report)
+            shutil.rmtree(out.counts, ignore_errors=True)
+            scores = curve_tasks.report(curve["chosen"], out.gguf)
+        else:
+            from .evaluation import run_eval
+
+            console.rule("[bold]lm-eval tasks")
+            scores = run_eval(out.gguf, model, evaluation, console)
         scores.render(Console())
         scores.save(out.evaluation, force=force)
     _summary(out, plan, out.gguf.stat().st_size, report, source, cache_type, evaluated=bool(tasks))
