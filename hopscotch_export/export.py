@@ -132,7 +132,7 @@ def export(
         check_hf_tokenizer(source.path, source.spec.vocab_size)  # before hours of search
     if verify is not None:
         check_reference_outtype(source, verify.reference_outtype)  # before hours of search
-        check_cache_type(verify.cache_type)
+        check_cache_type(verify.cache_type, source.spec.head_dim)  # llama.cpp's refusal, before hours of search
     cache_type = verify.cache_type if verify is not None else "f16"
     if dry_run:
         _dry_run(source, model, out, search, verify, outtype, work_dir, imatrix is not None)

@@ -355,7 +355,7 @@ def test_verify_needs_one_model_not_two(tiny):
     assert len([k for k in alone.parts if "weights" in k]) == 1, alone.parts
     disk = next(n for n in need if n.where == f"disk:{tiny['skip'].parent.resolve()}")
     vocab = open_source(tiny["hf"]).spec.vocab_size
-    assert disk.parts["reference's held-out logits"] == 2 * 31 * vocab * 4  # 2 windows of 31 scored positions
+    assert disk.parts["reference's held-out logits (2 windows)"] == 2 * 31 * vocab * 4  # 31 scored positions each
     assert any(k.startswith("reference.gguf") for k in disk.parts)
 
 
