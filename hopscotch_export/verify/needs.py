@@ -124,7 +124,8 @@ def logits_disk_need(
     count is a single window's), and (with ``--plan``) each side's parity windows (the
     reference's too when ``floor``)."""
     row = LogitsFile.row_bytes(n_vocab)
-    label = "reference's held-out logits " + (f"({unknown})" if unknown else f"({windows} window{'s' * (windows != 1)})")
+    count = unknown or f"{windows} window{'s' * (windows != 1)}"
+    label = f"reference's held-out logits ({count})"
     parts = {label: windows * (opts.ctx - 1 - first_scored(opts.ctx)) * row}
     if opts.plan is not None:
         parity_rows = min(windows, opts.parity_windows) * min(opts.ctx, PARITY_TOKENS)
