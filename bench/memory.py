@@ -126,9 +126,9 @@ from hopscotch_export.search import SearchOptions
 from hopscotch_export.verify.run import VerifyOptions
 o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
 v = VerifyOptions(speed=False, chunks=2, threads={threads})
-printed = {{}}  # the one command's --dry-run, each stage's estimate as it prints it
-def keep(console, needs, title):
-    printed[title] = sum(n.bytes for n in needs if n.where == 'ram')
+printed = {{}}  # the one command's --dry-run: each stage's largest RAM need as it prints it (a stage's
+def keep(console, needs, title):  # needs in RAM are phases one after another: verify converts the reference first)
+    printed[title] = max(n.bytes for n in needs if n.where == 'ram')
     return True
 resources.print_report = search_command.print_report = keep
 export({src!r}, Path({out!r}), o, v, outtype='f16', dry_run=True)
