@@ -73,7 +73,8 @@ def verify_needs(
     stage, parts = max(stages.items(), key=lambda kv: sum(kv[1].values()))
     verify = Need("ram", f"verify (one model at a time; largest stage: {stage})", parts,
                   fix="lower --ctx or --parity-windows, or verify on a machine with more memory")
-    vocab_file = model_gguf if model_gguf.is_file() else source.path if source.kind == "gguf" else None
+    # verify checks that both files tokenize alike: the reference's vocabulary where it is a GGUF
+    vocab_file = source.path if source.kind == "gguf" else model_gguf if model_gguf.is_file() else None
     windows, unknown = scored_windows(opts, vocab_file, source)
     disk = logits_disk_need(folder, windows, opts, spec.vocab_size, floor=True, unknown=unknown)
     return [verify, *_merge_disk(conversion, [disk])]  # the conversion runs first, alone: its needs are checked apart
