@@ -126,8 +126,10 @@ from hopscotch_export.search import SearchOptions
 from hopscotch_export.verify.run import VerifyOptions
 o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
 v = VerifyOptions(speed=False, chunks=2, threads={threads})
-printed = {{}}  # the one command's --dry-run: each stage's largest RAM need as it prints it (a stage's
-def keep(console, needs, title):  # needs in RAM are phases one after another: verify converts the reference first)
+# the one command's --dry-run: each stage's largest RAM need as it prints it (a stage's RAM
+# needs are phases one after another: verify converts the reference, then loads it)
+printed = {{}}
+def keep(console, needs, title):
     printed[title] = max(n.bytes for n in needs if n.where == 'ram')
     return True
 resources.print_report = search_command.print_report = keep
