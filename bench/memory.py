@@ -6,7 +6,8 @@ before the stage starts.
 For SmolLM2-135M (the bundled Q4_1 GGUF) and random-weight Hugging Face Llamas of the
 shapes of Llama-3.2-1B and -3B (bf16 safetensors, built here with the Llama 3 tokenizer),
 each stage runs in a fresh process that reports its peak resident memory (VmHWM):
-  - search: bf16 on the CPU with a small budget (8 x 64 training tokens, 1 or 2 skips),
+  - search: bf16 on the CPU with a small budget (by default 8 x 64 training tokens, 1 or 2
+    skips; --skips, --samples, --seq-len, ... set it),
   - convert: the plan folded into an f16 GGUF,
   - parity: the torch side of verify's parity check, layer by layer, measured as the rise
     of the peak over the process's memory once the llama.cpp model is loaded and warm,
@@ -56,8 +57,7 @@ from hopscotch_export.search.placement import plan_placement
 from hopscotch_export.sources import open_source
 from hopscotch_export.resources import PROCESS_BASE
 src = open_source({src!r})
-o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', samples=8, heldout=2, seq_len=64, batch_size=2,
-                  final_epochs=1, data={data!r}, shortlist=1)
+o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
 placement = plan_placement(src.spec, o, source_kind=src.kind)
 need = placement.needs[0]
 plan = run_search(src, o, Path({plan!r}), force=True)
@@ -120,15 +120,26 @@ result = dict(estimate=need.bytes, parts=need.parts, mean_kl=report.divergence.m
 """
 
 EXPORT = """
+import hopscotch_export.resources as resources, hopscotch_export.search.command as search_command
 from hopscotch_export.export import export
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.verify.run import VerifyOptions
-o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', samples=8, heldout=2, seq_len=64, batch_size=2,
-                  final_epochs=1, data={data!r}, shortlist=1)
-code = export({src!r}, Path({out!r}), o, VerifyOptions(speed=False, chunks=2, threads={threads}), outtype='f16',
-              force=True)
-result = dict(code=code)
+o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
+v = VerifyOptions(speed=False, chunks=2, threads={threads})
+# the one command's --dry-run: each stage's largest RAM need as it prints it (a stage's RAM
+# needs are phases one after another: verify converts the reference, then loads it)
+printed = {{}}
+def keep(console, needs, title):
+    printed[title] = max(n.bytes for n in needs if n.where == 'ram')
+    return True
+resources.print_report = search_command.print_report = keep
+export({src!r}, Path({out!r}), o, v, outtype='f16', dry_run=True)
+code = export({src!r}, Path({out!r}), o, v, outtype='f16', force=True)
+result = dict(code=code, printed=printed)
 """
+
+#: The search's budget (SearchOptions fields), small so a bf16 search runs on a CPU.
+BUDGET = {"samples": 8, "heldout": 2, "seq_len": 64, "batch_size": 2, "final_epochs": 1, "shortlist": 1}
 
 #: The "constant" of the parity goal: the model skeleton, the head chunk and allocator
 #: slack (a GGUF source's parsed metadata is added as measured by its own estimate).
@@ -140,13 +151,35 @@ print('RESULT ' + json.dumps(result))
 """
 
 
-def child(code: str, threads: int, **fields: object) -> dict:
+def child(code: str, threads: int, log: Path, **fields: object) -> dict:
+    """Run one stage in a fresh process; its stderr goes to ``log``, with the peak so far
+    (VmHWM, read every few seconds) appended, so a run stopped early still says how high it got."""
     script = PRELUDE.format(tests=str(ROOT / "tests"), threads=threads) + code.format(threads=threads, **fields)
-    proc = subprocess.run([sys.executable, "-c", script + EPILOGUE], capture_output=True, text=True, cwd=ROOT)
-    for line in proc.stdout.splitlines():
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", script + EPILOGUE], stdout=subprocess.PIPE, stderr=err,
+                                text=True, cwd=ROOT)  # fmt: skip
+        seen, t0 = 0, time.perf_counter()
+        while proc.poll() is None:
+            time.sleep(5)
+            peak = vm_hwm(proc.pid)
+            if peak > seen:
+                seen = peak
+                err.write(f"\n[bench] {time.perf_counter() - t0:.0f} s: peak so far {gib(peak)} GiB\n")
+                err.flush()
+        out = proc.stdout.read() if proc.stdout else ""
+    for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"child failed:\n{proc.stderr[-4000:]}")
+    raise RuntimeError(f"child failed:\n{log.read_text()[-4000:]}")
+
+
+def vm_hwm(pid: int) -> int:
+    """A running process's peak resident memory in bytes (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM")), 0)
+    except OSError:
+        return 0
 
 
 def gib(n: float) -> str:
@@ -166,32 +199,36 @@ def build(name: str, work: Path) -> str:
     return str(path)
 
 
-def run_model(name: str, work: Path, threads: int, data: Path, stages: set[str]) -> list[dict]:
+def run_model(name: str, work: Path, threads: int, data: Path, stages: set[str], budget: dict[str, int],
+              skips: int | None) -> list[dict]:  # fmt: skip
     from hopscotch_export.sources import open_source
 
     src = build(name, work)
     spec = open_source(src).spec
     plan, gguf = work / f"{name}.plan.json", work / f"{name}.gguf"
-    skips = 2 if name != "llama-3.2-3b" else 1
+    skips = skips or (2 if name != "llama-3.2-3b" else 1)
     rows: list[dict] = []
-    if "search" in stages or not plan.exists():
-        rows.append(search_row(name, src, spec, skips, data, plan, threads))
-    if "convert" in stages or not gguf.exists():
+    alone = stages == {"export"}  # the one command makes its own plan and GGUF
+    if "search" in stages or (not plan.exists() and not alone):
+        rows.append(search_row(name, src, spec, skips, data, plan, threads, budget))
+    if "convert" in stages or (not gguf.exists() and not alone):
         rows.append(convert_row(name, src, plan, gguf, threads))
     if "parity" in stages:
         rows.append(parity_row(name, src, plan, gguf, threads))
     if "verify" in stages:
         rows.append(verify_row(name, src, plan, gguf, threads))
     if "export" in stages:
-        rows.append(export_row(name, src, spec, skips, data, work, threads, rows))
+        rows.append(export_row(name, src, spec, skips, data, work, threads, budget))
     return rows
 
 
-def search_row(name: str, src: str, spec: Any, skips: int, data: Path, plan: Path, threads: int) -> dict:
+def search_row(name: str, src: str, spec: Any, skips: int, data: Path, plan: Path, threads: int,
+               budget: dict[str, int]) -> dict:  # fmt: skip
     from hopscotch_export.resources import weight_bytes
 
     print(f"[{name}] search ...", flush=True)
-    s = child(SEARCH, threads, src=src, skips=skips, data=str(data), plan=str(plan))
+    s = child(SEARCH, threads, plan.parent / f"{name}-search.log", src=src, skips=skips, data=str(data),
+              plan=str(plan), budget=budget)  # fmt: skip
     weights = weight_bytes(spec, "bfloat16")
     goal = 1.3 * weights + s["parts"]["teacher cache"] + s["parts"]["activations"] + s["process"]
     return dict(model=name, stage="search (bf16, CPU)", peak=s["peak"], estimate=s["estimate"], goal=goal,
@@ -201,14 +238,14 @@ def search_row(name: str, src: str, spec: Any, skips: int, data: Path, plan: Pat
 
 def convert_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] convert ...", flush=True)
-    c = child(CONVERT, threads, src=src, plan=str(plan), out=str(gguf))
+    c = child(CONVERT, threads, plan.parent / f"{name}-convert.log", src=src, plan=str(plan), out=str(gguf))
     return dict(model=name, stage="convert (f16)", peak=c["peak"], estimate=c["estimate"],
                 goal=2 * c["largest_f32"] + c["base"], goal_text="2 x largest tensor (f32) + process")  # fmt: skip
 
 
 def parity_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] parity ...", flush=True)
-    p = child(PARITY, threads, src=src, plan=str(plan), gguf=str(gguf))
+    p = child(PARITY, threads, plan.parent / f"{name}-parity.log", src=src, plan=str(plan), gguf=str(gguf))
     act = p["activations"] + p["metadata"] + CONSTANT
     return dict(model=name, stage="parity (rise, torch side)", peak=p["rise"], estimate=p["estimate"],
                 goal=p["layer_f32"] + act, goal_text="one layer f32 + activations + GGUF metadata + 256 MiB",
@@ -217,26 +254,26 @@ def parity_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dic
 
 def verify_row(name: str, src: str, plan: Path, gguf: Path, threads: int) -> dict:
     print(f"[{name}] verify ...", flush=True)
-    v = child(VERIFY, threads, src=src, plan=str(plan), gguf=str(gguf))
+    v = child(VERIFY, threads, plan.parent / f"{name}-verify.log", src=src, plan=str(plan), gguf=str(gguf))
     return dict(model=name, stage="verify with parity (whole)", peak=v["peak"], estimate=v["estimate"],
                 goal=v["largest_model"] + 2**30, goal_text="one model (the larger GGUF) + 1 GiB",
                 mean_kl=v["mean_kl"])  # fmt: skip
 
 
 def export_row(name: str, src: str, spec: Any, skips: int, data: Path, work: Path, threads: int,
-               rows: list[dict]) -> dict:  # fmt: skip
+               budget: dict[str, int]) -> dict:  # fmt: skip
     """The one command (search, convert, verify with parity) in one process; its estimate is
-    the largest of the stages' printed beside it in this run (when they were measured)."""
+    the largest stage's RAM as its ``--dry-run`` prints them (run first in the same process)."""
     from hopscotch_export.resources import weight_bytes
 
     print(f"[{name}] the one command ...", flush=True)
     out = work / "export" / f"{name}.gguf"
     out.parent.mkdir(exist_ok=True)
-    e = child(EXPORT, threads, src=src, skips=skips, data=str(data), out=str(out))
-    estimates = [r["estimate"] for r in rows if r["model"] == name and not r["stage"].startswith("parity")]
+    e = child(EXPORT, threads, work / f"{name}-export.log", src=src, skips=skips, data=str(data), out=str(out),
+              budget=budget)  # fmt: skip
     return dict(model=name, stage="the one command (search, convert, verify)", peak=e["peak"],
-                estimate=max(estimates) if estimates else None, goal=1.5 * weight_bytes(spec, "bfloat16") + 3 * 2**30,
-                goal_text="1.5 x weights + 3 GiB", exit_code=e["code"])  # fmt: skip
+                estimate=max(e["printed"].values()), goal=1.5 * weight_bytes(spec, "bfloat16") + 3 * 2**30,
+                goal_text="1.5 x weights + 3 GiB", exit_code=e["code"], printed=e["printed"])  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
@@ -259,6 +296,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="search,convert,parity,verify,export",
                     help="stages to measure; a missing plan or GGUF is made first")
+    ap.add_argument("--skips", type=int, help="blocks the search removes (default: 2, or 1 for the 3B shape)")
+    for flag, default in BUDGET.items():
+        ap.add_argument(f"--{flag.replace('_', '-')}", type=int, default=default, help="search budget")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
@@ -270,12 +310,16 @@ def main() -> None:
     rows: list[dict] = []
     t0 = time.perf_counter()
     for name in args.models.split(","):
-        rows += run_model(name, args.work, args.threads, data, set(args.stages.split(",")))
+        budget = {k: getattr(args, k) for k in BUDGET}
+        rows += run_model(name, args.work, args.threads, data, set(args.stages.split(",")), budget, args.skips)
         print(markdown(rows), flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s")
     for r in rows:
         if "step_seconds" in r:
             print(f"{r['model']}: greedy step seconds {r['step_seconds']}; stage seconds {r['seconds']}")
+        if "printed" in r:
+            print(f"{r['model']}: the one command's printed estimates (GiB): "
+                  + ", ".join(f"{k}: {gib(v)}" for k, v in r["printed"].items()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.markdown:

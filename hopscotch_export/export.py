@@ -139,7 +139,7 @@ def export(
         check_hf_tokenizer(source.path, source.spec.vocab_size)  # before hours of search
     if verify is not None:
         check_reference_outtype(source, verify.reference_outtype)  # before hours of search
-        check_cache_type(verify.cache_type)
+        check_cache_type(verify.cache_type, source.spec.head_dim)  # llama.cpp's refusal, before hours of search
     given = [o for o, v in (("--limit", limit), ("--num-fewshot", num_fewshot), ("--include-path", include_path))
              if v is not None]  # fmt: skip
     if given and not tasks:

@@ -355,7 +355,7 @@ def test_verify_needs_one_model_not_two(tiny):
     assert len([k for k in alone.parts if "weights" in k]) == 1, alone.parts
     disk = next(n for n in need if n.where == f"disk:{tiny['skip'].parent.resolve()}")
     vocab = open_source(tiny["hf"]).spec.vocab_size
-    assert disk.parts["reference's held-out logits"] == 2 * 31 * vocab * 4  # 2 windows of 31 scored positions
+    assert disk.parts["reference's held-out logits (2 windows)"] == 2 * 31 * vocab * 4  # 31 scored positions each
     assert any(k.startswith("reference.gguf") for k in disk.parts)
 
 
@@ -368,6 +368,75 @@ def test_a_cache_llama_cpp_refuses_is_listed_not_fatal(tiny):
     assert all("does not divide" in why for why in r.unmeasured.values())
     with pytest.raises(HopscotchError, match="q8_0 KV cache.*does not divide"):
         run_verify(tiny["skip"], str(tiny["hf"]), options(chunks=2, cache_type="q8_0"))
+
+
+def independent_token_count(path: Path, text: str) -> int:
+    """llama.cpp's count through the high-level API (vocabulary only), as verify's windows see it."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    return len(llm.tokenize(text.encode(), add_bos=True, special=False))  # BOS where the vocabulary adds one
+
+
+def test_the_estimate_counts_the_reference_logits_without_chunks(tiny, tmp_path, monkeypatch):
+    """Without --chunks the disk for the reference's logits is still estimated: the text is
+    read and tokenized (the built-in sample, a text file), all its windows counted; a
+    dataset is not streamed for an estimate, so its figure is one window's and says so."""
+    per_window = 31 * open_source(tiny["hf"]).spec.vocab_size * 4  # 31 scored positions of 64, float32
+
+    def logits(**changes) -> dict[str, int]:
+        disk = verify_needs(tiny["skip"], str(tiny["hf"]), options(**{"chunks": None, **changes}))[1]
+        assert disk.where == f"disk:{tiny['skip'].parent.resolve()}"
+        return {k: v for k, v in disk.parts.items() if k.startswith("reference's held-out logits")}
+
+    windows = independent_token_count(tiny["skip"], load_text(None).text) // 64
+    assert windows > 4 and logits() == {f"reference's held-out logits ({windows} windows)": windows * per_window}
+    text = tmp_path / "held.txt"
+    text.write_text(load_text(None).text[:3000], encoding="utf-8")
+    short = independent_token_count(tiny["skip"], text.read_text()) // 64
+    assert 1 < short < windows and logits(data=str(text)) == {
+        f"reference's held-out logits ({short} windows)": short * per_window}  # fmt: skip
+    assert logits(data=str(text), chunks=1) == {"reference's held-out logits (1 window)": per_window}
+    seen = []
+    monkeypatch.setattr("hopscotch_export.verify.data.stream_rows", lambda *a, **k: seen.append(a) or iter(()))
+    (label, value), = logits(data="someone/some-dataset").items()
+    assert value == per_window and "per window" in label and "--chunks" in label and not seen
+    # the one command's --dry-run, before the GGUF exists: counted with the source's tokenizer,
+    # the count verify makes once the file is there
+    before = verify_needs(tmp_path / "not-yet.gguf", str(tiny["hf"]), options(chunks=None), model_bytes=10**6,
+                          model_outtype="f32")[1]  # fmt: skip
+    assert before.parts[f"reference's held-out logits ({windows} windows)"] == windows * per_window
+
+
+def test_cli_dry_run_prints_the_logits_disk_without_chunks(tiny, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(app, ["verify", str(tiny["skip"]), "--reference", str(tiny["hf"]), "--ctx", "64",
+                                      "--dry-run"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    windows = independent_token_count(tiny["skip"], load_text(None).text) // 64
+    assert f"reference's held-out logits ({windows} windows)" in result.output
+
+
+def test_a_main_cache_type_llama_cpp_refuses_fails_before_any_model_is_loaded(tiny, tmp_path, models_alive,
+                                                                             monkeypatch, capsys):  # fmt: skip
+    """Heads of 16 values hold no q8_0 block: refused at the start in one line (exit 2), not
+    after the reference's whole pass, and by the one command before its search."""
+    converted = []
+    monkeypatch.setattr(verify_run, "reference_gguf", lambda *a, **k: converted.append(a))
+    with pytest.raises(HopscotchError, match="q8_0 KV cache.*block size 32 does not divide n_embd_head_k=16"):
+        run_verify(tiny["skip"], str(tiny["hf"]), options(chunks=2, cache_type="q8_0"))
+    assert models_alive == [0, 0] and converted == []
+    code, _, err = run_cli(monkeypatch, capsys, "verify", str(tiny["skip"]), "--reference", str(tiny["hf"]),
+                           "--cache-type", "q4_0", "--dry-run")  # fmt: skip
+    assert_one_line_error(code, err, "--cache-type q4_0", "does not divide n_embd_head_k=16", "use f16")
+    searched = []
+    monkeypatch.setattr("hopscotch_export.search.run.run_search", lambda *a, **k: searched.append(a))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, str(tiny["hf"]), "--skips", "1", "-o", str(out / "m.gguf"),
+                           "--cache-type", "q8_0")  # fmt: skip
+    assert_one_line_error(code, err, "--cache-type q8_0", "does not divide")
+    assert searched == [] and list(out.iterdir()) == []
 
 
 def test_the_floor_applies_to_a_model_stored_at_least_as_precisely(tiny, tmp_path):

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import gguf
+
 from ..errors import HopscotchError
 from ..kv_cache import CACHE_TYPES
 from .divergence import Divergence
@@ -29,12 +31,27 @@ KL_SLACK = 0.05
 ALTERNATIVES = (("original", "q8_0"), ("original", "q4_0"), ("export", "f16"), ("export", "q8_0"))
 
 
-def check_cache_type(cache_type: str) -> None:
-    """``--cache-type`` must name a type llama.cpp's KV cache takes and verify measures."""
+def check_cache_type(cache_type: str, head_dim: int | None = None) -> None:
+    """``--cache-type`` must name a type llama.cpp's KV cache takes and verify measures and,
+    given the model's ``head_dim``, one llama.cpp can create for it: a quantized cache
+    needs whole blocks per head (llama_init_from_model refuses the context otherwise).
+    Checked before any model is scored, not after the reference's whole pass."""
     if cache_type not in CACHE_TYPES:
         raise HopscotchError(
             f"--cache-type {cache_type!r} is not a KV cache type verify measures: use {', '.join(CACHE_TYPES)}"
         )
+    block = _block(cache_type)
+    if head_dim is not None and head_dim % block:
+        usable = ", ".join(t for t in CACHE_TYPES if head_dim % _block(t) == 0)
+        raise HopscotchError(
+            f"--cache-type {cache_type}: llama.cpp cannot create a {cache_type} KV cache for this model (K cache "
+            f"type {cache_type} with block size {block} does not divide n_embd_head_k={head_dim}); use {usable}"
+        )
+
+
+def _block(cache_type: str) -> int:
+    """Values per block of a GGML type (1 for f16)."""
+    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cache_type.upper()]][0]
 
 
 def row_label(model: str, cache_type: str) -> str:

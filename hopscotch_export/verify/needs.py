@@ -18,14 +18,16 @@ from ..converters.needs import convert_needs
 from ..families import ModelSpec
 from ..kv_cache import kv_bytes_per_cell, type_bytes
 from ..resources import PROCESS_BASE, Need
-from ..sources import open_source
+from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .alternatives import alternatives_for, check_cache_type
+from .data import load_text
 from .heldout import KL_ROWS
 from .logits_file import LogitsFile
 from .parity import PARITY_TOKENS, parity_needs
 from .perplexity import first_scored
 from .reference import outtype_of
+from .runner import tokenize_file
 
 if TYPE_CHECKING:
     from .run import VerifyOptions
@@ -46,13 +48,12 @@ def verify_needs(
     Shapes come from the reference; the model is counted with every layer's KV cache, an
     upper bound for a file with skipped blocks. Before ``model_gguf`` exists (the one
     command's ``--dry-run``) pass its expected size and output type. The disk for the
-    reference's logits is included when ``--chunks`` bounds it (else it is checked once
-    the text is tokenized, :func:`logits_disk_need`).
+    reference's logits counts the windows verify will score (:func:`scored_windows`).
     """
-    check_cache_type(opts.cache_type)
     model_gguf = Path(model_gguf)
     source = open_source(str(reference))
     spec = source.spec
+    check_cache_type(opts.cache_type, spec.head_dim)  # the export's main row, before any model is scored
     conversion: list[Need] = []
     folder = Path(opts.work_dir or model_gguf.parent)
     if source.kind == "gguf":
@@ -72,8 +73,29 @@ def verify_needs(
     stage, parts = max(stages.items(), key=lambda kv: sum(kv[1].values()))
     verify = Need("ram", f"verify (one model at a time; largest stage: {stage})", parts,
                   fix="lower --ctx or --parity-windows, or verify on a machine with more memory")
-    disk = [logits_disk_need(folder, opts.chunks, opts, spec.vocab_size, floor=True)] if opts.chunks else []
-    return [verify, *_merge_disk(conversion, disk)]  # the conversion runs first, alone: its needs are checked apart
+    # verify checks that both files tokenize alike: the reference's vocabulary where it is a GGUF
+    vocab_file = source.path if source.kind == "gguf" else model_gguf if model_gguf.is_file() else None
+    windows, unknown = scored_windows(opts, vocab_file, source)
+    disk = logits_disk_need(folder, windows, opts, spec.vocab_size, floor=True, unknown=unknown)
+    return [verify, *_merge_disk(conversion, [disk])]  # the conversion runs first, alone: its needs are checked apart
+
+
+def scored_windows(opts: VerifyOptions, vocab_file: Path | None, source: ModelSource) -> tuple[int, str | None]:
+    """The windows verify will score, known before any model is loaded: the built-in sample
+    or a text file is read and tokenized (with ``vocab_file``'s vocabulary, as verify does;
+    without a GGUF yet, the source's tokenizer), ``--chunks`` caps them. A dataset is not
+    streamed for an estimate: then one window (or ``--chunks``) and, in words, why."""
+    if opts.data is not None and not Path(opts.data).expanduser().is_file():
+        if opts.chunks is not None:
+            return opts.chunks, None
+        return 1, "per window: a dataset's length is known once it is read (--chunks bounds it)"
+    text = load_text(opts.data).text
+    if vocab_file is not None:
+        tokens = len(tokenize_file(vocab_file, text).tokens)
+    else:
+        tokens = len(source.load_tokenizer()(text, verbose=False)["input_ids"])
+    windows = tokens // opts.ctx
+    return (windows if opts.chunks is None else min(windows, opts.chunks)), None
 
 
 def speed_needs(model_gguf: Path, reference_gguf: Path, opts: VerifyOptions, n_vocab: int) -> list[Need]:
@@ -95,12 +117,17 @@ def speed_needs(model_gguf: Path, reference_gguf: Path, opts: VerifyOptions, n_v
     return [Need("ram", "interleaved speed rounds (both models in llama.cpp)", parts)]
 
 
-def logits_disk_need(folder: Path, windows: int, opts: VerifyOptions, n_vocab: int, *, floor: bool) -> Need:
+def logits_disk_need(
+    folder: Path, windows: int, opts: VerifyOptions, n_vocab: int, *, floor: bool, unknown: str | None = None
+) -> Need:  # fmt: skip
     """Disk in the work folder for the logits kept while their model is freed: the
-    reference's at every scored position, and (with ``--plan``) each side's parity windows
-    (the reference's too when ``floor``)."""
+    reference's at every scored position of ``windows`` windows (``unknown``: why the
+    count is a single window's), and (with ``--plan``) each side's parity windows (the
+    reference's too when ``floor``)."""
     row = LogitsFile.row_bytes(n_vocab)
-    parts = {"reference's held-out logits": windows * (opts.ctx - 1 - first_scored(opts.ctx)) * row}
+    count = unknown or f"{windows} window{'s' * (windows != 1)}"
+    label = f"reference's held-out logits ({count})"
+    parts = {label: windows * (opts.ctx - 1 - first_scored(opts.ctx)) * row}
     if opts.plan is not None:
         parity_rows = min(windows, opts.parity_windows) * min(opts.ctx, PARITY_TOKENS)
         parts["parity logits"] = (2 if floor else 1) * parity_rows * row
