@@ -22,7 +22,7 @@ from hopscotch_export.search.options import SearchOptions
 from hopscotch_export.search.run import prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.sources.gguf_file import read_gguf
-from hopscotch_export.verify import run as verify_run
+from hopscotch_export.verify import runner as verify_runner
 
 
 def _log() -> tuple[Console, io.StringIO]:
@@ -96,9 +96,9 @@ def test_calibration_progress_and_search_threads(tiny_llama, monkeypatch, tmp_pa
 
 
 def test_gpu_layers_default_follows_gpu_offload(monkeypatch):
-    monkeypatch.setattr(verify_run, "gpu_offload_available", lambda: True)
-    assert verify_run.gpu_layers_for(None) == (-1, "all layers on the GPU (default: this llama.cpp has GPU offload)")
-    assert verify_run.gpu_layers_for(0)[0] == 0
-    monkeypatch.setattr(verify_run, "gpu_offload_available", lambda: False)
-    layers, placement = verify_run.gpu_layers_for(None)
+    monkeypatch.setattr(verify_runner, "gpu_offload_available", lambda: True)
+    assert verify_runner.gpu_layers_for(None) == (-1, "all layers on the GPU (default: this llama.cpp has GPU offload)")
+    assert verify_runner.gpu_layers_for(0)[0] == 0
+    monkeypatch.setattr(verify_runner, "gpu_offload_available", lambda: False)
+    layers, placement = verify_runner.gpu_layers_for(None)
     assert layers == 0 and placement.startswith("CPU only (default")

@@ -23,10 +23,12 @@ from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
+from hopscotch_export.verify import needs as verify_needs_module
 from hopscotch_export.verify import run as verify_run
 from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.divergence import log_softmax, token_kl
 from hopscotch_export.verify.heldout import window_outputs
+from hopscotch_export.resources import human
 from hopscotch_export.verify.needs import verify_needs
 from hopscotch_export.verify.parity import floor_applies, torch_parity
 from hopscotch_export.verify.perplexity import Perplexity, make_windows, token_nll
@@ -306,7 +308,7 @@ def models_alive(monkeypatch) -> list[int]:
 def test_one_model_at_a_time_with_parity_and_sequential_speed(tiny, models_alive, monkeypatch):
     """Never two llama.cpp models: parity's llama.cpp side is recorded in each model's pass and
     torch runs after both are freed; the speed rounds are sequential when both would not fit."""
-    monkeypatch.setattr(verify_run, "fits", lambda needs: False)  # as if both did not fit together
+    monkeypatch.setattr(verify_needs_module, "fits", lambda needs: False)  # as if both did not fit together
     opts = options(chunks=2, plan=tiny["skip_plan"], source=str(tiny["hf"]), parity_windows=1, speed=True,
                    speed_prompt=16, speed_gen=2, speed_rounds=1)  # fmt: skip
     r = run_verify(tiny["skip"], str(tiny["hf"]), opts)
@@ -314,6 +316,23 @@ def test_one_model_at_a_time_with_parity_and_sequential_speed(tiny, models_alive
     assert r.settings["speed_rounds"] == "sequential" and r.model.speed and r.reference.speed
     assert r.parity is not None and r.parity.floor is not None and r.passed
     assert not list(tiny["skip"].parent.glob("*hopscotch-verify-*"))  # logits and reference removed
+
+
+def test_the_estimate_printed_before_verify_says_when_both_models_load(tiny, models_alive):
+    """Interleaved speed rounds load both models: the estimate printed before anything runs
+    chooses them (they fit here), counts both files and says so, and the run does what it said;
+    without speed the same estimate is one model's."""
+    opts = options(chunks=1, speed=True, speed_prompt=16, speed_gen=2, speed_rounds=1)
+    needs = verify_needs(tiny["skip"], str(tiny["hf"]), opts)
+    one = verify_needs(tiny["skip"], str(tiny["hf"]), options(chunks=1, speed=False))
+    assert "interleaved" in needs[0].what and "both models" in needs[0].what
+    assert "one model at a time" in one[0].what and "interleaved" not in one[0].what
+    assert {"reference weights (mapped)", "model weights (mapped)"} <= set(needs[0].parts)  # both files
+    assert needs[0].bytes > one[0].bytes and needs[0].parts["model weights (mapped)"] == tiny["skip"].stat().st_size
+    out = io.StringIO()
+    r = run_verify(tiny["skip"], str(tiny["hf"]), opts, console=Console(file=out, width=300))
+    assert r.settings["speed_rounds"] == "interleaved" and models_alive[0] == 2
+    assert f"verify: estimated need ram {human(needs[0].bytes)}" in out.getvalue()
 
 
 def test_one_model_at_a_time_gives_the_figures_of_both_side_by_side(smol_skip3, smollm2, models_alive):
@@ -495,8 +514,9 @@ def test_cli_limits_become_exit_codes(tiny, tmp_path):
 def test_speed_rounds_are_sequential_when_layers_go_to_a_gpu(tiny, models_alive, monkeypatch):
     """The estimate that lets both models load for interleaved rounds counts RAM only: with
     layers offloaded to a GPU (here a CPU build ignores them) the rounds are sequential."""
-    monkeypatch.setattr(verify_run, "fits", lambda needs: True)  # RAM would hold both
-    monkeypatch.setattr(verify_run, "gpu_layers_for", lambda asked: (-1, "forced for the test"))
+    monkeypatch.setattr(verify_needs_module, "fits", lambda needs: True)  # RAM would hold both
+    for module in (verify_run, verify_needs_module):
+        monkeypatch.setattr(module, "gpu_layers_for", lambda asked: (-1, "forced for the test"))
     from hopscotch_export.llama_lib import llama_library
 
     # this CPU build has no GPU: say it has, and llama.cpp, finding no device, keeps the layers

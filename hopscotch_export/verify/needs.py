@@ -1,8 +1,9 @@
 """What ``verify`` needs before it starts: memory for its largest stage (verify loads one
 llama.cpp model at a time, with one context; parity's torch side runs after both are
 freed), disk for the reference's logits kept between the models and for a reference that
-must be converted first, and, apart, what loading both models for interleaved speed
-rounds would take (done only when it fits).
+must be converted first. Where both models fit in RAM at once (and no layers go to a GPU,
+whose memory this does not count), the speed rounds run interleaved with both loaded: the
+estimate then is that stage, chosen and printed before anything runs.
 
 Verification runs late in a long job; refusing at its start (or at the start of the one
 command) in one line beats the kernel's OOM killer halfway through.
@@ -16,10 +17,9 @@ from typing import TYPE_CHECKING
 from ..converters.convert import choose_outtype
 from ..converters.needs import convert_needs
 from ..families import ModelSpec
-from ..kv_cache import kv_bytes_per_cell, type_bytes
-from ..resources import PROCESS_BASE, Need
+from ..kv_cache import type_bytes
+from ..resources import PROCESS_BASE, Need, fits
 from ..sources import ModelSource, open_source
-from ..sources.gguf_file import scan_gguf
 from .alternatives import alternatives_for, check_cache_type
 from .data import load_text
 from .heldout import KL_ROWS
@@ -27,7 +27,7 @@ from .logits_file import LogitsFile
 from .parity import PARITY_TOKENS, parity_needs
 from .perplexity import first_scored
 from .reference import outtype_of
-from .runner import tokenize_file
+from .runner import gpu_layers_for, tokenize_file
 
 if TYPE_CHECKING:
     from .run import VerifyOptions
@@ -43,7 +43,8 @@ def verify_needs(
 ) -> list[Need]:  # fmt: skip
     """Needs of :func:`run_verify` in the order its phases run: converting the reference
     (disk in ``opts.work_dir`` or beside ``model_gguf``; memory), then its largest stage:
-    the reference or the model in llama.cpp, or the parity check's torch side.
+    the reference or the model in llama.cpp, or the parity check's torch side; or, where it
+    fits, both models together for interleaved speed rounds (:func:`interleaves`).
 
     Shapes come from the reference; the model is counted with every layer's KV cache, an
     upper bound for a file with skipped blocks. Before ``model_gguf`` exists (the one
@@ -70,8 +71,13 @@ def verify_needs(
     if opts.plan is not None:
         parity = parity_needs(spec, opts.parity_windows, min(opts.ctx, PARITY_TOKENS), source.kind)[0]
         stages["parity's torch side"] = parity.parts
+    both = _both_models(spec, opts, reference_bytes, model_size)
+    interleave = opts.speed and gpu_layers_for(opts.gpu_layers)[0] == 0 and fits([both])
+    if interleave:
+        stages["both models for the speed rounds"] = both.parts
     stage, parts = max(stages.items(), key=lambda kv: sum(kv[1].values()))
-    verify = Need("ram", f"verify (one model at a time; largest stage: {stage})", parts,
+    how = INTERLEAVED if interleave else "one model at a time"
+    verify = Need("ram", f"verify ({how}; largest stage: {stage})", parts,
                   fix="lower --ctx or --parity-windows, or verify on a machine with more memory")
     # verify checks that both files tokenize alike: the reference's vocabulary where it is a GGUF
     vocab_file = source.path if source.kind == "gguf" else model_gguf if model_gguf.is_file() else None
@@ -98,23 +104,30 @@ def scored_windows(opts: VerifyOptions, vocab_file: Path | None, source: ModelSo
     return (windows if opts.chunks is None else min(windows, opts.chunks)), None
 
 
-def speed_needs(model_gguf: Path, reference_gguf: Path, opts: VerifyOptions, n_vocab: int) -> list[Need]:
-    """Memory for interleaved speed rounds: both GGUFs loaded together, a context for each
-    row; verify runs them so only when this fits, else each model's rounds in its own pass."""
-    rows = {reference_gguf: ["f16"], model_gguf: [opts.cache_type]}
-    for model, cache_type in alternatives_for(opts.cache_type):
-        rows[reference_gguf if model == "original" else model_gguf].append(cache_type)
-    contexts = 0
-    for path, types in rows.items():
-        meta = scan_gguf(path).metadata
-        contexts += sum(_context(kv_bytes_per_cell(meta, t, t)[0] * opts.ctx, opts.ctx, n_vocab) for t in types)
+#: how the estimate says verify will load both models for the speed rounds
+INTERLEAVED = "speed rounds interleaved, both models loaded together"
+
+
+def interleaves(needs: list[Need]) -> bool:
+    """Whether :func:`verify_needs` chose interleaved speed rounds (both models loaded)."""
+    return any(INTERLEAVED in n.what for n in needs)
+
+
+def _both_models(spec: ModelSpec, opts: VerifyOptions, reference_bytes: int, model_bytes: int) -> Need:
+    """Both GGUFs loaded together with a context for each measured row, for speed rounds
+    measured side by side (steadier ratios on a shared machine); the model counted with
+    every layer's KV cache, an upper bound."""
+    types = ["f16", opts.cache_type, *(t for _, t in alternatives_for(opts.cache_type))]
+    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim
     parts = {
         "process": PROCESS_BASE,
-        "reference weights (mapped)": Path(reference_gguf).stat().st_size,
-        "model weights (mapped)": Path(model_gguf).stat().st_size,
-        f"{sum(map(len, rows.values()))} llama.cpp contexts (KV cache types)": contexts,
+        "reference weights (mapped)": reference_bytes,
+        "model weights (mapped)": model_bytes,
+        f"{len(types)} llama.cpp contexts (KV cache types)": sum(
+            _context(int(values * type_bytes(t)), opts.ctx, spec.vocab_size) for t in types
+        ),
     }
-    return [Need("ram", "interleaved speed rounds (both models in llama.cpp)", parts)]
+    return Need("ram", INTERLEAVED, parts)
 
 
 def logits_disk_need(

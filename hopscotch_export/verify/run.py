@@ -18,19 +18,19 @@ from ..files import temp_folder
 from ..inspect import gguf_summary
 from ..llama_lib import default_threads
 from ..progress import progress_bars
-from ..resources import check, fits, one_line
+from ..resources import check, one_line
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
 from .divergence import Divergence
 from .heldout import score_candidate, score_reference
 from .logits_file import LogitsFile
-from .needs import logits_disk_need, speed_needs, verify_needs
+from .needs import interleaves, logits_disk_need, verify_needs
 from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, record_logits, torch_parity
 from .perplexity import Perplexity, first_scored, make_windows
 from .reference import reference_gguf
 from .report import LimitCheck, Side, TextInfo, VerifyReport
 from .runner import (
-    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_offload_available, tokenize_file,
+    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_layers_for, gpu_offload_available, tokenize_file,
 )  # fmt: skip
 from .speed import Speed, measure_speed
 from .tasks import DEFAULT_TEMPLATE, Task, TaskScore, load_task, score_task
@@ -113,8 +113,7 @@ def run_verify(
         floor = opts.plan is not None and floor_applies(model_gguf, ref.path)
         folder = Path(opts.work_dir or model_gguf.parent)
         check([logits_disk_need(folder, len(windows), opts, vocab.n_vocab, floor=floor)])
-        # both models at once only where the estimate can say they fit: it counts RAM, not GPU memory
-        interleave = opts.speed and gpu_layers == 0 and fits(speed_needs(model_gguf, ref.path, opts, vocab.n_vocab))
+        interleave = interleaves(needs)  # decided and printed with the estimate, before anything ran
         scratch = stack.enter_context(temp_folder(folder / _SCRATCH, fix="pass --work-dir on another disk"))
         base = stack.enter_context(LogitsFile(scratch / "reference.logits", vocab.n_vocab,
                                               "the reference's held-out logits"))  # fmt: skip
@@ -263,7 +262,7 @@ def _interleaved_speed(
     gpu_layers: int, progress: Progress,
 ) -> None:  # fmt: skip
     """Both models loaded together and every measured row's context on them, the speed
-    rounds interleaved (speed.py): only when :func:`speed_needs` fits in memory."""
+    rounds interleaved (speed.py): only where the estimate chose it (:func:`needs.interleaves`)."""
     with contextlib.ExitStack() as stack:
         models = {m: stack.enter_context(LlamaModel(p, gpu_layers)) for m, p in paths.items()}
         sessions = [
@@ -348,17 +347,6 @@ def _limits(report: VerifyReport, opts: VerifyOptions) -> Iterator[LimitCheck]:
         yield LimitCheck("perplexity increase % (--max-ppl-increase)", report.ppl_increase_pct, opts.max_ppl_increase)
 
 
-def gpu_layers_for(asked: int | None) -> tuple[int, str]:
-    """Layers llama.cpp offloads (-1: all) and, in words, where it runs and why: ``asked``
-    (``--gpu-layers``), or by default all when llama.cpp was built with GPU offload, else none."""
-    if asked is not None:
-        where = "all layers" if asked < 0 else f"{asked} layer(s)"
-        return asked, f"{where} on the GPU (--gpu-layers {asked})" if asked else "CPU only (--gpu-layers 0)"
-    if gpu_offload_available():
-        return -1, "all layers on the GPU (default: this llama.cpp has GPU offload)"
-    return 0, "CPU only (default: this llama-cpp-python was built without GPU offload)"
-
-
 def _settings(
     opts: VerifyOptions, threads: int, gpu_layers: int, placement: str, interleaved: bool
 ) -> dict[str, object]:
@@ -373,6 +361,6 @@ def _settings(
         "flash_attention": True,
         "cache_type": opts.cache_type,
         "ctx": opts.ctx,
-        # both models loaded together for the speed rounds only when they fit (needs.speed_needs)
+        # both models loaded together for the speed rounds only when they fit (needs.interleaves)
         "speed_rounds": None if not opts.speed else "interleaved" if interleaved else "sequential",
     }

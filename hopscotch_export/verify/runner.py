@@ -168,6 +168,17 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def gpu_layers_for(asked: int | None) -> tuple[int, str]:
+    """Layers llama.cpp offloads (-1: all) and, in words, where it runs and why: ``asked``
+    (``--gpu-layers``), or by default all when llama.cpp was built with GPU offload, else none."""
+    if asked is not None:
+        where = "all layers" if asked < 0 else f"{asked} layer(s)"
+        return asked, f"{where} on the GPU (--gpu-layers {asked})" if asked else "CPU only (--gpu-layers 0)"
+    if gpu_offload_available():
+        return -1, "all layers on the GPU (default: this llama.cpp has GPU offload)"
+    return 0, "CPU only (default: this llama-cpp-python was built without GPU offload)"
+
+
 class LlamaModel:
     """A GGUF's weights loaded in llama.cpp (``gpu_layers`` offloaded; -1 = all), for
     sessions to share (``LlamaSession(share=...)``); freed by :meth:`close`, after them."""
