@@ -333,6 +333,7 @@ def test_the_estimate_printed_before_verify_says_when_both_models_load(tiny, mod
     r = run_verify(tiny["skip"], str(tiny["hf"]), opts, console=Console(file=out, width=300))
     assert r.settings["speed_rounds"] == "interleaved" and models_alive[0] == 2
     assert f"verify: estimated need ram {human(needs[0].bytes)}" in out.getvalue()
+    assert "speed rounds interleaved, both models loaded together" in out.getvalue()
 
 
 def test_one_model_at_a_time_gives_the_figures_of_both_side_by_side(smol_skip3, smollm2, models_alive):

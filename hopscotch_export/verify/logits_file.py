@@ -5,7 +5,7 @@ time"): the reference's distributions, which every candidate's KL is measured ag
 are written here during the reference's pass, as ``llama-perplexity --kl-divergence-base``
 writes its base file. They are kept whole, in float32 as llama.cpp returned them, so KL is
 the same number as with both models loaded (llama.cpp's base file stores 16 bits per
-token and drops p < e^-16, an error of about 1e-4 nats). The file is written and read with
+logit and drops p < e^-16, an error of about 1e-4 nats). The file is written and read with
 plain reads and writes, not a memory map: pages of a mapped file count in the process's
 resident memory for as long as they stay mapped, and the point is a bounded peak.
 """

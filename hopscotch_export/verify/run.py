@@ -93,7 +93,7 @@ def run_verify(
     model_gguf = Path(model_gguf)
     _check_inputs(model_gguf, opts)
     needs = verify_needs(model_gguf, reference, opts)
-    console.print(f"verify: estimated need {one_line(needs)}", highlight=False)
+    console.print(f"verify: estimated need {one_line(needs)}; {needs[0].what}", highlight=False)
     check(needs)
     text = load_text(opts.data, opts.data_config, opts.data_split)
     task = (
