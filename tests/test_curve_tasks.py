@@ -39,15 +39,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``colours``: test_eval.py's balanced four-way task."""
     pytest.importorskip("lm_eval", reason="the optional extra [eval]")
-    from test_eval import COLOURS, _multiple_choice_yaml, _write_jsonl
+    from test_eval import _multiple_choice_yaml, _write_jsonl, colours
 
     d = tmp_path_factory.mktemp("curve_task_yaml")
-    rows = [
-        {"question": f"Which colour is item {i} painted?", "choices": COLOURS[i % 3 :] + COLOURS[: i % 3],
-         "answer": (i // 3 + 4 - i % 3) % 4}
-        for i in range(24)
-    ]  # fmt: skip
-    (d / "colours.yaml").write_text(_multiple_choice_yaml("colours", _write_jsonl(d / "colours.jsonl", rows)))
+    (d / "colours.yaml").write_text(_multiple_choice_yaml("colours", _write_jsonl(d / "colours.jsonl", colours(24))))
     return d
 
 

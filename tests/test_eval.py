@@ -74,18 +74,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def colours(n: int) -> list[dict]:
+    """``n`` documents of the four-way colour task, each colour the right answer equally often
+    (``n`` a multiple of 12)."""
+    return [
+        {"question": f"Which colour is item {i} painted?", "choices": COLOURS[i % 3 :] + COLOURS[: i % 3],
+         "answer": (i // 3 + 4 - i % 3) % 4}
+        for i in range(n)
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of task YAMLs: ``colours`` (multiple choice where each colour is the right
     answer equally often, so a model that ignores the question scores exactly 1/4),
     ``easy`` (questions SmolLM2 knows), ``rolling`` (perplexity) and ``until`` (generation)."""
     d = tmp_path_factory.mktemp("eval_tasks")
-    colours = [
-        {"question": f"Which colour is item {i} painted?", "choices": COLOURS[i % 3 :] + COLOURS[: i % 3],
-         "answer": (i // 3 + 4 - i % 3) % 4}
-        for i in range(96)
-    ]  # fmt: skip
-    (d / "colours.yaml").write_text(_multiple_choice_yaml("colours", _write_jsonl(d / "colours.jsonl", colours)))
+    (d / "colours.yaml").write_text(_multiple_choice_yaml("colours", _write_jsonl(d / "colours.jsonl", colours(96))))
     easy = [{"question": q, "choices": c, "answer": a} for q, c, a in EASY]
     (d / "easy.yaml").write_text(_multiple_choice_yaml("easy", _write_jsonl(d / "easy.jsonl", easy)))
     texts = [
