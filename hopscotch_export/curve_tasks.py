@@ -22,7 +22,7 @@ from .errors import HopscotchError
 from .evaluation.report import EvalReport, Runtime, main_metrics, without_samples
 from .evaluation.run import EvalOptions, TaskScorer
 from .files import temp_folder
-from .gate import count_plan
+from .gate import count_plan, file_settings
 from .sources import ModelSource
 
 #: what the curve's JSON says the task figures are
@@ -38,7 +38,7 @@ def task_settings(options: EvalOptions, outtype: str, imatrix: Path | None) -> d
     return {
         "tasks": list(options.tasks), "limit": options.limit, "num_fewshot": options.num_fewshot,
         "include_path": None if options.include_path is None else str(options.include_path), "ctx": options.ctx,
-        "cache_type": options.cache_type, "outtype": outtype, "imatrix": None if imatrix is None else str(imatrix),
+        "cache_type": options.cache_type, **file_settings(outtype, imatrix),
     }  # fmt: skip
 
 

@@ -56,11 +56,16 @@ class NoCountPasses(HopscotchError):
 MEASURED_WITH = ("ctx", "chunks", "data", "data_config", "data_split", "cache_type", "reference_outtype")
 
 
+def file_settings(outtype: str, imatrix: Path | None) -> dict[str, Any]:
+    """How each count's file is written (``--imatrix`` writes f16 instead of ``outtype``):
+    what any figure measured on those files depends on."""
+    return {"outtype": outtype, "imatrix": None if imatrix is None else str(imatrix)}
+
+
 def gate_settings(verify: VerifyOptions, outtype: str, imatrix: Path | None = None) -> dict[str, Any]:
-    """The settings that made the gate's figures: the file's output type (``--imatrix`` writes
-    f16 instead) and verify's text and cache."""
-    made = {"outtype": outtype, "imatrix": None if imatrix is None else str(imatrix)}
-    return {**made, **{k: getattr(verify, k) for k in MEASURED_WITH}}
+    """The settings that made the gate's figures: the files' (:func:`file_settings`) and
+    verify's text and cache."""
+    return {**file_settings(outtype, imatrix), **{k: getattr(verify, k) for k in MEASURED_WITH}}
 
 
 def gated(plan: Plan, verify: VerifyOptions, outtype: str, imatrix: Path | None = None) -> bool:

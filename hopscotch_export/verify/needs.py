@@ -118,14 +118,11 @@ def _both_models(spec: ModelSpec, opts: VerifyOptions, reference_bytes: int, mod
     measured side by side (steadier ratios on a shared machine); the model counted with
     every layer's KV cache, an upper bound."""
     types = ["f16", opts.cache_type, *(t for _, t in alternatives_for(opts.cache_type))]
-    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim
     parts = {
         "process": PROCESS_BASE,
         "reference weights (mapped)": reference_bytes,
         "model weights (mapped)": model_bytes,
-        f"{len(types)} llama.cpp contexts (KV cache types)": sum(
-            _context(int(values * type_bytes(t)), opts.ctx, spec.vocab_size) for t in types
-        ),
+        f"{len(types)} llama.cpp contexts (KV cache types)": sum(_context(spec, opts, t) for t in types),
     }
     return Need("ram", INTERLEAVED, parts)
 
@@ -153,21 +150,22 @@ def _one_model(spec: ModelSpec, opts: VerifyOptions, what: str, weights: int, mo
     held-out comparison's arrays."""
     types = ["f16" if model == "original" else opts.cache_type]
     types += [t for m, t in alternatives_for(opts.cache_type) if m == model]
-    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V, every layer
     return {
         "process": PROCESS_BASE,
         f"{what} weights (mapped)": weights,
-        "one llama.cpp context": max(_context(int(values * type_bytes(t)), opts.ctx, spec.vocab_size) for t in types),
+        "one llama.cpp context": max(_context(spec, opts, t) for t in types),
         # float64 temporaries and the reference's rows read back for them
         "held-out comparison": KL_ROWS * spec.vocab_size * (_KL_TEMPORARIES * 8 + 4),
     }
 
 
-def _context(kv_bytes: int, ctx: int, n_vocab: int) -> int:
-    """A context of ``ctx`` cells: its KV cache, and llama.cpp's logits buffer and graph
+def _context(spec: ModelSpec, opts: VerifyOptions, cache_type: str) -> int:
+    """A context of ``opts.ctx`` cells with a ``cache_type`` KV cache for every layer (an
+    upper bound for a file with removed blocks), and llama.cpp's logits buffer and graph
     output for the most rows one decode asks for (half a window: the held-out positions,
     and parity.record_logits's pieces)."""
-    return kv_bytes + 2 * (ctx - first_scored(ctx)) * n_vocab * 4
+    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V, every layer
+    return int(values * type_bytes(cache_type)) + 2 * (opts.ctx - first_scored(opts.ctx)) * spec.vocab_size * 4
 
 
 def _merge_disk(conversion: list[Need], disk: list[Need]) -> list[Need]:
