@@ -35,7 +35,7 @@ from hopscotch_export.search.display import Silent
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
 from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
-from hopscotch_export.search.units import curve_counts, kv_heads
+from hopscotch_export.search.units import kv_heads
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
 
@@ -97,12 +97,18 @@ def main() -> None:
         unit, replace = METHODS[name]
         o = dataclasses.replace(options, unit=unit, replace=replace)
 
-        def on_step(s: SearchState, name: str = name, o: SearchOptions = o) -> None:
-            last = s.steps[-1]
-            console.print(f"{name}: step {len(s.steps)} {last.kind} {last.chosen} ({last.seconds:.1f}s)")
-            for k, steps in curve_counts(s.removed.freed, n_kv, max(savings)):
-                if steps == len(s.steps) and k in savings:  # measured when reached: a long run leaves what it has
-                    rows.append(snapshot_row(ws, o, s, name, k, n_kv))
+        clock = {"start": time.perf_counter(), "measuring": 0.0}  # search time = elapsed - measuring
+
+        def on_step(s: SearchState, name: str = name, o: SearchOptions = o, clock: dict = clock) -> None:
+            last, saved = s.steps[-1], s.removed.saved
+            console.print(f"{name}: step {len(s.steps)} {last.kind} {last.chosen} ({last.seconds:.1f}s), {saved} groups")
+            # the first kept state (in KV groups freed) that reaches a saving, measured when reached
+            for k in savings:
+                if saved >= k * n_kv and not any(r["method"] == name and r["blocks_worth"] == k for r in rows):
+                    t = time.perf_counter()
+                    searched = t - clock["start"] - clock["measuring"]
+                    rows.append(snapshot_row(ws, o, s, name, k, n_kv, searched))
+                    clock["measuring"] += time.perf_counter() - t
                     console.print(rows[-1])
                     show(rows, savings, original, a)
 
@@ -110,8 +116,12 @@ def main() -> None:
         Selector(ws.stack, ws.calib, ws.teacher, o, o.candidates(n), Silent()).run(state, on_step)
 
 
-def snapshot_row(ws: Workspace, o: SearchOptions, s: SearchState, name: str, k: int, n_kv: int) -> dict[str, Any]:
-    """Held-out KL of the search state ``s`` with scales = 1 and after the final training."""
+def snapshot_row(
+    ws: Workspace, o: SearchOptions, s: SearchState, name: str, k: int, n_kv: int, searched: float
+) -> dict[str, Any]:
+    """Held-out KL of the search state ``s`` with scales = 1 and after the final training;
+    ``searched``: the seconds the search took to reach it (every state it tried, not only
+    ``s``'s steps)."""
     n = ws.stack.n_layers
     plain = plan_metrics(ws, s.skip, BranchScales(n), o.batch_size, s.maps, s.kv_groups)
     t = time.perf_counter()
@@ -123,7 +133,7 @@ def snapshot_row(ws: Workspace, o: SearchOptions, s: SearchState, name: str, k: 
         "skip": sorted(removed.skip), "linear": sorted(removed.linear),
         "kv_groups": {str(i): list(g) for i, g in removed.kv_groups.items()},
         "groups_cut": sum(n_kv - len(g) for g in removed.kv_groups.values()),
-        "steps": len(s.steps), "seconds": sum(st.seconds for st in s.steps) + time.perf_counter() - t,
+        "steps": len(s.steps), "seconds": searched + time.perf_counter() - t,
         "kl_plain": plain["kl"], "kl": trained["kl"], "ppl": trained["ppl"],
     }  # fmt: skip
 

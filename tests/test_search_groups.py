@@ -80,29 +80,40 @@ def test_resume_of_a_group_search_gives_the_uninterrupted_plan(
     assert resumed.mlp == pytest.approx(grouped.mlp, abs=1e-6)
 
 
-def test_auto_ranks_by_loss_added_per_kv_group_and_never_overshoots(
-    tiny: Path, text_file: Path, tmp_path: Path
+def test_auto_keeps_the_best_state_of_every_kv_saving_and_never_overshoots(
+    tiny: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from hopscotch_export.search.greedy import Selector
+
+    tried: list[tuple[int, float, list[tuple[int, str, int | None]]]] = []  # every state a step made
+    expanded: list[int] = []  # the saving of each state a step started from
+    real = Selector.children
+
+    def spy(self: Selector, state: Any) -> Any:
+        made = real(self, state)
+        expanded.append(state.removed.saved)
+        tried.extend((c.removed.saved, c.steps[-1].loss, [(s.chosen, s.kind, s.group) for s in c.steps]) for c in made)
+        return made
+
+    monkeypatch.setattr(Selector, "children", spy)
     plan = search(tiny, tmp_path / "auto.json", skips=0, kv_saving=0.3, unit="auto", data=str(text_file))
     steps = plan.provenance["search"]["steps"]
     assert {c["kind"] for c in steps[0]["candidates"] if c["trained"] is not None} == {"skip", "group"}
     assert steps[0]["before"] == pytest.approx(0.0, abs=1e-5)  # the original model's KL to itself
+    assert {saved for saved, _, _ in tried} >= {1, 2, 3}  # blocks land 2 groups on, groups 1
+    assert all(saved <= 3 for saved, _, _ in tried)  # none frees more than the budget
     done: list[Step] = []
     for s in steps:
-        removed = replay(done, N_KV)
-        if s is not steps[0]:
-            assert s["before"] == done[-1].loss  # loss added counts from the last step's loss
-        trained = [c for c in s["candidates"] if c["trained"] is not None]
-        freed = [1 if c["kind"] == "group" else removed.left(c["layer"]) for c in trained]
-        assert all(f <= 3 - removed.saved for f in freed)  # none frees more than the budget has left
-        per_group = [(c["trained"] - s["before"]) / f for c, f in zip(trained, freed)]
-        best = trained[per_group.index(min(per_group))]
-        assert (best["layer"], best["kind"], best.get("group")) == (s["chosen"], s["kind"], s.get("group"))
+        if done:
+            assert s["before"] == done[-1].loss  # each step starts from the state before it on the path
         done.append(Step.from_json(s))
+        saved = replay(done, N_KV).saved
+        # every state on the plan's path is the lowest loss any step reached at its saving
+        assert s["loss"] == min(loss for at, loss, _ in tried if at == saved)
+        path = [(d.chosen, d.kind, d.group) for d in done]
+        assert (saved, s["loss"], path) in tried
     assert replay(done, N_KV).saved == 3 and plan.kv_saving() == pytest.approx(0.3)
-    # after a block (2 groups) only single groups fit the budget's third group
-    if steps[0]["kind"] == "skip":
-        assert {c["kind"] for c in steps[1]["candidates"]} == {"group"}
+    assert expanded == [0, 1, 2]  # each saving's best state expanded once, in order
 
 
 def test_group_curve_has_a_point_at_every_block_of_kv(tiny: Path, text_file: Path, tmp_path: Path) -> None:

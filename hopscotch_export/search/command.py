@@ -84,8 +84,8 @@ def search_command(
     map_lr: float = typer.Option(D.map_lr, help="learning rate of the linear maps (brief and final training)"),
     unit: str = typer.Option(
         D.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
-        "head and its query heads; a layer losing its last is skipped) or auto (either, by loss added per KV byte "
-        "saved); Qwen3 takes group only, and every layer keeps one"
+        "head and its query heads; a layer losing its last is skipped) or auto (either: the search keeps the best "
+        "state at every KV saving, and a block competes with groups freeing as much); Qwen3 takes group only, and every layer keeps one"
     ),
     kv_saving: Optional[float] = typer.Option(
         None, "--kv-saving", help="instead of --skips: the fraction of the KV cache to remove (0.25: a quarter); "

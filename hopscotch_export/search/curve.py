@@ -8,9 +8,12 @@ training, started from its step's state, so that the point for k is the plan
 ``--max-kl`` / ``--max-ppl-increase`` becomes the plan.
 
 With ``--unit group`` or ``auto`` the steps are many (one per KV group) and the x axis is
-KV saved: the curve's point ``k`` is the first step state that frees ``k`` blocks' worth of
-KV cache (``k / n_layers`` of it, :func:`units.curve_counts`), so the final trainings stay
-one per block's worth.
+KV saved: the curve's point ``k`` is the kept state with the fewest groups freed that frees
+``k`` blocks' worth of KV cache (``k / n_layers`` of it, :func:`at_least`), so the final
+trainings stay one per block's worth. ``auto`` keeps the best state of every KV saving
+(``levels.py``); its plans are not nested, and each point is the best state found for its
+saving (a ``--skips k`` search alone can differ near its budget, where trials that would
+overshoot are not tried).
 
 The held-out sequences choose the count, so the chosen point's figures are slightly
 optimistic; ``verify`` measures the exported file on other text. The one command with
@@ -35,24 +38,33 @@ from .units import BLOCK, GROUP, kv_heads, replay
 
 @dataclass
 class Snapshot:
-    """The scales and linear maps as a greedy step left them, on the CPU."""
+    """A state the search kept: its steps, and the scales and linear maps they left, on the CPU."""
 
+    steps: list[Step]
     scales: dict[str, torch.Tensor]
     maps: dict[int, torch.Tensor]
 
     @classmethod
     def of(cls, state: SearchState) -> Snapshot:
         return cls(
+            list(state.steps),
             {k: t.detach().cpu().clone() for k, t in state.scales.state_dict().items()},
             {i: m.detach().cpu().clone() for i, m in state.maps.items()},
         )
 
-    def restore(self, like: BranchScales, steps: list[Step]) -> tuple[BranchScales, dict[int, torch.Tensor]]:
-        """Scales shaped and placed like ``like``, and the maps of the linear layers among ``steps``."""
+    def restore(self, like: BranchScales) -> tuple[BranchScales, dict[int, torch.Tensor]]:
+        """Scales shaped and placed like ``like``, and the maps of the snapshot's linear layers."""
         scales = BranchScales(*like.attn.shape).to(like.attn.device)
         scales.load_state_dict(self.scales)
-        linear = [s.chosen for s in steps if s.kind == LINEAR]
+        linear = [s.chosen for s in self.steps if s.kind == LINEAR]
         return scales, {i: self.maps[i] for i in linear}
+
+
+def at_least(snapshots: dict[int, Snapshot], groups: int) -> Snapshot | None:
+    """The kept state with the fewest KV groups freed that frees at least ``groups``: a
+    curve point's state (``snapshots`` by KV groups freed)."""
+    enough = [n for n in snapshots if n >= groups]
+    return snapshots[min(enough)] if enough else None
 
 
 @dataclass

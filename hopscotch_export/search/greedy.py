@@ -35,10 +35,11 @@ the last quarter's.
 With ``--unit group`` a trial removes one KV group of a kept layer (``units.py``): it is
 screened from the same cached layer input as a block, every remaining group of every
 candidate layer, and has its own finalists and shortlist, like each block kind. With
-``--unit auto`` block and group trials compete, and the winner is the trained trial with
-the least loss added (its loss minus the current state's) per KV group it frees: a block
-frees the groups its layer still has, a group one. A trial that would free more than the
-budget has left is not tried, so an ``auto`` search ends on groups.
+``--unit auto`` block and group trials compete, but not within one step: a block frees the
+groups its layer still has, a group one, so their trained losses belong to different
+savings. Every trained trial of a step becomes a state, and the search keeps the best
+state of each KV saving (``levels.py``). A trial that would free more than the budget has
+left is not tried.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
+from .levels import best_by_level
 from .linear import Fit, fit_batches, fit_maps, split_rows
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
@@ -224,6 +226,21 @@ class SearchState:
         return removed.skip, dict(self.maps), {**groups, c: kept}
 
 
+@dataclass
+class Expansion:
+    """What one step tried from one state: the shortlist, each trained trial's loss (on
+    the judging sequences) and, on the process that trained it, its scales and maps."""
+
+    shortlist: list[Trial]
+    trained: dict[Trial, float]
+    losses: dict[str, Losses]
+    fits: dict[int, Fit]
+    results: dict[Trial, tuple[BranchScales, dict[int, torch.Tensor]]]
+    #: ``--unit auto``: the loss of the state the step started from
+    before: float | None
+    seconds: float
+
+
 class Selector:
     """Runs greedy steps on one model, calibration set and teacher."""
 
@@ -256,11 +273,24 @@ class Selector:
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
         """Add steps to ``state`` until it frees the budget's KV groups (``--skips N``
-        with blocks: until it removes N blocks)."""
+        with blocks: until it removes N blocks). ``on_step`` is given every state the
+        search keeps, in order of KV groups freed: each greedy step, or with ``--unit
+        auto`` the best state of each KV saving (``levels.py``), once it is final."""
         state.n_kv = self.n_kv
+        if self.o.unit == AUTO_UNIT:
+            final = best_by_level(state, self.target, lambda s: s.removed.saved, lambda s: s.steps[-1].loss,
+                                  self.children, on_step)  # fmt: skip
+            state.steps, state.maps = final.steps, final.maps
+            state.scales.load_state_dict(final.scales.state_dict())
+            return
         while state.removed.saved < self.target:
             state.steps.append(self.step(state))
             on_step(state)
+
+    def children(self, state: SearchState) -> list[SearchState]:
+        """``state`` with each trained trial of one step added."""
+        tried = self.expand(state)
+        return [self.child(state, t, tried) for t in tried.shortlist]
 
     def kinds(self, state: SearchState) -> list[str]:
         """The kinds of removal this step tries: ``--replace``'s within ``--max-linear``
@@ -297,20 +327,20 @@ class Selector:
                 by_kind[kind] = found
         return by_kind
 
-    def rank(self, state: SearchState, trained: dict[Trial, float]) -> tuple[Callable[[Trial], float], float | None]:
-        """How trained trials are compared: by loss (every trial of a block or group
-        search frees as much), or with ``--unit auto`` by loss added per KV group freed;
-        and the loss before the step that ``auto`` subtracts."""
-        if self.o.unit != AUTO_UNIT:
-            return trained.__getitem__, None
-        before = state.steps[-1].loss if state.steps else self._original_loss(state)
-        removed = state.removed
-        freed = {t: 1 if t.kind == GROUP else removed.left(t.layer) for t in trained}
-        return (lambda t: (trained[t] - before) / freed[t]), before
-
     def step(self, state: SearchState) -> Step:
-        """One greedy step. Under torchrun each process fits, scores and trains its share of
-        the candidates; all of them then hold the same results and pick the same winner."""
+        """One greedy step: the trained trial with the lowest loss (every trial of a block
+        or group search frees as much) is added to ``state``."""
+        tried = self.expand(state)
+        chosen = min(tried.shortlist, key=tried.trained.__getitem__)  # of equal losses the first (skips first)
+        child = self.child(state, chosen, tried)
+        state.scales.load_state_dict(child.scales.state_dict())
+        state.maps = child.maps
+        return child.steps[-1]
+
+    def expand(self, state: SearchState) -> Expansion:
+        """Every trial this step allows from ``state``, screened, and its shortlist trained.
+        Under torchrun each process fits, scores and trains its share of the candidates;
+        all of them then hold the same losses."""
         t0 = time.perf_counter()
         o = self.o
         state.n_kv = self.n_kv
@@ -344,7 +374,7 @@ class Selector:
         shortlist = [t for kind in kinds for t in by_kind[kind]]
         if not exhaustive:
             shortlist = self._shortlist(state, fits, shortlist, n_finalists, n_short, losses, k)
-        trials: dict[Trial, tuple[BranchScales, dict[int, torch.Tensor]]] = {}
+        results: dict[Trial, tuple[BranchScales, dict[int, torch.Tensor]]] = {}
 
         def train_share() -> dict[Trial, float]:
             trained: dict[Trial, float] = {}
@@ -359,30 +389,38 @@ class Selector:
                     lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
                     where=where, on_batch=self.progress.advance, maps=maps, map_lr=o.map_lr, kv_groups=groups,
                 )  # fmt: skip
-                trials[trial] = scales, maps
+                results[trial] = scales, maps
                 trained[trial] = self._loss(scales, skip, maps, groups, where)
             return trained
 
         trained = distributed.merged(train_share)
         for trial, value in trained.items():
             losses[trial.kind].trained[trial.key] = value
-        key, before = self.rank(state, trained)
-        chosen = min(shortlist, key=key)  # of equal ranks the first (skips first), everywhere
-        scales, maps = distributed.shared(  # the scales and maps, from the process that trained them
+        before = None
+        if o.unit == AUTO_UNIT:
+            before = state.steps[-1].loss if state.steps else self._original_loss(state)
+        return Expansion(shortlist, trained, losses, fits, results, before, time.perf_counter() - t0)
+
+    def child(self, state: SearchState, trial: Trial, tried: Expansion) -> SearchState:
+        """``state`` with ``trial`` added: its trained scales and maps (sent from the process
+        that trained them), and a step recording what the expansion tried."""
+        scales, maps = distributed.shared(
             lambda: (
-                {name: t.cpu() for name, t in trials[chosen][0].state_dict().items()},
-                {i: m.cpu() for i, m in trials[chosen][1].items()},
+                {name: t.cpu() for name, t in tried.results[trial][0].state_dict().items()},
+                {i: m.cpu() for i, m in tried.results[trial][1].items()},
             ),
-            src=distributed.owner(shortlist.index(chosen)),
+            src=distributed.owner(tried.shortlist.index(trial)),
         )
-        state.scales.load_state_dict(scales)
-        state.maps = {i: m.to(module_device(self.stack.layers[i])) for i, m in maps.items()}
-        c = chosen.layer
-        if c in state.with_trial(chosen, fits)[0]:
+        new = copy.deepcopy(state.scales)
+        new.load_state_dict(scales)
+        c = trial.layer
+        if c in state.with_trial(trial, tried.fits)[0]:
             with torch.no_grad():  # a skipped block's scale has no effect; 1 keeps the plan readable
-                state.scales.attn[c] = 1.0
-        ridge = fits[c].ridge if chosen.kind == LINEAR else None
-        return Step(c, trained[chosen], time.perf_counter() - t0, chosen.kind, losses, ridge, chosen.group, before)
+                new.attn[c] = 1.0
+        ridge = tried.fits[c].ridge if trial.kind == LINEAR else None
+        step = Step(c, tried.trained[trial], tried.seconds, trial.kind, tried.losses, ridge, trial.group, tried.before)
+        placed = {i: m.to(module_device(self.stack.layers[i])) for i, m in maps.items()}
+        return SearchState(new, state.steps + [step], placed, self.n_kv)
 
     def _fit(self, state: SearchState, remaining: list[int], k: int) -> dict[int, Fit]:
         """The closed-form map of every remaining candidate under the current plan, each

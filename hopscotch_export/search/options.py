@@ -28,7 +28,7 @@ REPLACEMENTS = ("skip", "linear", "auto")
 #: (``linear.split_rows``), which is empty below this many
 AUTO_MIN_SAMPLES = 4
 #: what one greedy step removes: a whole attention block, one KV group (a KV head and its
-#: query heads), or whichever costs less loss per KV byte (``units.py``)
+#: query heads), or both, each state compared with those freeing as much KV (``levels.py``)
 UNITS = ("block", "group", "auto")
 
 #: The calibration budget on CPU when the user gives none. The dataclass defaults are the

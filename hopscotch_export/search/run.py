@@ -24,7 +24,7 @@ from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, plan_maps, scaled_model
 from . import distributed
 from .calibration import Calibration, build_calibration, save_records
-from .curve import Point, Snapshot, curve_json, curve_table, point
+from .curve import Point, Snapshot, at_least, curve_json, curve_table, point
 from .curve_plot import plot_curve
 from .data import read_records
 from .generate import BASE_MODEL_NOTICE, describe_generation, generated_records
@@ -34,7 +34,7 @@ from .options import SearchOptions, device_name
 from .placement import plan_placement
 from .display import RichSteps, Silent, summary_tables
 from .savings import blocks
-from .units import BLOCK, curve_counts, kv_heads, replay
+from .units import BLOCK, kv_heads, replay
 from .train import mean_loss, train_scales
 
 TOOL = "hopscotch-export search"
@@ -275,11 +275,15 @@ def search_workspace(
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
     base = original_loss(ws, o)
     resumed = len(state.steps)
-    snapshots: dict[int, Snapshot] = dict.fromkeys(range(1, resumed + 1), Snapshot.of(state)) if o.curve else {}
+    #: the kept states by KV groups freed (a resumed run's earlier steps with its current scales)
+    snapshots: dict[int, Snapshot] = {}
+    for n in range(1, resumed + 1) if o.curve else ():
+        prefix = SearchState(state.scales, state.steps[:n], state.maps, state.n_kv)
+        snapshots[prefix.removed.saved] = Snapshot.of(prefix)
 
     def on_step(s: SearchState) -> None:
         if o.curve:
-            snapshots[len(s.steps)] = Snapshot.of(s)
+            snapshots[s.removed.saved] = Snapshot.of(s)
         if main:
             _plan(ref, s, s.scales, s.maps, ws, o, candidates, base, complete=False).save(out, force=True)
 
@@ -318,7 +322,8 @@ def _trace_curve(
                                         dict[str, dict[str, float]]], None] | None = None,
 ) -> tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, Any], dict[str, dict[str, float]]]:
     """A final training and held-out figures for every count of removed blocks (with
-    KV-group units: for the first step state that frees each count's worth of KV); the state
+    KV-group units: for the kept state with the fewest groups freed that frees each count's
+    worth of KV, :func:`curve.at_least`); the state
     of the largest count within the limits with its trained scales and maps, the curve, and
     the held-out metrics already measured (the original model's and that count's plan's).
     ``keep`` is given every count as it is trained (count, state, scales, maps, those
@@ -327,9 +332,12 @@ def _trace_curve(
     original = heldout_metrics(ws.stack, ws.calib, ws.teacher, o.batch_size)
     points: list[Point] = []
     best: tuple[SearchState, BranchScales, dict[int, torch.Tensor], dict[str, float]] | None = None
-    for k, n in curve_counts(state.removed.freed, state.n_kv, o.skips):
-        steps = state.steps[:n]
-        scales, maps = snapshots[n].restore(state.scales, steps)
+    for k in range(1, o.skips + 1):
+        kept = at_least(snapshots, k * state.n_kv)
+        if kept is None:
+            break
+        steps = kept.steps
+        scales, maps = kept.restore(state.scales)
         at_k = SearchState(scales, steps, maps, state.n_kv)
         final, trained = final_training(
             ws, o, at_k.skip, scales, progress, maps, label=f"final training {k}", groups=at_k.kv_groups

@@ -6,7 +6,7 @@ layer's KV heads are the same size, so the KV cache is counted in groups: a mode
 ``n_layers x n_kv`` of them, a whole block frees the groups its layer still has. With
 ``--unit block`` a step removes a block (skip or linear map, per ``--replace``); with
 ``group`` one KV group of a layer other than 0 (a layer losing its last group is skipped);
-with ``auto`` either, ranked by loss added per KV byte saved (``greedy.py``).
+with ``auto`` either, each state compared with those freeing as much KV (``levels.py``).
 
 The steps of a search are replayed here into what the plan holds (:func:`replay`), so the
 state, the plan, the curve and the savings all read one account of what each step removed.
@@ -88,15 +88,3 @@ def replay(steps: Sequence[Removal], n_kv: int) -> Removed:
 def kv_heads(config: Any) -> int:
     """KV heads per layer of a transformers config (all query heads' count without GQA)."""
     return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-
-
-def curve_counts(freed: Sequence[int], n_kv: int, most: int) -> list[tuple[int, int]]:
-    """``(k, n)`` for k = 1..``most``: the first ``n`` steps are the first state that frees
-    ``k`` blocks' worth of KV (``k * n_kv`` groups); a block search has ``n = k``."""
-    counts, total, k = [], 0, 1
-    for n, f in enumerate(freed, 1):
-        total += f
-        while k <= most and total >= k * n_kv:
-            counts.append((k, n))
-            k += 1
-    return counts
