@@ -7,6 +7,11 @@ Every variant, the 0-skip baseline included, is written by the converter (a `dec
 For each context length C all variants are loaded side by side (flash attention on) and
 measured interleaved (forward order, then reverse, ...): a prompt of C - G tokens from
 scratch, then G generated tokens (one position at a time, logits on) at depth C - G.
+With `--prompt-once` each file decodes its prompt once (its prompt figure) and every round
+only generates, the cache dropped back to the prompt first: at 8192 tokens a prompt costs
+minutes and G generated tokens seconds, so many more generation rounds fit (the JSON rows
+say `"prompt_once": true`; every row gives the spread of generation tokens per CPU-second
+over its rounds, in the table as min-max).
 Reported: median tokens/s by wall clock, ratios to 0 skips by wall clock and by CPU time
 of this process (steadier on a shared machine), llama.cpp's KV cache at C, and the limit a
 skip could reach: the share of work removed (compute for the prompt, compute and bytes
@@ -22,8 +27,8 @@ same cache type, so each row shows what removing attention adds on top of that c
 
     python bench/inference.py                 # about 20 minutes on one busy core
     python bench/inference.py --contexts 512 --skips 0 4 --linear --rounds 2   # a quick look
-    python bench/inference.py --contexts 8192 --skips 0 4 8 --linear 4 8 --groups 4 8 \
-        --cache-types f16 q8_0 --rounds 2      # the frontier's speed rows (docs/frontier.md)
+    python bench/inference.py --contexts 8192 --skips 0 8 --linear 8 --groups 8 \
+        --cache-types f16 q8_0 --prompt-once --rounds 12   # the frontier's speed rows, about an hour
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ SKIP, LINEAR, GROUP = "skip", "linear", "group"
 Variant = tuple[str, int]
 #: KV-cache bytes of one cached number, by llama.cpp cache type (blocks of 32 numbers)
 CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+#: the percentiles 0, 25, 50, 75, 100 of a row's rates over its rounds: how noisy it was
+SPREAD = ("min", "q1", "median", "q3", "max")
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,8 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=32, help="generated tokens per run")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per context (default: 5 at 512, 2 at 4096)")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: OpenMP stalls on a shared CPU)")
+    ap.add_argument("--prompt-once", action="store_true",
+                    help="decode each prompt once; every round only generates, on that prompt")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     if 0 not in args.skips:
@@ -225,10 +234,11 @@ def main() -> None:
                 if not tokens:
                     tokens = sessions[0].tokenize(load_text(None).text)
                 with _progress(console) as progress:
-                    bar = progress.add_task(f"ctx {ctx}: {rounds} rounds", total=rounds * len(sessions))
+                    steps = (rounds + args.prompt_once) * len(sessions)
+                    bar = progress.add_task(f"ctx {ctx}: {rounds} rounds", total=steps)
                     speeds = measure_speed(
                         sessions, tokens, prompt_tokens=ctx - args.gen, gen_tokens=args.gen, rounds=rounds,
-                        advance=lambda: progress.advance(bar),
+                        advance=lambda: progress.advance(bar), prompt_once=args.prompt_once,
                     )
                 kv = [s.kv_cache.bytes for s in sessions]
             finally:
@@ -247,6 +257,7 @@ def main() -> None:
                         {str(i): list(g) for i, g in spread_groups(costs.n_layers, costs.n_kv_head, v[1]).items()},
                         "ctx": ctx,
                         "rounds": rounds,
+                        "prompt_once": args.prompt_once,
                         "prompt_tokens": ctx - args.gen,
                         "gen_tokens": args.gen,
                         "prompt_tps": sp.prompt_tps,
@@ -256,6 +267,8 @@ def main() -> None:
                         "prompt_cpu_ratio": sp.prompt_cpu_tps / base_speed.prompt_cpu_tps,
                         "gen_cpu_ratio": sp.gen_cpu_tps / base_speed.gen_cpu_tps,
                         "runs": [r._asdict() for r in sp.runs],
+                        "gen_cpu_tps_spread": dict(zip(SPREAD, np.percentile([r.gen_cpu_tps for r in sp.runs],
+                                                                              [0, 25, 50, 75, 100]).tolist())),
                         "kv_bytes": kv_bytes,
                         "kv_ratio": kv_bytes / base_kv,
                         # to the original with the first cache type: what removal and a quantized cache add up to
@@ -274,19 +287,26 @@ def markdown(rows: list[dict]) -> str:
     """The table for docs/inference-benchmark.md: ratios to 0 skips, wall clock and CPU time."""
     head = (
         "| ctx | attention removed | prompt tok/s | prompt x wall | prompt x CPU | limit x | gen tok/s "
-        "| gen x wall | gen x CPU | limit x compute / bytes | KV cache MiB | KV x | KV x original |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| gen x wall | gen x CPU | gen CPU tok/s min-max | limit x compute / bytes | KV cache MiB | KV x "
+        "| KV x original |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"| {r['ctx']} | {label((r['kind'], r['removed']), r.get('cache_type', 'f16'))} | {r['prompt_tps']:.1f} | {r['prompt_ratio']:.3f} "
             f"| {r['prompt_cpu_ratio']:.3f} | {1 / (1 - r['prompt_compute_removed']):.3f} "
-            f"| {r['gen_tps']:.1f} | {r['gen_ratio']:.3f} | {r['gen_cpu_ratio']:.3f} "
+            f"| {r['gen_tps']:.1f} | {r['gen_ratio']:.3f} | {r['gen_cpu_ratio']:.3f} | {_spread(r)} "
             f"| {1 / (1 - r['gen_compute_removed']):.3f} / {1 / (1 - r['gen_bytes_removed']):.3f} "
             f"| {r['kv_bytes'] / 2**20:.2f} | {r['kv_ratio']:.3f} | {r.get('kv_ratio_to_original', r['kv_ratio']):.3f} |"
         )
     return "\n".join(lines)
+
+
+def _spread(row: dict) -> str:
+    """Lowest and highest generation tokens per CPU-second over the row's rounds."""
+    rates = [run["gen_cpu_tps"] for run in row["runs"]]
+    return f"{min(rates):.1f}-{max(rates):.1f}"
 
 
 def _progress(console: Console) -> Progress:

@@ -33,6 +33,7 @@ from hopscotch_export.verify.needs import verify_needs
 from hopscotch_export.verify.parity import floor_applies, torch_parity
 from hopscotch_export.verify.perplexity import Perplexity, make_windows, token_nll
 from hopscotch_export.verify.runner import LlamaModel, LlamaSession
+from hopscotch_export.verify.speed import measure_speed
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
 from models import smollm2_tokenizer
 from test_cli import assert_one_line_error, run_cli
@@ -147,6 +148,41 @@ def test_parity_catches_a_file_that_does_not_match_the_plan(tiny):
         wrong = torch_parity(s, tiny["hf"], tiny["empty_plan"], windows)
     assert good.mean_kl < 1e-3
     assert wrong.mean_kl > 100 * good.mean_kl
+
+
+def test_prompt_once_decodes_each_prompt_once_and_generates_every_round_at_the_same_depth(tiny, monkeypatch):
+    """Prompt-once speed: each session decodes its prompt once; every round drops the cache
+    back to the prompt and generates the same positions again, forward/reverse interleaved."""
+    calls: list[tuple[LlamaSession, str, int, int]] = []  # (session, what, tokens or n_pos, start)
+    real_decode, real_truncate = LlamaSession.timed_decode, LlamaSession.truncate
+
+    def timed_decode(self, tokens, start):
+        calls.append((self, "decode", len(tokens), start))
+        return real_decode(self, tokens, start)
+
+    def truncate(self, n_pos):
+        calls.append((self, "truncate", n_pos, -1))
+        real_truncate(self, n_pos)
+
+    monkeypatch.setattr(LlamaSession, "timed_decode", timed_decode)
+    monkeypatch.setattr(LlamaSession, "truncate", truncate)
+    n_prompt, n_gen, rounds = 40, 3, 3
+    steps: list[int] = []  # calls made (two warm-ups first) by each call of advance
+    with LlamaSession(tiny["empty"], n_ctx=64, n_threads=THREADS) as a, \
+            LlamaSession(tiny["skip"], n_ctx=64, n_threads=THREADS) as b:  # fmt: skip
+        tokens = a.tokenize(load_text(None).text)
+        speeds = measure_speed([a, b], tokens, prompt_tokens=n_prompt, gen_tokens=n_gen, rounds=rounds,
+                               advance=lambda: steps.append(len(calls)), prompt_once=True)  # fmt: skip
+        one_round = [("truncate", n_prompt, -1)] + [("decode", 1, n_prompt + i) for i in range(n_gen)]
+        for s in (a, b):
+            mine = [c[1:] for c in calls if c[0] is s]
+            assert mine == [("decode", 16, 0), ("decode", n_prompt, 0)] + rounds * one_round  # warm-up, prompt, rounds
+        # the prompts in order, then the rounds a b, b a, a b; advance after each prompt and each round
+        assert [c[0] for c in calls if c[1] == "truncate"] == [a, b, b, a, a, b]
+    assert steps == [3, 4] + [4 + k * len(one_round) for k in range(1, 2 * rounds + 1)] and steps[-1] == len(calls)
+    for sp in speeds:
+        assert len(sp.runs) == rounds and sp.gen_cpu_tps > 0
+        assert len({r.prompt_tps for r in sp.runs}) == 1 and sp.prompt_tps == sp.runs[0].prompt_tps
 
 
 def test_choice_logliks_equal_hand_computed_torch(tiny):
