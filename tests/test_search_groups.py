@@ -130,6 +130,34 @@ def test_group_curve_has_a_point_at_every_block_of_kv(tiny: Path, text_file: Pat
     assert {int(k): tuple(v) for k, v in points[1]["kv_groups"].items()} == dict(plan.kv_groups)
 
 
+def test_auto_curve_points_are_the_best_states_of_their_savings(
+    tiny: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--skips auto --unit auto``: every block's worth of KV has a point, the best state
+    the search kept for that saving (not a prefix of the next point's steps)."""
+    from hopscotch_export.search.greedy import Selector
+
+    kept: dict[int, list[tuple[int, str, int | None]]] = {}
+    real = Selector.run
+
+    def spy(self: Selector, state: Any, on_step: Any) -> None:
+        def record(s: Any) -> None:
+            kept[s.removed.saved] = [(d.chosen, d.kind, d.group) for d in s.steps]
+            on_step(s)
+
+        real(self, state, record)
+
+    monkeypatch.setattr(Selector, "run", spy)
+    out = tmp_path / "plan.json"
+    plan = search(tiny, out, skips=2, curve=True, max_kl=1e9, unit="auto", data=str(text_file))
+    points = json.loads(out.with_name("plan.curve.json").read_text())["points"]
+    assert sorted(kept) == [1, 2, 3, 4]  # every saving's best, handed on once
+    assert [p["kv_saved"] for p in points] == pytest.approx([0.2, 0.4])
+    for p, saved in zip(points, (2, 4)):
+        assert list(zip(p["layers"], p["kinds"], p["groups"])) == kept[saved]
+    assert {int(k): tuple(v) for k, v in points[1]["kv_groups"].items()} == dict(plan.kv_groups)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
