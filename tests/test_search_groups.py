@@ -86,12 +86,12 @@ def test_auto_keeps_the_best_state_of_every_kv_saving_and_never_overshoots(
     from hopscotch_export.search.greedy import Selector
 
     tried: list[tuple[int, float, list[tuple[int, str, int | None]]]] = []  # every state a step made
-    expanded: list[int] = []  # the saving of each state a step started from
+    expanded: list[tuple[int, float]] = []  # the saving of each state a step started from, the step's time
     real = Selector.children
 
     def spy(self: Selector, state: Any) -> Any:
         made = real(self, state)
-        expanded.append(state.removed.saved)
+        expanded.append((state.removed.saved, made[0].steps[-1].seconds))
         tried.extend((c.removed.saved, c.steps[-1].loss, [(s.chosen, s.kind, s.group) for s in c.steps]) for c in made)
         return made
 
@@ -113,7 +113,9 @@ def test_auto_keeps_the_best_state_of_every_kv_saving_and_never_overshoots(
         path = [(d.chosen, d.kind, d.group) for d in done]
         assert (saved, s["loss"], path) in tried
     assert replay(done, N_KV).saved == 3 and plan.kv_saving() == pytest.approx(0.3)
-    assert expanded == [0, 1, 2]  # each saving's best state expanded once, in order
+    assert [at for at, _ in expanded] == [0, 1, 2]  # each saving's best state expanded once, in order
+    # the search's time counts every step it ran, not only those on the plan's path
+    assert plan.provenance["seconds"]["steps"] >= sum(t for _, t in expanded) - 0.01
 
 
 def test_group_curve_has_a_point_at_every_block_of_kv(tiny: Path, text_file: Path, tmp_path: Path) -> None:

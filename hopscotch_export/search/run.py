@@ -296,7 +296,11 @@ def search_workspace(
 
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
         on_step(state)
+    t = time.perf_counter()
+    earlier = sum(s.seconds for s in state.steps)
     Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, on_step)
+    # every step the search ran (``auto`` runs steps off the plan's path too), resumed ones as recorded
+    ws.seconds["steps"] = earlier + time.perf_counter() - t
     t = time.perf_counter()
     curve, measured = None, {}
     if o.curve:
@@ -439,7 +443,7 @@ def _plan(
 ) -> Plan:  # fmt: skip
     attn, mlp = scales.as_lists()
     steps = state.steps
-    seconds = dict(ws.seconds, steps=round(sum(s.seconds for s in steps), 3))
+    seconds = {"steps": sum(s.seconds for s in steps), **ws.seconds}  # a partial plan: its steps so far
     method = "Hopscotch greedy block selection with branch scales (arXiv 2506.03303)"
     if options.replace != "skip":
         method += "; removed blocks may be replaced by fitted linear maps (llama.cpp deci linear attention)"
