@@ -3,9 +3,10 @@ a greedy choice by loss per group freed goes wrong."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hopscotch_export.search.levels import best_by_level
+from hopscotch_export.search.levels import Child, best_by_level
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,22 @@ def children(s: S) -> list[S]:
     return out
 
 
-def run(start: S, target: int) -> tuple[S, list[S]]:
+built: list[S] = []
+
+
+def lazy(make: Callable[[S], list[S]]) -> Callable[[S], list[Child]]:
+    """``make``'s states as children that record when they are built."""
+
+    def children(s: S) -> list[Child]:
+        return [Child(c.saved, c.loss, lambda c=c: built.append(c) or c) for c in make(s)]
+
+    return children
+
+
+def run(start: S, target: int, make: Callable[[S], list[S]] = children) -> tuple[S, list[S]]:
     handed: list[S] = []
-    final = best_by_level(start, target, lambda s: s.saved, lambda s: s.loss, children, handed.append)
+    built.clear()
+    final = best_by_level(start, target, lambda s: s.saved, lambda s: s.loss, lazy(make), handed.append)
     return final, handed
 
 
@@ -40,6 +54,9 @@ def test_a_block_taken_first_by_loss_per_group_loses_to_groups_freeing_as_much()
     final, handed = run(S(0, 0.0), 3)
     assert final.path == ("group",) * 3 and final.loss == 0.5
     assert [s.saved for s in handed] == [1, 2, 3]  # each saving's best once, in order, the start not
+    # only children that beat their saving's best are built: the block (0.9 at 3) is, until
+    # the groups' 0.5 replaces it; from 1 and 2 the block would overshoot
+    assert [c.path for c in built] == [("block",), ("group",), ("group",) * 2, ("group",) * 3]
 
 
 def test_every_saving_keeps_its_best_state_and_blocks_still_win_where_they_pay() -> None:
@@ -56,8 +73,7 @@ def test_a_block_wins_its_saving_when_it_costs_less_than_the_groups() -> None:
     def cheap_block(s: S) -> list[S]:
         return [S(c.saved, c.loss - 0.8, c.path) if c.path[-1] == "block" else c for c in children(s)]
 
-    handed: list[S] = []
-    final = best_by_level(S(0, 0.0), 4, lambda s: s.saved, lambda s: s.loss, cheap_block, handed.append)
+    final, handed = run(S(0, 0.0), 4, cheap_block)
     assert [s.path for s in handed][2] == ("block",)  # 0.1 at 3 groups, against 0.5
     # 4 groups: a group then the block, or the block then a group (0.5 both; the first found
     # stays), not four groups (0.55)
@@ -68,8 +84,7 @@ def test_a_target_no_child_reaches_gives_the_highest_saving_found() -> None:
     def stuck(s: S) -> list[S]:
         return [S(s.saved + 1, s.loss + 0.1)] if s.saved < 2 else []
 
-    handed: list[S] = []
-    final = best_by_level(S(0, 0.0), 5, lambda s: s.saved, lambda s: s.loss, stuck, handed.append)
+    final, handed = run(S(0, 0.0), 5, stuck)
     assert final.saved == 2 and [s.saved for s in handed] == [1, 2]
     # a start already at the target is returned as it is, and nothing is handed on
     assert run(S(3, 0.2), 3) == (S(3, 0.2), [])

@@ -1,10 +1,10 @@
-"""The quality curve: one greedy run gives a plan for every number of removed blocks.
+"""The quality curve: one search gives a plan for every number of removed blocks.
 
-Greedy plans are nested: the plan for k blocks is the first k steps of the plan for k + 1.
-With ``--skips auto`` the search runs up to ``--max-skips`` steps and keeps the scales and
-maps as each step left them (:class:`Snapshot`); every count then gets its own final
-training, started from its step's state, so that the point for k is the plan
-``--skips k`` would write, and its held-out figures. The largest count within
+Greedy plans (``--unit block|group``) are nested: the plan for k blocks is the first k steps
+of the plan for k + 1. With ``--skips auto`` the search runs up to ``--max-skips`` blocks'
+worth and keeps the scales and maps of the states it reaches (:class:`Snapshot`); every
+count then gets its own final training, started from its state, so that the point for k is
+the plan ``--skips k`` would write, and its held-out figures. The largest count within
 ``--max-kl`` / ``--max-ppl-increase`` becomes the plan.
 
 With ``--unit group`` or ``auto`` the steps are many (one per KV group) and the x axis is

@@ -58,7 +58,7 @@ from ..stack import Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
-from .levels import best_by_level
+from .levels import Child, best_by_level
 from .linear import Fit, fit_batches, fit_maps, split_rows
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
@@ -127,7 +127,7 @@ class Step:
     ridge: float | None = None
     #: the KV group removed (``group`` only)
     group: int | None = None
-    #: ``--unit auto``: the loss before this step, from which each trial's loss added was counted
+    #: ``--unit auto``: the loss of the state this step started from (the original model's at first)
     before: float | None = None
 
     @property
@@ -270,6 +270,8 @@ class Selector:
         self.n_kv = kv_heads(stack.config)
         #: the KV groups the search frees in all (``--skips N``: N blocks' worth)
         self.target = options.kv_target(stack.n_layers, self.n_kv)
+        #: the time of every step run (``auto`` runs steps off the plan's path too)
+        self.seconds = 0.0
 
     def run(self, state: SearchState, on_step: Callable[[SearchState], None]) -> None:
         """Add steps to ``state`` until it frees the budget's KV groups (``--skips N``
@@ -278,19 +280,29 @@ class Selector:
         auto`` the best state of each KV saving (``levels.py``), once it is final."""
         state.n_kv = self.n_kv
         if self.o.unit == AUTO_UNIT:
+
+            def kept(s: SearchState) -> None:  # ``state`` is what an interrupted run saves and reports
+                _adopt(state, s)
+                on_step(state)
+
             final = best_by_level(state, self.target, lambda s: s.removed.saved, lambda s: s.steps[-1].loss,
-                                  self.children, on_step)  # fmt: skip
-            state.steps, state.maps = final.steps, final.maps
-            state.scales.load_state_dict(final.scales.state_dict())
+                                  self.children, kept)  # fmt: skip
+            _adopt(state, final)
             return
         while state.removed.saved < self.target:
             state.steps.append(self.step(state))
             on_step(state)
 
-    def children(self, state: SearchState) -> list[SearchState]:
-        """``state`` with each trained trial of one step added."""
+    def children(self, state: SearchState) -> list[Child]:
+        """``state`` with each trained trial of one step added: its saving and loss, and
+        how to build it (every process builds the same ones, in the same order)."""
         tried = self.expand(state)
-        return [self.child(state, t, tried) for t in tried.shortlist]
+        removed = state.removed
+        return [
+            Child(removed.saved + (1 if t.kind == GROUP else removed.left(t.layer)), tried.trained[t],
+                  lambda t=t: self.child(state, t, tried))  # fmt: skip
+            for t in tried.shortlist
+        ]
 
     def kinds(self, state: SearchState) -> list[str]:
         """The kinds of removal this step tries: ``--replace``'s within ``--max-linear``
@@ -399,7 +411,9 @@ class Selector:
         before = None
         if o.unit == AUTO_UNIT:
             before = state.steps[-1].loss if state.steps else self._original_loss(state)
-        return Expansion(shortlist, trained, losses, fits, results, before, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        return Expansion(shortlist, trained, losses, fits, results, before, seconds)
 
     def child(self, state: SearchState, trial: Trial, tried: Expansion) -> SearchState:
         """``state`` with ``trial`` added: its trained scales and maps (sent from the process
@@ -453,8 +467,8 @@ class Selector:
         return value
 
     def _original_loss(self, state: SearchState) -> float:
-        """The unmodified model's objective on the judging sequences (``auto``'s first step
-        counts the loss added from it; ~0 for ``kl``)."""
+        """The unmodified model's objective on the judging sequences (what ``auto``'s first
+        step records as its start; ~0 for ``kl``)."""
         ones = BranchScales(*state.scales.attn.shape).to(state.scales.attn.device)
         return self._loss(ones, [], {}, {}, "of the original model", advance=False)
 
@@ -518,6 +532,13 @@ class Selector:
         for t, v in scores.items():
             check_finite(v, f"at step {k} scoring {_removing(t)}")
         return scores
+
+
+def _adopt(state: SearchState, other: SearchState) -> None:
+    """``state`` made ``other``, in place (its scales object stays: callers hold it)."""
+    if other is not state:
+        state.steps, state.maps = list(other.steps), other.maps
+        state.scales.load_state_dict(other.scales.state_dict())
 
 
 def _part(calib: Calibration, teacher: Teacher, rows: slice) -> tuple[Calibration, Teacher]:

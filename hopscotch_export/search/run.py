@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -274,16 +275,22 @@ def search_workspace(
     o = options
     main = distributed.rank() == 0  # the only process that writes; the others compute the same plan
     base = original_loss(ws, o)
-    resumed = len(state.steps)
-    #: the kept states by KV groups freed (a resumed run's earlier steps with its current scales)
+    #: blocks' worth of KV a resumed run had freed (its curve points up to it start from its scales)
+    resumed = state.removed.saved // state.n_kv
+    #: the first kept state at or past each block's worth of KV, by KV groups freed: the
+    #: curve's points (a resumed run's earlier steps share its current scales and maps)
     snapshots: dict[int, Snapshot] = {}
-    for n in range(1, resumed + 1) if o.curve else ():
-        prefix = SearchState(state.scales, state.steps[:n], state.maps, state.n_kv)
-        snapshots[prefix.removed.saved] = Snapshot.of(prefix)
+    if o.curve and state.steps:
+        now = Snapshot.of(state)
+        for n in range(1, len(state.steps) + 1):
+            saved = replay(state.steps[:n], state.n_kv).saved
+            if saved // state.n_kv > max((s // state.n_kv for s in snapshots), default=0):
+                snapshots[saved] = dataclasses.replace(now, steps=state.steps[:n])
 
     def on_step(s: SearchState) -> None:
-        if o.curve:
-            snapshots[s.removed.saved] = Snapshot.of(s)
+        saved = s.removed.saved
+        if o.curve and saved // s.n_kv > max((n // s.n_kv for n in snapshots), default=0):
+            snapshots[saved] = Snapshot.of(s)
         if main:
             _plan(ref, s, s.scales, s.maps, ws, o, candidates, base, complete=False).save(out, force=True)
 
@@ -296,11 +303,10 @@ def search_workspace(
 
     if state.steps:  # resumed: the partial plan lives at ``out`` from now on
         on_step(state)
-    t = time.perf_counter()
-    earlier = sum(s.seconds for s in state.steps)
-    Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress).run(state, on_step)
-    # every step the search ran (``auto`` runs steps off the plan's path too), resumed ones as recorded
-    ws.seconds["steps"] = earlier + time.perf_counter() - t
+    earlier = sum(s.seconds for s in state.steps)  # a resumed auto run: its path's steps only
+    selector = Selector(ws.stack, ws.calib, ws.teacher, o, candidates, progress)
+    selector.run(state, on_step)
+    ws.seconds["steps"] = earlier + selector.seconds
     t = time.perf_counter()
     curve, measured = None, {}
     if o.curve:

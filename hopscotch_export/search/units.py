@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 BLOCK, GROUP, AUTO = "block", "group", "auto"
-#: what one greedy step removes: a whole attention block, one KV group, or the better per byte
+#: what one step removes: a whole attention block, one KV group, or either (``levels.py``)
 UNITS = (BLOCK, GROUP, AUTO)
 #: how a step removed what it chose: ``skip`` and ``linear`` remove a block, ``group`` one KV group
 SKIP, LINEAR = "skip", "linear"
