@@ -116,6 +116,34 @@ def test_auto_keeps_the_best_state_of_every_kv_saving_and_never_overshoots(
     assert plan.provenance["seconds"]["steps"] == pytest.approx(sum(t for _, t in expanded), abs=1e-3)
 
 
+def test_an_interrupted_auto_search_saves_the_last_final_saving_and_resumes_from_it(
+    tiny: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hopscotch_export.search.greedy import Selector
+
+    real, calls = Selector.expand, []
+
+    def third_interrupted(self: Selector, state: Any) -> Any:
+        calls.append(state.removed.saved)
+        if len(calls) == 3:  # expanding saving 2: savings 1 and 2 are final and were saved
+            raise KeyboardInterrupt
+        return real(self, state)
+
+    monkeypatch.setattr(Selector, "expand", third_interrupted)
+    options = dict(skips=0, kv_saving=0.3, unit="auto", data=str(text_file))
+    out = tmp_path / "auto.json"
+    with pytest.raises(SearchInterrupted, match=r"the plan after \d step\(s\) is in .*auto.json"):
+        search(tiny, out, **options)
+    partial = load_plan(out)
+    steps = [Step.from_json(s) for s in partial.provenance["search"]["steps"]]
+    assert calls == [0, 1, 2] and not partial.complete and replay(steps, N_KV).saved == 2
+    monkeypatch.setattr(Selector, "expand", real)
+    resumed = run_search(open_source(tiny), SearchOptions(**{**TINY, **options}), out, resume=out, console=quiet())
+    done = [Step.from_json(s) for s in resumed.provenance["search"]["steps"]]
+    assert resumed.complete and replay(done, N_KV).saved == 3
+    assert [(d.chosen, d.kind, d.group) for d in done[: len(steps)]] == [(d.chosen, d.kind, d.group) for d in steps]
+
+
 def test_auto_curve_points_are_the_best_states_of_their_savings(
     tiny: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
