@@ -234,3 +234,30 @@ def test_one_command_summary_counts_the_cut_groups(
     # 10 groups, 3 gone: the skipped layer's two and one of layer 2's
     assert "│ attention blocks │ 5 │ 4 (skipped 3) │" in out
     assert "│ KV groups (KV head + its query heads) │ 10 │ 7 (1 cut from layers 2; KV cache -30.0%) │" in out
+
+
+def test_group_curve_with_a_binding_max_kl_exports_the_largest_saving_within_it(
+    tiny: Path, text_file: Path, tmp_path: Path
+) -> None:
+    """``--unit group --skips auto --max-kl``: points at every block's worth of groups, and
+    the plan written is the largest saving whose trained KL is within the limit."""
+    traced = tmp_path / "traced.json"
+    search(tiny, traced, skips=2, curve=True, max_kl=1e9, unit="group", data=str(text_file))
+    points = json.loads(traced.with_name("traced.curve.json").read_text())["points"]
+    assert [p["kv_saved"] for p in points] == pytest.approx([0.2, 0.4])
+    kls = [p["kl"] for p in points]
+    limit = min(kls)
+    expected = max(k for k, kl in enumerate(kls, 1) if kl <= limit)
+    assert expected < len(points)  # the limit binds: the larger saving costs more
+    out = tmp_path / "plan.json"
+    search(tiny, out, skips=2, curve=True, max_kl=limit, unit="group", data=str(text_file))
+    saved = load_plan(out)
+    assert saved.complete and saved.kv_saving() == pytest.approx(0.2 * expected)
+    assert saved.provenance["heldout"]["final"]["kl"] <= limit
+    point = points[expected - 1]
+    steps = [Step.from_json(s) for s in saved.provenance["search"]["steps"]]
+    assert [(s.chosen, s.group) for s in steps] == list(zip(point["layers"], point["groups"]))
+    assert sorted(saved.skip) == sorted({i for i in point["layers"] if point["layers"].count(i) == N_KV})
+    assert {int(k): tuple(v) for k, v in point["kv_groups"].items()} == dict(saved.kv_groups)
+    curve = json.loads(out.with_name("plan.curve.json").read_text())
+    assert curve["chosen"] == expected and [p["within_limits"] for p in curve["points"]] == [kl <= limit for kl in kls]
