@@ -43,3 +43,20 @@ def test_conversion_by_row_blocks_writes_the_same_file(
     blocks = tmp_path / "blocks.gguf"
     convert(open_source(tiny_llama), plan, blocks, outtype=outtype)
     assert blocks.read_bytes() == whole.read_bytes()
+
+
+def test_a_hugging_face_folder_loads_without_hub_kernels(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, transformers swaps layers for kernels downloaded from the Hub unless told not to;
+    seen on an H200 offline: the search failed with a traceback before its first step."""
+    from transformers import PreTrainedModel
+
+    asked: list[object] = []
+    real = PreTrainedModel.set_use_kernels
+
+    def record(self: PreTrainedModel, use_kernels: object, *args: object, **kwargs: object) -> None:
+        asked.append(use_kernels)
+        real(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    model = open_source(str(tiny_llama)).load_torch(torch.float32)
+    assert asked == [False] and not model.use_kernels

@@ -98,7 +98,12 @@ class HfFolderSource(ModelSource):
     def load_torch(self, dtype: Any, device_map: Any = None, max_memory: Any = None) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map, max_memory=max_memory)
+        # use_kernels=False: transformers (5.25, with `kernels` installed) otherwise swaps layers for
+        # Hub kernels on a GPU, downloading code at load time (and failing offline); the search
+        # measures the model as written, the same on every device
+        return AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=dtype, device_map=device_map, max_memory=max_memory, use_kernels=False
+        )
 
     def load_config(self) -> Any:
         from transformers import AutoConfig
