@@ -20,6 +20,7 @@ from . import __version__, signals
 from .errors import HopscotchError
 from .converters.outtypes import IMATRIX_ONLY, OUTTYPES
 from .evaluation.command import eval_command
+from .families import gguf_help
 from .plan import ACCEPT_FOREIGN
 from .quiet import quiet_libraries
 from .search.command import search_command
@@ -52,7 +53,7 @@ def _root(
 @app.command("convert")
 def convert_command(
     model: str = typer.Argument(
-        ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3) or hub GGUF (org/repo:Q4_K_M)."
+        ..., help=f"Hugging Face folder, hub id, GGUF file ({gguf_help()}) or hub GGUF (org/repo:Q4_K_M)."
     ),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `search`; none = no skips."),
     output: Path = typer.Option(..., "-o", "--output", help="The GGUF to write."),

@@ -1,8 +1,8 @@
 """An Ollama Modelfile for a converted GGUF.
 
-Ollama templates are Go templates, not Jinja; for the chat formats it knows we write the
-equivalent TEMPLATE and stop tokens, otherwise we leave TEMPLATE out and Ollama falls back
-to the GGUF's own ``tokenizer.chat_template``.
+Ollama templates are Go templates, not Jinja; for the chat formats the families know
+(:func:`families.chat_formats`) we write the equivalent TEMPLATE and stop tokens, otherwise
+we leave TEMPLATE out and Ollama falls back to the GGUF's own ``tokenizer.chat_template``.
 """
 
 from __future__ import annotations
@@ -11,46 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
+from .families import chat_formats
 from .run_commands import WHY_FLASH_ATTENTION, ollama_environment
-
-CHATML = """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
-
-LLAMA3 = """{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- end }}<|start_header_id|>assistant<|end_header_id|>
-
-"""
-
-#: DeepSeek-R1 and its distills (Llama and Qwen2 models with DeepSeek's own chat format)
-DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}<｜User｜>{{ .Content }}
-{{- else if eq .Role "assistant" }}<｜Assistant｜>{{ .Content }}<｜end▁of▁sentence｜>
-{{- end }}
-{{- end }}<｜Assistant｜>"""
-
-#: Phi-3 (``<|user|>`` ... ``<|end|>``) and Phi-4 (ChatML with ``<|im_sep|>`` after the role)
-PHI3 = """{{- range .Messages }}<|{{ .Role }}|>
-{{ .Content }}<|end|>
-{{ end }}<|assistant|>
-"""
-PHI4 = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}"
-    "<|im_start|>assistant<|im_sep|>"
-)
-
-#: (marker found in the Jinja template, Go template, stop tokens); the first that matches wins
-KNOWN_FORMATS = [
-    ("<｜Assistant｜>", DEEPSEEK_R1, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]),
-    ("<|im_sep|>", PHI4, ["<|im_start|>", "<|im_sep|>", "<|im_end|>"]),
-    ("<|end|>", PHI3, ["<|end|>", "<|user|>", "<|assistant|>"]),
-    ("<|im_start|>", CHATML, ["<|im_start|>", "<|im_end|>"]),
-    ("<|start_header_id|>", LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
-]
 
 
 def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None, cache_type: str = "f16") -> str:
@@ -63,10 +25,10 @@ def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None, 
         "",
     ]
     stops: list[str] = []
-    for marker, template, format_stops in KNOWN_FORMATS:
-        if chat_template and marker in chat_template:
-            lines += [f'TEMPLATE """{template}"""', ""]
-            stops = list(format_stops)
+    for fmt in chat_formats():
+        if chat_template and fmt.marker in chat_template:
+            lines += [f'TEMPLATE """{fmt.template}"""', ""]
+            stops = list(fmt.stops)
             break
     else:
         if chat_template:

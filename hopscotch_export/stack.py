@@ -43,7 +43,8 @@ class Stack:
         self.layer_types: list[str] = list(
             getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
         )
-        # the constants the model's own forward applies around its layers (Granite's multipliers)
+        # the constants the model's own forward applies around its layers (Granite's multipliers):
+        # read here only, and applied by embed() and logits(), and by verify's layer-by-layer parity
         folded = family_for(type(model).__name__).folded_scales(self.config.to_dict())
         self.embed_scale, self.head_scale = folded.get("token_embd", 1.0), folded.get("output", 1.0)
 

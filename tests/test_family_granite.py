@@ -16,7 +16,7 @@ from hopscotch_export.sources import open_source
 from hopscotch_export.stack import Stack
 from hopscotch_export.torch_plan import apply_plan
 from hopscotch_export.verify.layerwise import planned_logits
-from models import make_tiny_model
+from models import make_tiny_model, small_gguf
 from test_cli import assert_one_line_error, run_cli
 from test_linear_layers import check_parity, linear_plan
 from test_search import TINY, quiet
@@ -124,4 +124,16 @@ def test_what_granite_cannot_be_is_refused_in_one_line(name, why, tmp_path, monk
     out = tmp_path / "o.gguf"
     code, _, err = run_cli(monkeypatch, capsys, "convert", str(folder), "-o", str(out))
     assert_one_line_error(code, err, why)
+    assert not out.exists()
+
+
+def test_a_granite_gguf_is_refused_saying_why(tmp_path, monkeypatch, capsys):
+    """llama.cpp's ``granite`` GGUFs keep the multipliers as keys; Granite is read from its
+    Hugging Face folder, and such a file is told so, not taken for an unknown family."""
+    gguf = small_gguf(tmp_path / "granite.gguf", "granite", {"token_embd.weight": (4, 8)}, block_count=1)
+    out = tmp_path / "o.gguf"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", str(gguf), "-o", str(out))
+    assert_one_line_error(code, err, "is 'granite': llama.cpp's granite GGUFs keep Granite's four multipliers",
+                          "Hugging Face folder")  # fmt: skip
+    assert "not a family this tool knows" not in err
     assert not out.exists()

@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
 from ..families import ModelSpec
-from ..families.base import rope_kind
+from ..families.rope import rope_kind
 from ..plan import Plan
 from ..sources import GgufFileSource, ModelSource
 

@@ -10,7 +10,8 @@ its own ``output.weight``, since the embedding and the head fold different facto
 
 llama.cpp's own ``granite`` GGUFs keep the weights as they are and store the four as
 ``granite.embedding_scale``, ``granite.residual_scale``, ``granite.attention.scale`` and
-``granite.logit_scale``; we read Granite from its Hugging Face folder only.
+``granite.logit_scale``; we read Granite from its Hugging Face folder only, and refuse
+such a GGUF saying so (:attr:`Family.gguf_unread`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import math
 from typing import Any
 
 from ..errors import SourceError
-from . import register
 from .base import Family
 
 _MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")
 
 
-@register
 class Granite(Family):
     hf_architectures = ("GraniteForCausalLM",)
     model_type = "granite"
+    gguf_unread = {
+        "granite": "llama.cpp's granite GGUFs keep Granite's four multipliers as keys (granite.embedding_scale, "
+        "...), which this tool does not read; convert the model's Hugging Face folder or hub id instead"
+    }
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any], where: str) -> None:

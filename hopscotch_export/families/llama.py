@@ -7,18 +7,18 @@ release slides attention over 4096 tokens, which limits the exported file's cont
 
 from __future__ import annotations
 
-from . import register
 from .base import Family
+from .chat_formats import CHATML_FORMAT, DEEPSEEK_R1_FORMAT, LLAMA3_FORMAT
 
 
-@register
 class Llama(Family):
     hf_architectures = ("LlamaForCausalLM",)
     gguf_archs = ("llama",)
     model_type = "llama"
+    # Llama 3; DeepSeek-R1-Distill-Llama; SmolLM2 speaks ChatML
+    chat_formats = (DEEPSEEK_R1_FORMAT, CHATML_FORMAT, LLAMA3_FORMAT)
 
 
-@register
 class Mistral(Family):
     hf_architectures = ("MistralForCausalLM",)
     model_type = "mistral"

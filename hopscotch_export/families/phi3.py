@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import re
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import SourceError
-from . import register
-from .base import Family, rope_kind, supported_line
-from .refused import LONG_ROPE, PARTIAL_ROPE
-
-if TYPE_CHECKING:
-    from .spec import ModelSpec
+from .base import Family, ModelSpec, supported_line
+from .chat_formats import ChatFormat
+from .rope import LONG_ROPE, PARTIAL_ROPE, rope_kind
 
 #: fused tensor (Hugging Face and GGUF names) -> its parts in row order
 _FUSED = {
@@ -32,12 +29,24 @@ _FUSED = {
 _LAYER_TENSOR = re.compile(r"^(model\.layers\.\d+\.|blk\.\d+\.)(.+)\.(weight|bias)$")
 _VARIANTS = "use a variant without it (Phi-3-mini-4k-instruct, Phi-3-medium-4k-instruct, phi-4)"
 
+#: Phi-3 (``<|user|>`` ... ``<|end|>``) and Phi-4 (ChatML with ``<|im_sep|>`` after the role)
+PHI3 = """{{- range .Messages }}<|{{ .Role }}|>
+{{ .Content }}<|end|>
+{{ end }}<|assistant|>
+"""
+PHI4 = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}"
+    "<|im_start|>assistant<|im_sep|>"
+)
+PHI4_FORMAT = ChatFormat(1, "<|im_sep|>", PHI4, ("<|im_start|>", "<|im_sep|>", "<|im_end|>"))
+PHI3_FORMAT = ChatFormat(2, "<|end|>", PHI3, ("<|end|>", "<|user|>", "<|assistant|>"))
 
-@register
+
 class Phi3(Family):
     hf_architectures = ("Phi3ForCausalLM",)
     gguf_archs = ("phi3",)
     model_type = "phi3"
+    chat_formats = (PHI4_FORMAT, PHI3_FORMAT)
     gguf_rope_neox = True
 
     @classmethod

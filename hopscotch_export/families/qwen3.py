@@ -18,26 +18,27 @@ from typing import TYPE_CHECKING, Any
 import gguf
 
 from ..errors import PlanError, SourceError
-from . import register
-from .base import Family, rope_kind, supported_line
+from .base import Family, ModelSpec, supported_line
+from .chat_formats import CHATML_FORMAT
+from .rope import rope_kind
 
 if TYPE_CHECKING:
     from ..plan import Plan
-    from .spec import ModelSpec
 
 #: why the search and the converter keep a KV group in every layer
 NO_BLOCKS = "Qwen3 is written as llama.cpp's openelm, where every layer keeps at least one KV group"
 
 
-@register
 class Qwen3(Family):
     hf_architectures = ("Qwen3ForCausalLM",)
     gguf_archs = ("qwen3",)
     model_type = "qwen3"
+    chat_formats = (CHATML_FORMAT,)
     gguf_rope_neox = True
     gguf_out = "openelm"
     out_rope_neox = True
     removes_blocks = False
+    keeps_blocks_why = NO_BLOCKS
     tensor_names = gguf.MODEL_ARCH.QWEN3
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Architectures ``deci`` (and ``openelm``, for Qwen3) cannot hold, each with the reason a user is told."""
+"""Architectures of no family here, which ``deci`` (and ``openelm``, for Qwen3) cannot hold, each with the reason
+a user is told."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ _PER_HEAD_NORMS = "per-head q/k norms, which deci has no tensors for"
 _GEMMA = "scaled embeddings, GeGLU, extra post-norms and logit soft-capping, which deci does not compute"
 _MOE = "a mixture of experts; deci has one MLP per layer"
 _QWEN3_MOE = "a mixture of experts; deci, and openelm that holds dense Qwen3, have one MLP per layer"
-#: rope deci cannot express: Phi-3's longrope (su, yarn), and a rotary dimension short of the head
-LONG_ROPE = ("switches between two sets of per-dimension rope factors by context length, which deci's plain rope "
-             "cannot express")
-PARTIAL_ROPE = "rotates only part of each head, and deci rotates the whole head"
 _GRANITE4 = "Granite 4's hybrid layout (Mamba-2 layers, a shared MLP beside experts), which deci does not compute"
 
 #: Hugging Face class or GGUF architecture name -> why it is refused

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HopscotchError
 from ..families import Family
-from ..families.qwen3 import NO_BLOCKS
 
 if TYPE_CHECKING:
     from ..families import ModelSpec
@@ -242,7 +241,7 @@ class SearchOptions:
         if asked:
             raise HopscotchError(
                 f"{' and '.join(asked)} {'remove' if len(asked) > 1 else 'removes'} whole attention blocks, but "
-                f"{NO_BLOCKS}; pass --unit group{' without --replace' if self.replace != 'skip' else ''}"
+                f"{family.keeps_blocks_why}; pass --unit group{' without --replace' if self.replace != 'skip' else ''}"
             )
         room = len(self.candidates(n_layers)) * (n_kv - 1)
         options = self

@@ -1,4 +1,4 @@
-"""Existing ``llama`` / ``qwen2`` GGUF files, in any quantization.
+"""Existing GGUF files of the architectures a family reads (``Family.gguf_archs``), in any quantization.
 
 gguf-py's reader trusts every count and length in a file: a damaged array count makes it
 loop for ever, a damaged string its callers fail far from the cause. :func:`scan_gguf`
@@ -21,9 +21,7 @@ import gguf
 import numpy as np
 
 from ..errors import SourceError
-from ..families import Family, ModelSpec, family_for
-from ..families.base import supported_line
-from ..families.refused import LONG_ROPE, PARTIAL_ROPE
+from ..families import Family, ModelSpec, family_for, supported_line
 from .base import ModelSource, SourceTensor, part_shape, sampled_fingerprint, split_rows
 from .layout import read_rows, row_bytes
 
@@ -41,22 +39,11 @@ class GgufFileSource(ModelSource):
         if arch not in family.gguf_archs:  # a Hugging Face class name where a GGUF architecture belongs
             raise SourceError(f"{path} says general.architecture={arch!r}, not a GGUF architecture. {supported_line()}")
         self.arch: str = arch
-        self._refuse_experts()
+        tensors = [t.name for t in self.reader.tensors]
+        family.check_gguf_experts(arch, self.field(f"{arch}.expert_count"), tensors, str(path))
         self.spec = self._spec(family)
         self.rope_freqs = self._rope_freqs(family)
         self._fingerprint: str | None = None
-
-    def _refuse_experts(self) -> None:
-        """A mixture of experts may say ``llama`` (Mixtral does): refused by its expert count
-        or expert tensors, which a plain file has neither of."""
-        count = self.field(f"{self.arch}.expert_count") or 0
-        experts = next((t.name for t in self.reader.tensors if "_exps" in t.name), None)
-        if (isinstance(count, int) and count > 1) or experts:
-            what = f"{self.arch}.expert_count={count}" if isinstance(count, int) and count > 1 else f"tensor {experts}"
-            raise SourceError(
-                f"{self.path} is a mixture of experts ({what}); deci has one MLP per layer, so it cannot hold "
-                f"it. {supported_line()}"
-            )
 
     def field(self, key: str, default: Any = None) -> Any:
         """A metadata value, decoded (strings as str, arrays as lists)."""
@@ -114,7 +101,8 @@ class GgufFileSource(ModelSource):
                 f"{self.path} says {a}.block_count={spec.n_layers} but has tensors for {len(blocks)} blocks; "
                 "it is damaged or incomplete, re-download or re-convert it"
             )
-        self._refuse_rope(spec, names)
+        rope_dims = self.field(f"{a}.rope.dimension_count", spec.head_dim)
+        family.check_gguf_rope(a, rope_dims, spec.head_dim, names, str(self.path))
         family.check_spec(spec, f"{self.path} (GGUF)")
         return spec
 
@@ -158,19 +146,6 @@ class GgufFileSource(ModelSource):
                 "factors (one per rotary frequency); re-download or re-convert it"
             )
         return factors
-
-    def _refuse_rope(self, spec: ModelSpec, names: set[str]) -> None:
-        """Rope that ``deci`` cannot express: long-context factors (Phi-3's longrope) or a
-        rotary dimension short of the head."""
-        factors = sorted(n for n in names if n.startswith("rope_factors"))
-        if factors:
-            raise SourceError(f"{self.path} has {factors[0]}: its rope scaling {LONG_ROPE}. {supported_line()}")
-        rot = self.field(f"{self.arch}.rope.dimension_count", spec.head_dim)
-        if rot != spec.head_dim:
-            raise SourceError(
-                f"{self.path}: {self.arch}.rope.dimension_count={rot} (of a head of {spec.head_dim}) {PARTIAL_ROPE}. "
-                f"{supported_line()}"
-            )
 
     @property
     def q_k_rope_neox(self) -> bool:

@@ -40,32 +40,30 @@ def planned_logits(
 ) -> Iterator[np.ndarray]:
     """float32 logits (tokens x ``n_vocab``) of each window, one window at a time, as
     ``apply_plan(model, plan)`` would give them; ``advance`` is called after each layer."""
-    final = _final_hidden(source, plan, windows, advance)
+    stack = Stack(source.skeleton(torch.float32).eval())
+    final = _final_hidden(stack, source, plan, windows, advance)
     head = source.hf_tensor(_EMBED if source.spec.tie_embeddings else _HEAD)
     if head.shape[0] < n_vocab:
         raise HopscotchError(
             f"the source has a vocabulary of {head.shape[0]}, the GGUF {n_vocab}: not the same model; "
             "pass the --source the GGUF was converted from"
         )
-    scale = source.spec.folded.get("output", 1.0)  # Granite's logits scaling
     for h in final:
-        yield _logits(h, head, n_vocab) * scale
+        yield _logits(h, head, n_vocab) * stack.head_scale  # Granite's logits scaling
 
 
 def _final_hidden(
-    source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
+    stack: Stack, source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
 ) -> list[torch.Tensor]:
-    """The normalised last hidden state of every window (what the head reads)."""
-    model = source.skeleton(torch.float32).eval()
-    stack = Stack(model)
+    """The normalised last hidden state of every window (what the head reads), ``stack``
+    being the source's skeleton."""
     # one batch per window length (they share positions and masks); usually a single batch
     lengths = sorted({len(w) for w in windows})
     batches = [torch.tensor([list(w) for w in windows if len(w) == n]) for n in lengths]
-    scale = source.spec.folded.get("token_embd", 1.0)  # Granite's embedding multiplier
-    embedded = [h * scale for h in _embed_rows(source, batches)]
+    embedded = [h * stack.embed_scale for h in _embed_rows(source, batches)]  # Granite's embedding multiplier
     state: list[tuple[torch.Tensor, Positions]] = [(h, stack.positions(h)) for h in embedded]
     scales = BranchScales.from_plan(plan).requires_grad_(False)
-    with scaled_model(model, scales, plan.skip, plan_maps(plan), plan.kv_groups), torch.no_grad():
+    with scaled_model(stack.model, scales, plan.skip, plan_maps(plan), plan.kv_groups), torch.no_grad():
         for i in range(stack.n_layers):
             with _weights(stack.layers[i], source, f"model.layers.{i}."):
                 state = [(stack.run(h, at, i, i + 1), at) for h, at in state]
