@@ -31,12 +31,9 @@ gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 transformers = pytest.importorskip("transformers")
 
-from hopscotch_export.converters.vocab import (  # noqa: E402
-    KNOWN_PRE_HASHES,
-    TokenizerError,
-    add_hf_tokenizer,
-)
+from hopscotch_export.converters.vocab import TokenizerError, add_hf_tokenizer  # noqa: E402
 from hopscotch_export.errors import HopscotchError  # noqa: E402
+from hopscotch_export.families.pretokenizers import KNOWN_PRE_HASHES  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
 # texts

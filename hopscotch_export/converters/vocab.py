@@ -3,7 +3,20 @@
 The goal is that llama.cpp tokenizes text exactly as transformers does. The rules follow
 llama.cpp's own converter (``convert_hf_to_gguf.py``: ``get_vocab_base``,
 ``get_vocab_base_pre``, ``_set_vocab_gpt2``, ``_create_vocab_sentencepiece``,
-``_set_vocab_llama_hf``), with three deliberate differences:
+``_set_vocab_llama_hf``); its pre-tokenizer hash table, as of llama.cpp commit 0024aa7417ef,
+is :mod:`hopscotch_export.families.pretokenizers`.
+
+gguf-py (0.19.0) does the parts it has: ``SpecialVocab`` (merges, special ids, add_bos/eos,
+chat template), ``SentencePieceVocab`` (tokenizer.model pieces) and ``LlamaHfVocab``
+(SentencePiece-style tokenizer.json). What it lacks is kept here, each for one reason:
+
+- byte-level BPE tokens: gguf-py's ``BpeVocab`` marks every added token CONTROL and does not
+  pad to the model's rows, so ``get_vocab_base`` is followed instead;
+- the pre-tokenizer name (``tokenizer.ggml.pre``): gguf-py has no hash table nor detection;
+- SentencePiece added tokens, padding and ``add_space_prefix``: gguf-py's vocab classes
+  leave these to llama.cpp's converter, whose ``_create_vocab_sentencepiece`` is followed.
+
+Three deliberate differences from llama.cpp's converter:
 
 - ``add_bos``/``add_eos`` are measured on the tokenizer itself (what ``encode`` with
   special tokens adds) and always written. llama.cpp otherwise applies per-pre-tokenizer
@@ -39,70 +52,16 @@ from typing import Any
 import gguf
 
 from ..errors import HopscotchError
+from ..families.pretokenizers import CHKTXT, KNOWN_PRE_HASHES, PRE_CANDIDATES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TokenizerError", "add_hf_tokenizer", "KNOWN_PRE_HASHES", "CHKTXT"]
+__all__ = ["TokenizerError", "add_hf_tokenizer", "check_hf_tokenizer"]
 
 
 class TokenizerError(HopscotchError, ValueError):
     """The tokenizer folder cannot be written as a GGUF vocabulary that llama.cpp reads the same way."""
 
-
-# The text llama.cpp's converter encodes to fingerprint a BPE pre-tokenizer
-# (convert_hf_to_gguf.py, get_vocab_base_pre, llama.cpp as vendored by llama-cpp-python 0.3.36).
-CHKTXT = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis "
-    "concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
-    "កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български "
-    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
-    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
-)
-
-# sha256(str(tokenizer.encode(CHKTXT))) -> tokenizer.ggml.pre, copied from llama.cpp's
-# get_vocab_base_pre for the tokenizers that Llama- and Qwen2-architecture models use.
-KNOWN_PRE_HASHES: dict[str, str] = {
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # meta-llama/Meta-Llama-3-8B
-    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",  # abacusai/Smaug-Llama-3-70B-Instruct
-    "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",  # tiiuae/Falcon3-7B-Base
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen/Qwen1.5-7B
-    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen/Qwen3-Embedding-0.6B
-    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",  # deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B
-    "d4c8f286ea6b520b3d495c4455483cfa2302c0cfcd4be05d781b6a8a0a7cdaf1": "megrez",  # Infinigence/Megrez-3B-Instruct
-    "d30d75d9059f1aa2c19359de71047b3ae408c70875e8a3ccf8c5fba56c9d8af4": "qwen35",  # Qwen/Qwen3.5-9B-Instruct
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # HuggingFaceTB/SmolLM-135M
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
-    "0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4": "gpt-2",  # evilfreelancer/ruGPT3XL
-    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",  # deepseek-ai/deepseek-llm-7b-base
-    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",  # deepseek-ai/deepseek-coder-6.7b-base
-}
-
-# llama.cpp's BPE pre-tokenizers (src/llama-vocab.cpp), written in the Hugging Face regex
-# syntax: llama.cpp applies the regexes one after another, keeping matched and unmatched
-# pieces, which is a Sequence of "Isolated" Splits. Used to pick a pre-tokenizer when the
-# hash is unknown. Order is preference order.
-_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3_RE = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_RE = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN35_RE = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# name -> (regexes, llama.cpp's ignore_merges for that name)
-_PRE_CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
-    "llama-bpe": ((_LLAMA3_RE,), True),
-    "smaug-bpe": ((_LLAMA3_RE,), False),
-    "qwen2": ((_QWEN2_RE,), False),
-    "qwen35": ((_QWEN35_RE,), False),
-    "smollm": ((r"\p{N}", _GPT2_RE), False),
-    "gpt-2": ((_GPT2_RE,), False),
-}
 
 # Extra texts on which a guessed pre-tokenizer must give the model's own ids.
 _PROBE_TEXTS = (
@@ -374,9 +333,9 @@ def _choose_pre(tok: Any, tokenizer_json: dict[str, Any] | None, model_dir: Path
         # The hash cannot see BPE's ignore_merges: Llama 3 without its BOS template hashes
         # like smaug-bpe, which llama.cpp runs without ignore_merges. Prefer the same
         # regex with the model's own ignore_merges when llama.cpp has one.
-        known = _PRE_CANDIDATES.get(name)
+        known = PRE_CANDIDATES.get(name)
         if known is not None and known[1] != ignore_merges:
-            for other, (regexes, other_ignore) in _PRE_CANDIDATES.items():
+            for other, (regexes, other_ignore) in PRE_CANDIDATES.items():
                 if regexes == known[0] and other_ignore == ignore_merges:
                     logger.info("pre-tokenizer %s -> %s (ignore_merges=%s)", name, other, ignore_merges)
                     return other
@@ -392,7 +351,7 @@ def _choose_pre(tok: Any, tokenizer_json: dict[str, Any] | None, model_dir: Path
     if not matches:
         raise TokenizerError(
             f"unknown BPE pre-tokenizer (chkhsh {chkhsh}) in {model_dir}, and none of llama.cpp's "
-            f"{', '.join(_PRE_CANDIDATES)} pre-tokenizers reproduces it; llama.cpp would tokenize this model "
+            f"{', '.join(PRE_CANDIDATES)} pre-tokenizers reproduces it; llama.cpp would tokenize this model "
             "differently (add its hash to KNOWN_PRE_HASHES only if llama.cpp supports it)"
         )
     name = matches[0]
@@ -424,7 +383,7 @@ def _emulate_pre_candidates(backend: Any, ignore_merges: bool) -> list[str]:
         return []
     out: list[str] = []
     # candidates with the model's own ignore_merges first
-    for name, (regexes, cand_ignore) in sorted(_PRE_CANDIDATES.items(), key=lambda kv: kv[1][1] != ignore_merges):
+    for name, (regexes, cand_ignore) in sorted(PRE_CANDIDATES.items(), key=lambda kv: kv[1][1] != ignore_merges):
         emulated.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
