@@ -11,21 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from ..plan import Plan
-from ..resources import PROCESS_BASE, Need, source_overhead
+from ..resources import (
+    PROCESS_BASE,
+    Need,
+    gguf_header_bytes,
+    quantized_bound,
+    quantizer_peak,
+    source_overhead,
+    tensor_peak,
+)
 from ..sources import ModelSource
 from .metadata import rope_freqs
-from .outtypes import OutputChoice, nbytes
+from .outtypes import OutputChoice
 from .tensors import CHUNK_ELEMENTS, OutTensor, plan_tensors, row_transform
-
-Q = GGMLQuantizationType
-
-#: GGUF header beyond the tensor data: fixed part and per-tensor info (name, shape, offset,
-#: alignment padding); tokenizer arrays are counted per vocabulary entry (token string,
-#: score, type, and a merge) with room to spare.
-_HEADER_BYTES, _PER_TENSOR_BYTES, _PER_TOKEN_BYTES = 2**20, 256, 96
 
 
 def extra_tensors(source: ModelSource) -> dict[str, np.ndarray]:
@@ -43,13 +44,13 @@ def convert_needs(
     Without ``plan`` nothing is dropped, so the disk figure is an upper bound for any plan.
     """
     tensors, _ = plan_tensors(source, plan, choice, extra_tensors(source))
-    header = _HEADER_BYTES + _PER_TENSOR_BYTES * len(tensors) + _PER_TOKEN_BYTES * source.spec.vocab_size
+    header = gguf_header_bytes(len(tensors), source.spec.vocab_size)
     disk: dict[Path, dict[str, int]] = {}
     out = Path(out)
     if choice.quantizer is None:
         disk[out.parent.resolve()] = {out.name: header + sum(t.nbytes for t in tensors)}
     else:
-        final = header + sum(_quantized_bound(t) for t in tensors)
+        final = header + sum(quantized_bound(t.shape) for t in tensors)
         disk[out.parent.resolve()] = {f"{out.name} ({choice.name}, at most)": final}
         mid = Path(work_dir or out.parent).resolve()
         disk.setdefault(mid, {})["f16 intermediate"] = header + sum(t.nbytes for t in tensors)
@@ -58,18 +59,6 @@ def convert_needs(
         for folder, parts in disk.items()
     ]
     return [*needs, _memory(source, plan, choice, tensors)]
-
-
-def _quantized_bound(t: OutTensor) -> int:
-    """Most bytes llama.cpp's quantizer may give one tensor: its K mixes go up to Q6_K
-    (output, some attn_v / ffn_down), and rows that are not whole K blocks fall back to
-    Q8_0 or F16; 1-D tensors stay F32."""
-    if len(t.shape) == 1:
-        return nbytes(Q.F32, t.shape)
-    for qtype in (Q.Q6_K, Q.Q8_0):
-        if t.shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0:
-            return nbytes(qtype, t.shape)
-    return nbytes(Q.F16, t.shape)
 
 
 def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensors: list[OutTensor]) -> Need:
@@ -86,7 +75,7 @@ def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensor
     peaks = {t.name: peak(t) for t in tensors}
     if choice.quantizer is not None:  # reads f16, converts to float32, writes into a work buffer
         for t in tensors:
-            peaks[t.name] = max(peaks[t.name], 10 * int(np.prod(t.shape)))
+            peaks[t.name] = max(peaks[t.name], quantizer_peak(t.shape))
     name = max(peaks, key=lambda k: peaks[k])
     parts = {"process": PROCESS_BASE, **source_overhead(source.kind, source.spec.vocab_size), f"tensor {name}": peaks[name]}
     if plan is not None and plan.linear:
@@ -96,28 +85,12 @@ def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensor
 
 def _tensor_peak(t: OutTensor, stored: GGMLQuantizationType, source: ModelSource, plan: Plan | None,
                  choice: OutputChoice) -> int:
-    """Bytes held at once while :func:`.tensors.plan_tensors`' producer makes ``t``.
-
-    Raw path (a GGUF's type kept): the stored bytes, a reordered or scaled copy, and float64
-    temporaries when a float tensor is scaled. Float path: the read form while it becomes
-    float32, then float32 plus a transformed copy or the encoder's output and temporaries
-    (measured: f16 = the output, bf16 and q8_0 = twice the output); a matrix whose rows
-    keep their order goes by blocks of rows, so only its encoded output is whole. A linear layer's map
-    (already in memory with the plan) becomes a scaled float32 copy, then is encoded.
-    """
-    n = int(np.prod(t.shape))
-    encoder = {Q.F32: 0, Q.F16: t.nbytes}.get(t.qtype, 2 * t.nbytes)
-    if t.fitted:
-        return 4 * n + encoder
-    read = nbytes(stored, t.source_shape or t.shape)
+    """Bytes held at once while :func:`.tensors.plan_tensors`' producer makes ``t``
+    (:func:`..resources.tensor_peak`): whether its rows are reordered or scaled, and whether
+    it keeps a GGUF's type (raw path) or goes through float32."""
     order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
-    changed = order is not None or factor is not None
-    if t.requantized:  # float32 rows of the source read, their kept columns, and the encoder's output
-        return t.nbytes + 4 * min(n, CHUNK_ELEMENTS) * 2 + read
-    if choice.direct is None and t.qtype == stored:
-        floats = 16 * n if factor is not None and stored in (Q.F32, Q.F16, Q.BF16) else 0
-        return read + (read if changed else 0) + floats
-    if order is None and len(t.shape) == 2:  # by blocks of rows (tensors.CHUNK_ELEMENTS): the output whole
-        block = min(n, CHUNK_ELEMENTS)
-        return t.nbytes + 4 * block + max(block * read // n, 4 * block if changed else 0, encoder * block // n)
-    return 4 * n + max(read, 4 * n if changed else 0, encoder)
+    return tensor_peak(
+        t.shape, t.qtype, stored, read_shape=t.source_shape or t.shape, chunk=CHUNK_ELEMENTS, fitted=t.fitted,
+        requantized=t.requantized, raw=choice.direct is None and t.qtype == stored, reordered=order is not None,
+        scaled=factor is not None,
+    )  # fmt: skip

@@ -219,11 +219,3 @@ def _kind(name: str) -> str:
 def bits_per_weight(qtype: GGMLQuantizationType) -> float:
     block, size = GGML_QUANT_SIZES[qtype]
     return 8 * size / block
-
-
-def nbytes(qtype: GGMLQuantizationType, shape: tuple[int, ...]) -> int:
-    block, size = GGML_QUANT_SIZES[qtype]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size

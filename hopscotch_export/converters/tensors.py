@@ -33,9 +33,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import SourceError
 from ..families import ModelSpec
 from ..plan import Plan
+from ..resources import tensor_bytes
 from ..sources import ModelSource, SourceTensor
 from ..sources.layout import rope_permutation
-from .outtypes import PYTHON_ENCODED, OutputChoice, bits_per_weight, cut_type, map_type, nbytes, tensor_type
+from .outtypes import PYTHON_ENCODED, OutputChoice, bits_per_weight, cut_type, map_type, tensor_type
 from .quant_scale import scale_rows, select_columns, select_rows
 from .quantize import ggml_quantize
 
@@ -62,7 +63,7 @@ class OutTensor:
 
     @property
     def nbytes(self) -> int:
-        return nbytes(self.qtype, self.shape)
+        return tensor_bytes(self.qtype, self.shape)
 
 
 def plan_tensors(

@@ -20,7 +20,18 @@ import torch
 
 from ..errors import HopscotchError
 from ..families import ModelSpec
-from ..resources import DTYPE_BYTES, PROCESS_BASE, Need, available, fits, human, source_overhead, weight_bytes
+from ..resources import (
+    PROCESS_BASE,
+    Need,
+    available,
+    fits,
+    human,
+    linear_map_bytes,
+    search_activation_bytes,
+    source_overhead,
+    teacher_cache_bytes,
+    weight_bytes,
+)
 from .linear import groups
 from .objective import TOPK
 from .options import SearchOptions, device_name
@@ -70,38 +81,17 @@ class Placement:
 
 def search_parts(spec: ModelSpec, o: SearchOptions, dtype: str) -> dict[str, int]:
     """Bytes by part: ``weights``, ``teacher cache``, ``activations`` (the largest phase),
-    and with ``--replace linear|auto`` the ``linear maps`` (:func:`linear_bytes`)."""
-    d = DTYPE_BYTES[dtype]
-    h, v, s, layers = spec.hidden_size, spec.vocab_size, o.seq_len, spec.n_layers
-    teacher = o.samples * s * TOPK * (8 + 4) + o.heldout * s * h * d
-    score_rows = max(o.batch_size, min(4 * o.batch_size, 2048 // s))
-    # scoring: every layer's input cached for a batch, and its logits (dtype, float32, log-softmax)
-    scoring = layers * score_rows * s * h * d + score_rows * s * v * (d + 8)
-    # training: autograd keeps each layer's activations (norm inputs, q/k/v, attention
-    # output, MLP gate/up/product) and the attention weights; logits and their gradient
-    kv = spec.n_kv_heads * spec.head_dim
-    per_layer = s * (6 * h + 2 * kv + 4 * spec.intermediate_size) * d + 2 * spec.n_heads * s * s * d
-    training = o.batch_size * (layers * per_layer + s * v * (d + 12))
-    # held-out report: student and teacher logits, both log-softmaxed, in float32
-    heldout = o.batch_size * s * v * (d + 20)
+    and with ``--replace linear|auto`` the ``linear maps`` (the layers of one fitting pass
+    are :func:`.linear.groups`' first group)."""
     parts = {
         "weights": weight_bytes(spec, dtype),
-        "teacher cache": teacher,
-        "activations": max(scoring, training, heldout),
+        "teacher cache": teacher_cache_bytes(spec, o.samples, o.heldout, o.seq_len, TOPK, dtype),
+        "activations": search_activation_bytes(spec, o.batch_size, o.seq_len, dtype),
     }
     if o.replace != "skip":
-        parts["linear maps"] = linear_bytes(spec, o)
+        fitted_together = len(groups(list(range(spec.n_layers)), spec.hidden_size)[0])
+        parts["linear maps"] = linear_map_bytes(spec, o.skips, fitted_together)
     return parts
-
-
-def linear_bytes(spec: ModelSpec, o: SearchOptions) -> int:
-    """A step's linear maps (float32): every candidate's closed-form map, the plan's maps,
-    the copies of the trials this process trained (two kinds' shortlists of 2 by default)
-    and, while one trains, their gradients and Adam moments; and the float64 normal
-    equations of one fitting pass (fit and held-out sums, :data:`linear.FIT_BYTES` at most)."""
-    square = spec.hidden_size**2
-    maps = (spec.n_layers + 8 * o.skips) * square * 4
-    return maps + len(groups(list(range(spec.n_layers)), spec.hidden_size)[0]) * 4 * 8 * square
 
 
 def plan_placement(

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from ..converters.convert import choose_outtype
 from ..converters.needs import convert_needs
 from ..families import ModelSpec
-from ..kv_cache import type_bytes
-from ..resources import PROCESS_BASE, Need, fits
+from ..resources import PROCESS_BASE, Need, fits, kl_bytes, llama_context_bytes
 from ..sources import ModelSource, open_source
 from .alternatives import alternatives_for, check_cache_type
 from .data import load_text
@@ -31,10 +30,6 @@ from .runner import gpu_layers_for, tokenize_file
 
 if TYPE_CHECKING:
     from .run import VerifyOptions
-
-#: float64 arrays of KL_ROWS x vocabulary alive together while a batch is compared (both
-#: sides' log-softmax, the exponential, the difference)
-_KL_TEMPORARIES = 4
 
 
 def verify_needs(
@@ -154,8 +149,8 @@ def _one_model(spec: ModelSpec, opts: VerifyOptions, what: str, weights: int, mo
         "process": PROCESS_BASE,
         f"{what} weights (mapped)": weights,
         "one llama.cpp context": max(_context(spec, opts, t) for t in types),
-        # float64 temporaries and the reference's rows read back for them
-        "held-out comparison": KL_ROWS * spec.vocab_size * (_KL_TEMPORARIES * 8 + 4),
+        # float64 temporaries and the reference's rows read back for them (float32)
+        "held-out comparison": kl_bytes(KL_ROWS, spec.vocab_size, read_back=4),
     }
 
 
@@ -164,8 +159,7 @@ def _context(spec: ModelSpec, opts: VerifyOptions, cache_type: str) -> int:
     upper bound for a file with removed blocks), and llama.cpp's logits buffer and graph
     output for the most rows one decode asks for (half a window: the held-out positions,
     and parity.record_logits's pieces)."""
-    values = opts.ctx * spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim  # K and V, every layer
-    return int(values * type_bytes(cache_type)) + 2 * (opts.ctx - first_scored(opts.ctx)) * spec.vocab_size * 4
+    return llama_context_bytes(spec, opts.ctx, cache_type, output_rows=opts.ctx - first_scored(opts.ctx))
 
 
 def _merge_disk(conversion: list[Need], disk: list[Need]) -> list[Need]:

@@ -24,16 +24,26 @@ import numpy as np
 from ..errors import HopscotchError
 from ..families import ModelSpec
 from ..plan import Plan, load_plan
-from ..resources import PROCESS_BASE, Need, check, parameter_count, source_overhead
+from ..resources import (
+    PROCESS_BASE,
+    SKELETON_BYTES,
+    Need,
+    attention_score_bytes,
+    check,
+    forward_activation_bytes,
+    head_chunk_bytes,
+    kl_bytes,
+    largest_matrix_bytes,
+    layer_bytes,
+    logits_bytes,
+    source_overhead,
+)
 from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
 from .logits_file import LogitsFile
 from .runner import LlamaSession
-
-#: A transformers model with no weights (modules, rotary tables): measured 27 MiB for SmolLM2.
-SKELETON_BYTES = 32 * 2**20
 
 #: Tokens per window compared: conversion bugs show at any length, and torch's full
 #: logits (tokens x vocabulary) for a long window would take gigabytes.
@@ -192,32 +202,24 @@ def parity_needs(spec: ModelSpec, windows: int, tokens: int, source_kind: str = 
     llama.cpp model is included: verify runs parity after freeing them (their logits
     recorded), and other callers hold theirs open anyway.
     """
-    p = parameter_count(spec)
-    h, inter, vocab = spec.hidden_size, spec.intermediate_size, spec.vocab_size
-    q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
     tokens = min(tokens, PARITY_TOKENS)
-    f32 = 4
-    largest = max(h * q, h * kv, h * inter)  # biggest matrix of a layer
     return [
         Need(
             "ram",
             "parity with torch (float32, one layer at a time)",
             {
                 "process": PROCESS_BASE,
-                **source_overhead(source_kind, vocab),
+                **source_overhead(source_kind, spec.vocab_size),
                 "model skeleton (no weights)": SKELETON_BYTES,
-                "one decoder layer": p["layer"] * f32,
+                "one decoder layer": layer_bytes(spec, "float32"),
                 # the stored form of the tensor being read (f16/bf16, or a GGUF's blocks while
                 # they are dequantized), beside its float32 copy counted in the layer
-                "reading a weight": largest * f32,
-                # residual, normed input, branch output; q/k/v/o; gate, up, product; embeddings
-                "activations": windows * tokens * (4 * h + 2 * q + 2 * kv + 3 * inter) * f32,
-                "attention scores": windows * spec.n_heads * tokens * tokens * f32,
-                "logits (torch and llama.cpp, one window)": 2 * tokens * vocab * f32,
-                "KL temporaries": 4 * _KL_ROWS * vocab * 8,
-                # the rows in float32 and in their stored form (2 bytes, or fewer for a GGUF's
-                # blocks); the chunk's logits
-                "head chunk": HEAD_ROWS * h * (f32 + 2) + tokens * HEAD_ROWS * f32,
+                "reading a weight": largest_matrix_bytes(spec, "float32"),
+                "activations": forward_activation_bytes(spec, windows * tokens, "float32"),
+                "attention scores": attention_score_bytes(spec, windows, tokens, "float32"),
+                "logits (torch and llama.cpp, one window)": 2 * logits_bytes(tokens, spec.vocab_size),
+                "KL temporaries": kl_bytes(_KL_ROWS, spec.vocab_size),
+                "head chunk": head_chunk_bytes(spec, HEAD_ROWS, tokens),
             },
             fix="lower --parity-windows, or verify without --plan (no parity check)",
         )
