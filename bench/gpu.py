@@ -78,7 +78,7 @@ def export_row(src: str, plan: str, args: argparse.Namespace) -> dict:
     from hopscotch_export.converters import convert
     from hopscotch_export.plan import load_plan
     from hopscotch_export.sources import open_source
-    from hopscotch_export.verify.run import VerifyOptions, run_verify
+    from hopscotch_export.verify import VerifyOptions, run_verify
 
     gguf = args.work / f"{Path(src).name}.gguf"
     t = time.perf_counter()

@@ -111,7 +111,8 @@ result = dict(estimate=need.bytes - need.parts['process'], parts=need.parts, bas
 """
 
 VERIFY = """
-from hopscotch_export.verify.run import VerifyOptions, run_verify, verify_needs
+from hopscotch_export.verify import VerifyOptions, run_verify
+from hopscotch_export.verify.needs import verify_needs
 opts = VerifyOptions(plan=Path({plan!r}), source={src!r}, speed=False, chunks=2, threads={threads})
 need = [n for n in verify_needs(Path({gguf!r}), {src!r}, opts) if n.where == 'ram'][0]
 report = run_verify(Path({gguf!r}), {src!r}, opts)
@@ -123,7 +124,7 @@ EXPORT = """
 import hopscotch_export.resources as resources, hopscotch_export.search.command as search_command
 from hopscotch_export.export import export
 from hopscotch_export.search import SearchOptions
-from hopscotch_export.verify.run import VerifyOptions
+from hopscotch_export.verify import VerifyOptions
 o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
 v = VerifyOptions(speed=False, chunks=2, threads={threads})
 # the one command's --dry-run: each stage's largest RAM need as it prints it (a stage's RAM

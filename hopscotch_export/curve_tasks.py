@@ -87,7 +87,7 @@ class CurveTasks:
         """Score the original and every count not scored yet (the chosen one is ``exported``);
         returns the curve's ``tasks`` entry."""
         from .converters import convert
-        from .verify.reference import reference_gguf
+        from .converters.reference import reference_gguf
 
         ks = [p["removed"] for p in curve["points"]]
         with reference_gguf(self.model, exported, None, self.console, self.work_dir) as ref:

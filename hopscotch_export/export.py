@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .card import model_card, upload_commands
+from .converters.reference import check_reference_outtype
 from .errors import HopscotchError
 from .curve_tasks import files_to_score
 from .evaluation.command import parse_limit, parse_tasks
@@ -41,8 +42,7 @@ from .search.options import SearchOptions
 from .sources import GgufFileSource, ModelSource, hub_ref, local_model, open_source
 from .verify.alternatives import check_cache_type
 from .verify.command import EXIT_LIMIT, verify_command
-from .verify.run import VerifyOptions
-from .verify.reference import check_reference_outtype
+from .verify.options import VerifyOptions
 
 console = Console(stderr=True)
 

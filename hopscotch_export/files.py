@@ -50,6 +50,12 @@ def check_writable(path: Path | str, force: bool) -> None:
         )
 
 
+def check_work_dir(work_dir: Path | None) -> None:
+    """Fail early on a ``--work-dir`` that is not an existing folder."""
+    if work_dir is not None and not Path(work_dir).is_dir():
+        raise HopscotchError(f"--work-dir {work_dir} is not an existing folder; create it or pass another")
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path | str, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.

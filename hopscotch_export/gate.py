@@ -27,7 +27,7 @@ from .errors import HopscotchError
 from .files import temp_folder
 from .plan import Plan, load_plan
 from .sources import ModelSource
-from .verify.run import VerifyOptions
+from .verify.options import VerifyOptions
 
 #: what the curve's JSON says the gate's figures are
 MEASURE = "verify: llama.cpp, the converted file against the reference on verify's held-out text"

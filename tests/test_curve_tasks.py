@@ -163,7 +163,7 @@ def test_every_count_is_scored_and_none_converted_twice(monkeypatch, tmp_path: P
 
     import hopscotch_export.converters as converters
     import hopscotch_export.curve_tasks as curve_tasks
-    import hopscotch_export.verify.reference as reference
+    import hopscotch_export.converters.reference as reference
     from rich.console import Console
 
     class Scorer:

@@ -19,7 +19,7 @@ from hopscotch_export.plan import load_plan
 from hopscotch_export.search import SearchInterrupted, SearchOptions, run_search
 from hopscotch_export.search.calibration import build_calibration
 from hopscotch_export.search.command import search_command
-from hopscotch_export.search.data import read_records
+from hopscotch_export.text_sources import read_records
 from hopscotch_export.search.generate import builtin_prompts
 from hopscotch_export.search.greedy import Selector
 from hopscotch_export.search.objective import Teacher, heldout_metrics

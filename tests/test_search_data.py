@@ -12,7 +12,7 @@ import pytest
 
 from hopscotch_export.errors import HopscotchError
 from hopscotch_export.search.calibration import build_calibration, render_chat, save_records, tokenize_record
-from hopscotch_export.search.data import read_records
+from hopscotch_export.text_sources import read_records
 from hopscotch_export.search.generate import builtin_prompts
 from models import smollm2_tokenizer
 

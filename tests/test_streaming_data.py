@@ -10,7 +10,7 @@ import datasets
 import pytest
 
 from hopscotch_export.errors import HopscotchError
-from hopscotch_export.search.data import read_records
+from hopscotch_export.text_sources import read_records
 from hopscotch_export.verify.data import load_rows, load_text
 
 

@@ -24,7 +24,7 @@ from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
 from hopscotch_export.verify.needs import verify_needs
-from hopscotch_export.verify.reference import reference_gguf
+from hopscotch_export.converters.reference import reference_gguf
 from test_places import SLOW_WRITES
 
 
@@ -131,7 +131,7 @@ def test_reference_left_by_a_killed_verify_is_removed_by_the_next(tiny_llama, di
     model = out / "model.gguf"
     convert(open_source(tiny_llama), None, model, outtype="f32")
     script = SLOW_WRITES + (
-        "from hopscotch_export.verify.reference import reference_gguf\n"
+        "from hopscotch_export.converters.reference import reference_gguf\n"
         "with reference_gguf(sys.argv[1], Path(sys.argv[2]), work_dir=Path(sys.argv[3])):\n    pass\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_llama), str(model), str(work)],

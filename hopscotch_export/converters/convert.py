@@ -19,7 +19,7 @@ from gguf import GGUFWriter
 from rich.console import Console
 
 from ..errors import HopscotchError, PlanError
-from ..files import atomic_output, check_writable, disk_errors, temp_file
+from ..files import atomic_output, check_work_dir, check_writable, disk_errors, temp_file
 from ..plan import Plan
 from ..progress import progress_bars
 from ..resources import check, one_line
@@ -152,12 +152,6 @@ def _incomplete(plan: Plan, source: ModelSource) -> PlanError:
 def choose_outtype(source: ModelSource, outtype: str, imatrix: bool = False) -> OutputChoice:
     """``--outtype`` resolved against the source (``auto`` follows the first tensor's type)."""
     return resolve_outtype(outtype, source.kind, next(source.tensors()).qtype, imatrix)
-
-
-def check_work_dir(work_dir: Path | None) -> None:
-    """Fail early on a ``--work-dir`` that is not an existing folder."""
-    if work_dir is not None and not Path(work_dir).is_dir():
-        raise HopscotchError(f"--work-dir {work_dir} is not an existing folder; create it or pass another")
 
 
 def _write(

@@ -17,10 +17,10 @@ from typing import Any
 
 from rich.console import Console
 
+from ..converters.reference import reference_gguf
 from ..errors import HopscotchError
 from ..progress import progress_bars
 from ..sources.gguf_file import scan_gguf
-from ..verify.reference import reference_gguf
 from ..verify.runner import gpu_layers_for
 from .report import EvalReport, Runtime
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import HopscotchError
-from .data import Message, Record
+from ..text_sources import Message, Record
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .data import Record
+from ..text_sources import Record
 
 TEMPERATURE = 0.7
 TOP_P = 0.9

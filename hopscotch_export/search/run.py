@@ -27,7 +27,7 @@ from . import distributed
 from .calibration import Calibration, build_calibration, save_records
 from .curve import Point, Snapshot, at_least, curve_json, curve_table, point
 from .curve_plot import plot_curve
-from .data import read_records
+from ..text_sources import read_records
 from .generate import BASE_MODEL_NOTICE, describe_generation, generated_records
 from .greedy import LINEAR, Progress, SearchState, Selector, Step
 from .objective import Teacher, batches, heldout_metrics, teacher_heldout, teacher_topk

@@ -4,7 +4,8 @@
 ``verify_command`` is the typer command that prints it and turns limits into exit codes.
 """
 
-from .run import VerifyOptions, run_verify
+from .options import VerifyOptions
+from .run import run_verify
 from .report import VerifyReport
 
 __all__ = ["VerifyOptions", "VerifyReport", "run_verify"]

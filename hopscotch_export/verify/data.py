@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HopscotchError
-from ..search.data import HUB_FIX, stream_rows
+from ..text_sources import HUB_FIX, stream_rows
 
 BUILTIN_NAME = "built-in sample (hopscotch_export/verify/heldout.txt)"
 

@@ -12,10 +12,8 @@ command) in one line beats the kernel's OOM killer halfway through.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..converters.convert import choose_outtype
-from ..converters.needs import convert_needs
+from ..converters.reference import outtype_of, reference_needs
 from ..families import ModelSpec
 from ..resources import PROCESS_BASE, Need, fits, kl_bytes, llama_context_bytes
 from ..sources import ModelSource, open_source
@@ -23,13 +21,11 @@ from .alternatives import alternatives_for, check_cache_type
 from .data import load_text
 from .heldout import KL_ROWS
 from .logits_file import LogitsFile
+from .options import VerifyOptions
 from .parity import PARITY_TOKENS, parity_needs
 from .perplexity import first_scored
-from .reference import outtype_of
 from .runner import gpu_layers_for, tokenize_file
 
-if TYPE_CHECKING:
-    from .run import VerifyOptions
 
 
 def verify_needs(
@@ -55,8 +51,7 @@ def verify_needs(
     if source.kind == "gguf":
         reference_bytes = source.path.stat().st_size
     else:
-        choice = choose_outtype(source, opts.reference_outtype or model_outtype or outtype_of(model_gguf))
-        conversion = convert_needs(source, choice, folder / "reference.gguf", folder)
+        conversion = reference_needs(source, opts.reference_outtype or model_outtype or outtype_of(model_gguf), folder)
         reference_bytes = next(v for n in conversion for k, v in n.parts.items() if k.startswith("reference.gguf"))
     model_size = model_gguf.stat().st_size if model_bytes is None else model_bytes
     stages = {

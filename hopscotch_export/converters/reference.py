@@ -1,4 +1,6 @@
-"""The reference model as a GGUF, so that both sides run in the same engine.
+"""The reference model as a GGUF, so that both sides run in the same engine: preparing it
+is a conversion, so it lives here, and verify (and the commands that measure against a
+reference) only run what this yields.
 
 A GGUF reference is used as is. A Hugging Face folder or hub id is converted once,
 without a plan, to a temporary GGUF of the model's own output type: comparing an f16
@@ -20,14 +22,14 @@ from pathlib import Path
 from gguf import LlamaFileType
 from rich.console import Console
 
-from ..converters.outtypes import OUTTYPE_OF_FILE_TYPE
 from ..errors import HopscotchError
-from ..files import temp_folder
-from ..resources import check
-from ..sources import ModelSource
+from ..files import check_work_dir, temp_folder
+from ..resources import Need, check
+from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
-
-
+from .convert import choose_outtype
+from .needs import convert_needs
+from .outtypes import OUTTYPE_OF_FILE_TYPE
 
 #: what the temporary folder of a converted reference is named after (with this process
 #: and host, so that the next verify there removes one a killed run left; see files.py)
@@ -64,6 +66,12 @@ def check_reference_outtype(source: ModelSource, outtype: str | None) -> None:
         )
 
 
+def reference_needs(source: ModelSource, outtype: str, folder: Path) -> list[Need]:
+    """What converting ``source`` to ``outtype`` in ``folder`` needs: checked by
+    :func:`reference_gguf` before it converts, and counted in verify's estimate."""
+    return convert_needs(source, choose_outtype(source, outtype), folder / "reference.gguf", folder)
+
+
 @contextlib.contextmanager
 def reference_gguf(
     spec: str, model_gguf: Path, outtype: str | None = None, console: Console | None = None,
@@ -74,9 +82,7 @@ def reference_gguf(
     A conversion is written in a new folder inside ``work_dir`` (default: the folder of
     ``model_gguf``), after checking that the disk there holds it.
     """
-    from ..converters.convert import check_work_dir, choose_outtype, convert
-    from ..converters.needs import convert_needs
-    from ..sources import open_source
+    from .convert import convert  # looked up when called, so that a stand-in for it (tests) is used here too
 
     source = open_source(spec)
     check_reference_outtype(source, outtype)
@@ -86,7 +92,7 @@ def reference_gguf(
     chosen = outtype or outtype_of(model_gguf)
     check_work_dir(work_dir)
     folder = Path(work_dir or Path(model_gguf).parent)
-    check(convert_needs(source, choose_outtype(source, chosen), folder / "reference.gguf", folder))
+    check(reference_needs(source, chosen, folder))
     with temp_folder(folder / _NAME, fix="pass --work-dir on another disk") as tmp:
         out = tmp / "reference.gguf"
         if console is not None:

@@ -1,4 +1,5 @@
-"""Calibration records from a Hugging Face dataset or a local file.
+"""Text records from a Hugging Face dataset or a local file, read the same way for search's
+calibration data and verify's held-out text and tasks, so that neither stage imports the other.
 
 A record is plain text (``str``) or a chat (a list of ``{"role", "content"}`` messages).
 Files other than ``.txt`` go through the ``datasets`` library, like hub datasets, so the
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Union
 
-from ..errors import HopscotchError
+from .errors import HopscotchError
 
 Message = dict[str, str]
 Record = Union[str, list[Message]]
