@@ -34,8 +34,9 @@ from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.display import Silent
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
-from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
+from hopscotch_export.search.final import final_training, plan_metrics
 from hopscotch_export.search.units import kv_heads
+from hopscotch_export.search.workspace import Workspace, prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
 

@@ -38,7 +38,8 @@ from hopscotch_export.text_sources import read_records
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
 from hopscotch_export.search.display import Silent
-from hopscotch_export.search.run import Workspace, final_training, plan_metrics, prepare
+from hopscotch_export.search.final import final_training, plan_metrics
+from hopscotch_export.search.workspace import Workspace, prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.search.generate import builtin_openings
-from hopscotch_export.search.run import prepare
+from hopscotch_export.search.workspace import prepare
 from hopscotch_export.sources import open_source
 from models import make_tiny_model
 

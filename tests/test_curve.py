@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from hopscotch_export.errors import HopscotchError
 from hopscotch_export.plan import load_plan
 from hopscotch_export.search import SearchOptions, run_search
-from hopscotch_export.search.run import NoCountWithinLimits
+from hopscotch_export.search.curve_training import NoCountWithinLimits
 from hopscotch_export.sources import open_source
 from models import make_planted_model
 from test_search import TINY, quiet

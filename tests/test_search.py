@@ -198,7 +198,7 @@ def test_screen_then_rescore_on_all_training_data(
     shortlist is taken from those full-data scores."""
     from hopscotch_export.search import greedy
     from hopscotch_export.search.display import Silent
-    from hopscotch_export.search.run import prepare
+    from hopscotch_export.search.workspace import prepare
     from hopscotch_export.search.train import mean_loss
     from hopscotch_export.torch_plan import BranchScales
 

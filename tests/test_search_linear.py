@@ -95,7 +95,7 @@ def test_an_exactly_linear_block_is_repaired_exactly_by_its_map(exact: Path, tex
 
 def test_nbl_baseline_linearises_the_blocks_a_linear_map_fits_best(exact: Path, text_file: Path) -> None:
     from hopscotch_export.search.baselines import linear_fits, nbl
-    from hopscotch_export.search.run import prepare
+    from hopscotch_export.search.workspace import prepare
 
     options = SearchOptions(skips=1, data=str(text_file), **{**TINY, "samples": 8})
     ws = prepare(open_source(exact), options, Console(file=io.StringIO()), data_file=None, save_data=False,
@@ -119,7 +119,7 @@ def test_auto_compares_the_kinds_on_sequences_its_steps_did_not_fit_or_train_on(
     sequences and keeps the trial with the lowest loss on the last quarter."""
     from hopscotch_export.search import greedy
     from hopscotch_export.search.display import Silent
-    from hopscotch_export.search.run import prepare
+    from hopscotch_export.search.workspace import prepare
     from hopscotch_export.search.train import mean_loss
     from hopscotch_export.torch_plan import BranchScales
 

@@ -20,7 +20,9 @@ from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.baselines import llm_drop, random_choice
 from hopscotch_export.search.greedy import SearchState
 from hopscotch_export.search.display import Silent
-from hopscotch_export.search.run import final_training, plan_metrics, prepare, search_workspace
+from hopscotch_export.search.final import final_training, plan_metrics
+from hopscotch_export.search.stages import search_workspace
+from hopscotch_export.search.workspace import prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import BranchScales
 from models import smollm2_gguf

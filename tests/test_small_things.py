@@ -19,7 +19,7 @@ from hopscotch_export.converters.outtypes import IMATRIX_ONLY, LLAMA_QUANTIZER
 from hopscotch_export.converters.quantize import llama_quantize
 from hopscotch_export.errors import HopscotchError
 from hopscotch_export.search.options import SearchOptions
-from hopscotch_export.search.run import prepare
+from hopscotch_export.search.workspace import prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.sources.gguf_file import read_gguf
 from hopscotch_export.verify import runner as verify_runner

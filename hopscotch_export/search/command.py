@@ -13,20 +13,17 @@ from ..errors import HopscotchError
 from ..resources import print_report
 from ..sources import ModelSource, open_source
 from .greedy import RESCORE
-from .options import CPU_BUDGET, SearchOptions
+from .options import CPU_BUDGET, MAX_SKIPS, SearchOptions
 from .placement import Placement, plan_placement
 from .run import run_search
 
 #: defaults come from SearchOptions, the one place that holds them
-D = SearchOptions(skips=1)
-#: ``--skips auto`` tries up to this many blocks unless told otherwise: a quarter of a
-#: 32-layer model, where the paper's losses start to climb
-MAX_SKIPS = 8
+DEFAULTS = SearchOptions(skips=1)
 
 
 def _budget(name: str) -> str:
     """Help text naming a budget option's GPU and CPU defaults."""
-    return f"(default: {getattr(D, name)} on a GPU, {CPU_BUDGET[name]} on CPU)"
+    return f"(default: {getattr(DEFAULTS, name)} on a GPU, {CPU_BUDGET[name]} on CPU)"
 
 
 
@@ -38,17 +35,22 @@ def search_command(
         "--max-skips, with the quality curve of every count"
     ),
     output: Path = typer.Option(..., "-o", "--output", help="plan file to write (JSON)"),
-    granularity: str = typer.Option(D.granularity, help="layer: one scale per branch; channel: one per hidden unit"),
-    objective: str = typer.Option(D.objective, help="kl: match the original model; ce: cross-entropy on the data"),
+    granularity: str = typer.Option(
+        DEFAULTS.granularity, help="layer: one scale per branch; channel: one per hidden unit"
+    ),
+    objective: str = typer.Option(
+        DEFAULTS.objective, help="kl: match the original model; ce: cross-entropy on the data"
+    ),
     shortlist: str = typer.Option(
-        str(D.shortlist), help="candidates trained per step after training-free scoring; 'all' = the paper's procedure"
+        str(DEFAULTS.shortlist),
+        help="candidates trained per step after training-free scoring; 'all' = the paper's procedure",
     ),
     protect: str = typer.Option("", help="comma-separated layers whose attention is kept (layer 0 always is)"),
     data: Optional[str] = typer.Option(
         None, help="HF dataset name or .txt/.jsonl/.json/.parquet file; default: the model answers built-in prompts"
     ),
     data_config: Optional[str] = typer.Option(None, help="HF dataset configuration"),
-    data_split: str = typer.Option(D.data_split, help="HF dataset split"),
+    data_split: str = typer.Option(DEFAULTS.data_split, help="HF dataset split"),
     data_field: Optional[str] = typer.Option(None, help="column with text or chat messages (default: auto)"),
     samples: Optional[int] = typer.Option(None, help=f"training sequences {_budget('samples')}"),
     heldout: Optional[int] = typer.Option(None, help=f"held-out sequences, scored at the end {_budget('heldout')}"),
@@ -57,33 +59,34 @@ def search_command(
         None, help="training sequences that screen every candidate untrained (default: a quarter of --samples); "
         f"the best {RESCORE} x --shortlist are then scored on all of them"
     ),
-    batch_size: int = typer.Option(D.batch_size, help="sequences per optimizer step / forward batch"),
-    lr: float = typer.Option(D.lr, help="learning rate of the brief per-candidate training"),
-    epochs: int = typer.Option(D.epochs, help="epochs of the brief per-candidate training"),
-    final_lr: float = typer.Option(D.final_lr, help="learning rate of the final training"),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="sequences per optimizer step / forward batch"),
+    lr: float = typer.Option(DEFAULTS.lr, help="learning rate of the brief per-candidate training"),
+    epochs: int = typer.Option(DEFAULTS.epochs, help="epochs of the brief per-candidate training"),
+    final_lr: float = typer.Option(DEFAULTS.final_lr, help="learning rate of the final training"),
     final_epochs: Optional[int] = typer.Option(
         None, help=f"epochs of the final training {_budget('final_epochs')}"
     ),
-    seed: int = typer.Option(D.seed, help="seed for data generation and training order"),
-    device: str = typer.Option(D.device, help="auto, cuda, mps or cpu; cuda spreads a model larger than one GPU over all"),
+    seed: int = typer.Option(DEFAULTS.seed, help="seed for data generation and training order"),
+    device: str = typer.Option(DEFAULTS.device, help="auto, cuda, mps or cpu; cuda spreads a model larger than one GPU over all"),
     dtype: str = typer.Option(
-        D.dtype, help="auto, float32, bfloat16 or float16; auto: bfloat16 on a GPU, on CPU float32 if it fits, else bfloat16"
+        DEFAULTS.dtype, help="auto, float32, bfloat16 or float16; auto: bfloat16 on a GPU, on CPU float32 if it fits, else bfloat16"
     ),
     max_new_tokens: Optional[int] = typer.Option(
         None, help=f"answer length when the model writes its calibration data {_budget('max_new_tokens')}"
     ),
     replace: str = typer.Option(
-        D.replace, help="what takes a removed block's place: skip (nothing), linear (a fitted n_embd x n_embd map "
-        "of its normalised input, no KV cache) or auto (whichever loses less, each step)"
+        DEFAULTS.replace,
+        help="what takes a removed block's place: skip (nothing), linear (a fitted n_embd x n_embd map "
+        "of its normalised input, no KV cache) or auto (whichever loses less, each step)",
     ),
     linear_epochs: Optional[int] = typer.Option(
         None, help="epochs training the linear maps with the scales after the final training; 0 keeps the maps "
         "as the steps left them (default: --final-epochs)"
     ),
     max_linear: Optional[int] = typer.Option(None, help="at most this many blocks become linear maps (default: no bound)"),
-    map_lr: float = typer.Option(D.map_lr, help="learning rate of the linear maps (brief and final training)"),
+    map_lr: float = typer.Option(DEFAULTS.map_lr, help="learning rate of the linear maps (brief and final training)"),
     unit: str = typer.Option(
-        D.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
+        DEFAULTS.unit, help="what each greedy step removes: block (a whole attention block), group (one KV group: a KV "
         "head and its query heads; a layer losing its last is skipped) or auto (either: the search keeps the best "
         "state at every KV saving, and a block competes with groups freeing as much); Qwen3 takes group only, and every layer keeps one"
     ),

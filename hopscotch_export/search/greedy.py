@@ -248,7 +248,7 @@ class Selector:
         self, stack: Stack, calib: Calibration, teacher: Teacher, options: SearchOptions,
         candidates: list[int], progress: Progress,
     ) -> None:  # fmt: skip
-        self.stack, self.o = stack, options
+        self.stack, self.options = stack, options
         self.candidates = candidates
         self.progress = progress
         #: the sequences each step fits, scores and trains on, and those its trained trials
@@ -279,7 +279,7 @@ class Selector:
         search keeps, in order of KV groups freed: each greedy step, or with ``--unit
         auto`` the best state of each KV saving (``levels.py``), once it is final."""
         state.n_kv = self.n_kv
-        if self.o.unit == AUTO_UNIT:
+        if self.options.unit == AUTO_UNIT:
 
             def kept(s: SearchState) -> None:  # ``state`` is what an interrupted run saves and reports
                 _adopt(state, s)
@@ -307,15 +307,15 @@ class Selector:
     def kinds(self, state: SearchState) -> list[str]:
         """The kinds of removal this step tries: ``--replace``'s within ``--max-linear``
         (``--unit block``), single KV groups (``group``), or both (``auto``)."""
-        o = self.o
-        if o.unit == GROUP:
+        options = self.options
+        if options.unit == GROUP:
             return [GROUP]
-        room = o.max_linear is None or sum(s.kind == LINEAR for s in state.steps) < o.max_linear
-        if o.replace == SKIP or not room:
+        room = options.max_linear is None or sum(s.kind == LINEAR for s in state.steps) < options.max_linear
+        if options.replace == SKIP or not room:
             blocks = [SKIP]
         else:
-            blocks = [LINEAR] if o.replace == LINEAR else [SKIP, LINEAR]
-        return blocks + [GROUP] if o.unit == AUTO_UNIT else blocks
+            blocks = [LINEAR] if options.replace == LINEAR else [SKIP, LINEAR]
+        return blocks + [GROUP] if options.unit == AUTO_UNIT else blocks
 
     def trials(self, state: SearchState) -> dict[str, list[Trial]]:
         """This step's trials by kind: every candidate layer still there as each block kind,
@@ -330,7 +330,7 @@ class Selector:
             if kind != GROUP:
                 found = [Trial(c, kind) for c in layers if removed.left(c) <= room]
             else:  # a layer's last group is its skip trial when skips are tried, and stays under keep_last_group
-                last_stays = SKIP in kinds or self.o.keep_last_group
+                last_stays = SKIP in kinds or self.options.keep_last_group
                 found = [
                     Trial(c, GROUP, g) for c in layers if not (last_stays and removed.left(c) == 1)
                     for g in range(self.n_kv) if g not in removed.cut.get(c, ())
@@ -354,16 +354,17 @@ class Selector:
         Under torchrun each process fits, scores and trains its share of the candidates;
         all of them then hold the same losses."""
         t0 = time.perf_counter()
-        o = self.o
+        options = self.options
         state.n_kv = self.n_kv
         k = len(state.steps) + 1
         by_kind = self.trials(state)
         kinds = list(by_kind)
         most = max(len(v) for v in by_kind.values())
-        exhaustive = o.shortlist is None or o.shortlist >= most
+        exhaustive = options.shortlist is None or options.shortlist >= most
         n_judge = int(self.judge[0].train_ids.shape[0])
-        n_train = o.epochs * len(batches(self.n_rows, o.batch_size)) + len(batches(n_judge, o.batch_size))
-        n_short = most if exhaustive else int(o.shortlist)  # type: ignore[arg-type]
+        n_train = options.epochs * len(batches(self.n_rows, options.batch_size))
+        n_train += len(batches(n_judge, options.batch_size))
+        n_short = most if exhaustive else int(options.shortlist)  # type: ignore[arg-type]
         n_finalists = RESCORE * n_short if len(self.rest) else 0
         mine = distributed.share_size  # the progress bar counts this process's work
 
@@ -377,8 +378,8 @@ class Selector:
             mine(per_kind(most)) * len(self._batches(self.screen))
             + mine(per_kind(n_finalists)) * len(self._batches(self.rest))
         )  # fmt: skip
-        label = f"step {k}/{o.skips}"
-        if o.unit != BLOCK:
+        label = f"step {k}/{options.skips}"
+        if options.unit != BLOCK:
             label = f"step {k} ({state.removed.saved}/{self.target} KV groups)"
         self.progress.begin(label, n_fit + n_scoring + mine(per_kind(n_short)) * n_train)
         fits = self._fit(state, linear, k) if linear else {}
@@ -397,9 +398,10 @@ class Selector:
                 what = "the scales and maps" if trial.kind == LINEAR else "the scales"
                 where = f"at step {k} training {what} for {_removing(trial)}"
                 train_scales(
-                    self.stack, scales, skip, self.calib, self.teacher, o.objective,
-                    lr=o.lr, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed * 1_000_003 + k,
-                    where=where, on_batch=self.progress.advance, maps=maps, map_lr=o.map_lr, kv_groups=groups,
+                    self.stack, scales, skip, self.calib, self.teacher, options.objective,
+                    lr=options.lr, epochs=options.epochs, batch_size=options.batch_size,
+                    seed=options.seed * 1_000_003 + k, where=where, on_batch=self.progress.advance, maps=maps,
+                    map_lr=options.map_lr, kv_groups=groups,
                 )  # fmt: skip
                 results[trial] = scales, maps
                 trained[trial] = self._loss(scales, skip, maps, groups, where)
@@ -409,7 +411,7 @@ class Selector:
         for trial, value in trained.items():
             losses[trial.kind].trained[trial.key] = value
         before = None
-        if o.unit == AUTO_UNIT:
+        if options.unit == AUTO_UNIT:
             before = state.steps[-1].loss if state.steps else self._original_loss(state)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
@@ -459,10 +461,10 @@ class Selector:
         calib, teacher = self.judge
         n_rows = int(calib.train_ids.shape[0])
         value = mean_loss(
-            self.stack, scales, skip, calib, teacher, self.o.objective,
-            n_rows=n_rows, batch_size=self.o.batch_size, where=where, maps=maps, kv_groups=groups,
+            self.stack, scales, skip, calib, teacher, self.options.objective,
+            n_rows=n_rows, batch_size=self.options.batch_size, where=where, maps=maps, kv_groups=groups,
         )  # fmt: skip
-        for _ in batches(n_rows, self.o.batch_size) if advance else []:
+        for _ in batches(n_rows, self.options.batch_size) if advance else []:
             self.progress.advance()
         return value
 
@@ -504,7 +506,7 @@ class Selector:
         """Summed objective of each trial added to the current plan, untrained (a linear
         trial with its closed-form map), on the training sequences ``rows``, with the token
         count; each trial's forward starts at its own layer."""
-        st, calib, objective = self.stack, self.calib, self.o.objective
+        st, calib, objective = self.stack, self.calib, self.options.objective
         sums = dict.fromkeys(trials, 0.0)
         count = 0
         for batch in self._batches(rows) if trials else []:

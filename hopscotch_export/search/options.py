@@ -30,6 +30,10 @@ AUTO_MIN_SAMPLES = 4
 #: query heads), or both, each state compared with those freeing as much KV (``levels.py``)
 UNITS = ("block", "group", "auto")
 
+#: ``--skips auto`` tries up to this many blocks unless told otherwise (``--max-skips``): a
+#: quarter of a 32-layer model, where the paper's losses start to climb
+MAX_SKIPS = 8
+
 #: The calibration budget on CPU when the user gives none. The dataclass defaults are the
 #: paper's scale, sized for a GPU; on two CPU cores they take hours even for a 135M model.
 #: This one searches SmolLM2-135M for 4 skips in minutes (README, "Timing").
