@@ -14,7 +14,6 @@ that chose it cannot fail it. ``--tasks`` scores lm-eval tasks on the file and t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import shutil
@@ -425,24 +424,20 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-# --- the typer command, its signature assembled from the stage commands ---------------
+# --- the typer command, its signature assembled from the stage commands (docs/design.md, 6) --
 
 
 def _stage_params(func: Any, own: set[str], prefix: str = "", taken: set[str] = frozenset()) -> list[inspect.Parameter]:
-    """A stage command's parameters, minus those the one command sets; clashes get ``prefix``."""
+    """A stage command's parameters, minus those the one command sets; a name in ``taken`` gets ``prefix``.
+
+    The stage's typer options are used as they are: a renamed one declares no flags of its own,
+    so typer names it after its new parameter (``verify_data``: ``--verify-data``)."""
     hints = typing.get_type_hints(func)
-    params = []
-    for p in inspect.signature(func).parameters.values():
-        if p.name in own:
-            continue
-        default = p.default
-        name = p.name
-        if name in taken:
-            name = prefix + name
-            default = copy.copy(default)
-            default.param_decls = ("--" + name.replace("_", "-"),)
-        params.append(p.replace(name=name, default=default, annotation=hints[p.name]))
-    return params
+    return [
+        p.replace(name=prefix + p.name if p.name in taken else p.name, annotation=hints[p.name])
+        for p in inspect.signature(func).parameters.values()
+        if p.name not in own
+    ]
 
 
 def export_command(**kwargs: Any) -> None:

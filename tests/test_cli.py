@@ -132,3 +132,14 @@ def test_inspect_plan_and_gguf(monkeypatch, capsys, tiny_llama, tmp_path):
     assert info["kv_cache_bytes_per_token"] == 4 * 2 * (16 + 16) * 2
     code, _, err = run_cli(monkeypatch, capsys, "inspect", str(Path(tmp_path / "absent.gguf")))
     assert_one_line_error(code, err, "not found")
+
+
+def test_one_command_names_verify_data_apart_from_search_data():
+    """search's --data is training data, verify's held-out text: the one command takes both, each once."""
+    import typer.main
+
+    from hopscotch_export.export import export_app
+
+    flags = [flag for param in typer.main.get_command(export_app).params for flag in param.opts]
+    assert len(flags) == len(set(flags))
+    assert {"--data", "--verify-data", "--verify-data-config", "--verify-data-split"} <= set(flags)

@@ -33,11 +33,13 @@ def verify_command(
     reference: str = typer.Option(
         ..., "--reference", help="The original model: a GGUF, or a Hugging Face folder / hub id (converted once, no skips)."
     ),
+    # --data, --data-config and --data-split are named by typer after their parameters: the one
+    # command renames the parameters (verify_data: --verify-data) beside search's --data
     data: Optional[str] = typer.Option(
-        None, "--data", help="Held-out text: a text file, or a dataset id with a 'text' column. Default: built-in sample."
+        None, help="Held-out text: a text file, or a dataset id with a 'text' column. Default: built-in sample."
     ),
-    data_config: Optional[str] = typer.Option(None, "--data-config", help="Dataset config (e.g. wikitext-2-raw-v1)."),
-    data_split: str = typer.Option("test", "--data-split", help="Dataset split."),
+    data_config: Optional[str] = typer.Option(None, help="Dataset config (e.g. wikitext-2-raw-v1)."),
+    data_split: str = typer.Option("test", help="Dataset split."),
     ctx: int = typer.Option(512, "--ctx", help="Tokens per perplexity window (llama-perplexity -c); context of every test."),
     chunks: Optional[int] = typer.Option(None, "--chunks", help="Score at most this many windows (default: all)."),
     task: Optional[str] = typer.Option(
