@@ -52,7 +52,7 @@ from hopscotch_export.converters.convert import convert  # noqa: E402
 from hopscotch_export.plan import Plan  # noqa: E402
 from hopscotch_export.sources import open_source  # noqa: E402
 from hopscotch_export.verify.data import load_text  # noqa: E402
-from hopscotch_export.verify.runner import LlamaSession  # noqa: E402
+from hopscotch_export.verify.llama_model import LlamaSession  # noqa: E402
 from hopscotch_export.verify.speed import measure_speed  # noqa: E402
 
 _ATTN = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")

@@ -55,7 +55,7 @@ SEARCH = """
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.search.placement import plan_placement
 from hopscotch_export.sources import open_source
-from hopscotch_export.resources import PROCESS_BASE
+from hopscotch_export.estimates import PROCESS_BASE
 src = open_source({src!r})
 o = SearchOptions(skips={skips}, device='cpu', dtype='bfloat16', data={data!r}, **{budget!r})
 placement = plan_placement(src.spec, o, source_kind=src.kind)
@@ -86,8 +86,8 @@ PARITY = """
 from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.parity import parity_needs, torch_parity, _all_logits
 from hopscotch_export.verify.perplexity import make_windows
-from hopscotch_export.verify.runner import LlamaSession
-from hopscotch_export.resources import parameter_count, source_overhead
+from hopscotch_export.verify.llama_model import LlamaSession
+from hopscotch_export.estimates import parameter_count, source_overhead
 from hopscotch_export.sources import open_source
 src = open_source({src!r})
 with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
@@ -121,7 +121,7 @@ result = dict(estimate=need.bytes, parts=need.parts, mean_kl=report.divergence.m
 """
 
 EXPORT = """
-import hopscotch_export.resources as resources, hopscotch_export.search.command as search_command
+import hopscotch_export.estimates as estimates, hopscotch_export.search.command as search_command
 from hopscotch_export.export import export
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.verify import VerifyOptions
@@ -133,7 +133,7 @@ printed = {{}}
 def keep(console, needs, title):
     printed[title] = max(n.bytes for n in needs if n.where == 'ram')
     return True
-resources.print_report = search_command.print_report = keep
+estimates.print_report = search_command.print_report = keep
 export({src!r}, Path({out!r}), o, v, outtype='f16', dry_run=True)
 code = export({src!r}, Path({out!r}), o, v, outtype='f16', force=True)
 result = dict(code=code, printed=printed)
@@ -225,7 +225,7 @@ def run_model(name: str, work: Path, threads: int, data: Path, stages: set[str],
 
 def search_row(name: str, src: str, spec: Any, skips: int, data: Path, plan: Path, threads: int,
                budget: dict[str, int]) -> dict:  # fmt: skip
-    from hopscotch_export.resources import weight_bytes
+    from hopscotch_export.estimates import weight_bytes
 
     print(f"[{name}] search ...", flush=True)
     s = child(SEARCH, threads, plan.parent / f"{name}-search.log", src=src, skips=skips, data=str(data),
@@ -265,7 +265,7 @@ def export_row(name: str, src: str, spec: Any, skips: int, data: Path, work: Pat
                budget: dict[str, int]) -> dict:  # fmt: skip
     """The one command (search, convert, verify with parity) in one process; its estimate is
     the largest stage's RAM as its ``--dry-run`` prints them (run first in the same process)."""
-    from hopscotch_export.resources import weight_bytes
+    from hopscotch_export.estimates import weight_bytes
 
     print(f"[{name}] the one command ...", flush=True)
     out = work / "export" / f"{name}.gguf"

@@ -92,7 +92,7 @@ def convert_command(
     if dry_run:
         from .converters.convert import choose_outtype
         from .converters.needs import convert_needs
-        from .resources import print_report
+        from .estimates import print_report
 
         choice = choose_outtype(source, outtype, imatrix is not None)
         print_report(out_console, convert_needs(source, choice, output, work_dir, loaded), f"convert to {choice.name}")
@@ -110,7 +110,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show what a plan or a GGUF holds: attention layers, scales, types, size, KV bytes/token."""
-    from .inspect import summarize
+    from .summary import summarize
 
     info = summarize(file)
     if as_json:

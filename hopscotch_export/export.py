@@ -121,7 +121,7 @@ def export(
     from .converters import convert
     from .converters.vocab import check_hf_tokenizer
     from .search.run import curve_paths, run_search, write_curve
-    from .verify.run import run_verify
+    from .verify.measure import run_verify
 
     out = Outputs(Path(output))
     if distributed.launched():
@@ -268,7 +268,7 @@ def _dry_run(
     """Each stage's estimate, as it will be checked when the stage starts."""
     from .converters.convert import choose_outtype
     from .converters.needs import convert_needs
-    from .resources import print_report
+    from .estimates import print_report
     from .search.command import print_estimate
     from .verify.needs import verify_needs
 
@@ -324,7 +324,7 @@ def _reusable_plan(path: Path, source: ModelSource, search: SearchOptions, force
 def _modelfile_text(gguf_path: Path, cache_type: str) -> str:
     """Modelfile with the chat format and stop tokens read from the written GGUF."""
     from .ollama import modelfile
-    from .verify.runner import chat_format
+    from .verify.llama_model import chat_format
 
     template, eos = chat_format(gguf_path)
     return modelfile(gguf_path.name, template, eos, cache_type)

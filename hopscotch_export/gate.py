@@ -98,7 +98,7 @@ def gated_count(
     once verify has measured it, before it is deleted (``--tasks`` scores it there). Raises
     :class:`NoCountPasses` when none passes."""
     from .converters import convert
-    from .verify.run import run_verify
+    from .verify.measure import run_verify
 
     curve = chosen.provenance["curve"]
     points = {p["removed"]: p for p in curve["points"]}

@@ -5,7 +5,7 @@ torch and the Hugging Face libraries warn about their own internals. None of it 
 something a user of this tool can act on, and a bar drawn between our rich displays
 breaks them (a log file keeps every carriage-return frame). Our stages show their own
 progress and spinners for the same work. Warnings of this package stay, one line each.
-llama.cpp's log is captured by ``verify.runner`` (its numbers are read from it).
+llama.cpp's log is captured by ``verify.llama_model`` (its numbers are read from it).
 """
 
 from __future__ import annotations

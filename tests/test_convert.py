@@ -119,7 +119,7 @@ def test_quantized_qwen2_gguf_source_keeps_types(tiny_qwen2, tmp_path, ftype):
     convert(src, plan, out, outtype="source")
     got = llama_logits(out, toks)
 
-    from hopscotch_export.inspect import gguf_tensor_types
+    from hopscotch_export.summary import gguf_tensor_types
 
     written, original = gguf_tensor_types(out), gguf_tensor_types(q8)
     assert written == {k: v for k, v in original.items() if k in written}
@@ -164,7 +164,7 @@ def test_smollm2_plan_matches_torch_reference(smollm2, tmp_path):
 @pytest.mark.slow
 def test_smollm2_kv_cache_shrinks_by_skipped_share(smollm2, tmp_path):
     """With flash attention, llama.cpp allocates K/V only for the 26 of 30 layers kept."""
-    from hopscotch_export.verify.runner import LlamaSession
+    from hopscotch_export.verify.llama_model import LlamaSession
 
     src = open_source(smollm2)
     out = tmp_path / "smol4.gguf"

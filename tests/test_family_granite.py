@@ -13,7 +13,7 @@ from gguf import GGUFReader
 from hopscotch_export.converters import convert
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.sources import open_source
-from hopscotch_export.stack import Stack
+from hopscotch_export.decoder_stack import Stack
 from hopscotch_export.torch_plan import apply_plan
 from hopscotch_export.verify.layerwise import planned_logits
 from models import make_tiny_model, small_gguf

@@ -17,7 +17,7 @@ from hopscotch_export.converters.convert import convert
 from hopscotch_export.converters.quantize import llama_quantize
 from hopscotch_export.errors import PlanError, SourceError
 from hopscotch_export.families.chat_formats import CHATML
-from hopscotch_export.inspect import gguf_summary, gguf_tensor_types
+from hopscotch_export.summary import gguf_summary, gguf_tensor_types
 from hopscotch_export.ollama import modelfile
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source

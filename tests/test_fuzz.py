@@ -149,7 +149,7 @@ def test_fuzz_plan_readers(plan_files, tmp_path):
 
 def test_undamaged_files_load(gguf_files, plan_files):
     """The bases are sound, so a refusal in the fuzz is the damage's doing."""
-    from hopscotch_export.inspect import summarize
+    from hopscotch_export.summary import summarize
     from hopscotch_export.plan import load_plan
     from hopscotch_export.sources import open_source
 
@@ -244,7 +244,7 @@ def damage_gguf(base: bytes, regions: dict[str, tuple[int, int]], ints: list[tup
 
 
 def gguf_targets(path: Path) -> dict[str, Callable[[], Any]]:
-    from hopscotch_export.inspect import summarize
+    from hopscotch_export.summary import summarize
     from hopscotch_export.sources import open_source
     from hopscotch_export.sources.gguf_file import scan_gguf
 
@@ -318,7 +318,7 @@ def damage_plan(text: str, maps: bytes | None, rng: random.Random) -> tuple[str,
 
 
 def plan_targets(path: Path) -> dict[str, Callable[[], Any]]:
-    from hopscotch_export.inspect import summarize
+    from hopscotch_export.summary import summarize
     from hopscotch_export.plan import load_plan
 
     return {"load_plan": lambda: load_plan(path), "summarize": lambda: summarize(path)}

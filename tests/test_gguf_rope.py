@@ -16,7 +16,7 @@ from hopscotch_export.sources import open_source
 from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.parity import FLOOR_MULTIPLE, SLACK, Parity, torch_parity
 from hopscotch_export.verify.perplexity import make_windows
-from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.llama_model import LlamaSession
 from models import llama_gguf, make_tiny_model
 
 #: the rope scalings a Llama GGUF carries, as Hugging Face configs; positions past 256 (the

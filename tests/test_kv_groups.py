@@ -19,13 +19,13 @@ from hopscotch_export.converters.convert import convert
 from hopscotch_export.converters.outtypes import cut_type
 from hopscotch_export.converters.quant_scale import select_columns
 from hopscotch_export.converters.quantize import llama_quantize
-from hopscotch_export.inspect import gguf_summary, gguf_tensor_types, plan_summary
+from hopscotch_export.summary import gguf_summary, gguf_tensor_types, plan_summary
 from hopscotch_export.plan import Plan, load_plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import apply_plan
 from hopscotch_export.verify.layerwise import planned_logits
 from hopscotch_export.verify.parity import FLOOR_MULTIPLE, SLACK
-from hopscotch_export.verify.run import _layer_kinds
+from hopscotch_export.verify.measure import _layer_kinds
 from models import llama_gguf, make_tiny_model
 from test_cli import run_cli
 from test_linear_layers import check_parity, linear_plan

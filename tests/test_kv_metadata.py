@@ -9,11 +9,11 @@ import pytest
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
-from hopscotch_export.verify import runner
+from hopscotch_export.verify import llama_model
 from hopscotch_export.sources.gguf_file import scan_gguf
 from hopscotch_export.kv_cache import kv_bytes_per_cell
 from hopscotch_export.llama_lib import LlamaLog
-from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.llama_model import LlamaSession
 from test_linear_layers import linear_plan
 
 

@@ -20,7 +20,7 @@ from safetensors.numpy import save as save_safetensors
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.converters.outtypes import map_type, resolve_outtype
 from hopscotch_export.errors import PlanError
-from hopscotch_export.inspect import gguf_summary, gguf_tensor_types, plan_summary
+from hopscotch_export.summary import gguf_summary, gguf_tensor_types, plan_summary
 from hopscotch_export.plan import FORMAT, ModelRef, Plan, load_plan, maps_path
 from hopscotch_export.sources import ModelSource, open_source
 from hopscotch_export.torch_plan import (
@@ -30,7 +30,7 @@ from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.layerwise import planned_logits
 from hopscotch_export.verify.parity import torch_parity
 from hopscotch_export.verify.perplexity import make_windows
-from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.llama_model import LlamaSession
 
 REF = ModelRef("LlamaForCausalLM", 6, 4, "abc123")
 Q = gguf.GGMLQuantizationType

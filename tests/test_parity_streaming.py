@@ -17,7 +17,7 @@ from gguf.quants import dequantize
 from hopscotch_export.converters.convert import convert
 from hopscotch_export.families import family_for
 from hopscotch_export.plan import Plan
-from hopscotch_export.resources import GiB, weight_bytes
+from hopscotch_export.estimates import GiB, weight_bytes
 from hopscotch_export.sources import ModelSource, open_source
 from hopscotch_export.sources.layout import read_rows
 from hopscotch_export.torch_plan import apply_plan
@@ -26,7 +26,7 @@ from hopscotch_export.verify.divergence import log_softmax, token_kl
 from hopscotch_export.verify.layerwise import planned_logits
 from hopscotch_export.verify.parity import Parity, _all_logits, parity_needs, torch_parity
 from hopscotch_export.verify.perplexity import make_windows
-from hopscotch_export.verify.runner import LlamaSession
+from hopscotch_export.verify.llama_model import LlamaSession
 from models import make_tiny_model
 
 Q = gguf.GGMLQuantizationType

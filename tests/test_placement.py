@@ -14,11 +14,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from hopscotch_export import resources
+from hopscotch_export import estimates
 from hopscotch_export.errors import HopscotchError
 from hopscotch_export.families import ModelSpec, family_for
 from hopscotch_export.plan import load_plan
-from hopscotch_export.resources import GiB, parameter_count, weight_bytes
+from hopscotch_export.estimates import GiB, parameter_count, weight_bytes
 from hopscotch_export.search import SearchOptions, run_search
 from hopscotch_export.search import placement as placement_mod
 from hopscotch_export.search.placement import plan_placement, search_parts
@@ -41,7 +41,7 @@ def limits(monkeypatch: pytest.MonkeyPatch, **free: int) -> None:
         key = where.split(":")[0] + (where.split(":")[1] if where.startswith("cuda") else "")
         return free.get(key)
 
-    monkeypatch.setattr(resources, "available", available)
+    monkeypatch.setattr(estimates, "available", available)
     monkeypatch.setattr(placement_mod, "available", available)
 
 
@@ -65,14 +65,14 @@ def test_cpu_auto_dtype_is_float32_when_it_fits_else_bfloat16_with_a_notice(monk
     limits(monkeypatch, ram=24 * GiB)
     tight = plan_placement(SPEC_8B, o)
     assert tight.dtype == "bfloat16" and "bfloat16" in (tight.notice or "")
-    resources.check(tight.needs)  # 16 GB of bf16 weights fit in 24 GiB
+    estimates.check(tight.needs)  # 16 GB of bf16 weights fit in 24 GiB
 
 
 def test_a_model_that_cannot_fit_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     limits(monkeypatch, ram=8 * GiB)
     placement = plan_placement(SPEC_8B, SearchOptions(skips=4, device="cpu", **TINY))  # type: ignore[arg-type]
     with pytest.raises(HopscotchError) as e:
-        resources.check(placement.needs)
+        estimates.check(placement.needs)
     message = str(e.value)
     assert "\n" not in message and "8.0 GiB" in message and "weights" in message and "--device cuda" in message
 
@@ -90,7 +90,7 @@ def test_gpu_placement_one_gpu_spread_and_offload(monkeypatch: pytest.MonkeyPatc
     act = search_parts(SPEC_8B, o, "bfloat16")["activations"]
     assert spread.device_map == "sequential" and set(spread.max_memory or {}) == {0, 1}
     assert all(v == 20 * GiB - act - placement_mod.GPU_MARGIN for v in (spread.max_memory or {}).values())
-    resources.check(spread.needs)
+    estimates.check(spread.needs)
 
     limits(monkeypatch, ram=100 * GiB, cuda0=14 * GiB, cuda1=14 * GiB)
     offload = plan_placement(SPEC_8B, o)
@@ -100,7 +100,7 @@ def test_gpu_placement_one_gpu_spread_and_offload(monkeypatch: pytest.MonkeyPatc
 
     limits(monkeypatch, ram=4 * GiB, cuda0=14 * GiB, cuda1=14 * GiB)
     with pytest.raises(HopscotchError, match="free memory"):
-        resources.check(plan_placement(SPEC_8B, o).needs)
+        estimates.check(plan_placement(SPEC_8B, o).needs)
 
 
 def test_a_gguf_source_searched_on_a_gpu_counts_its_whole_model_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,14 +110,14 @@ def test_a_gguf_source_searched_on_a_gpu_counts_its_whole_model_in_ram(monkeypat
     fake_gpus(monkeypatch, 1)
     limits(monkeypatch, ram=12 * GiB, cuda0=80 * GiB)
     hf = plan_placement(SPEC_8B, o, source_kind="hf")
-    resources.check(hf.needs)
+    estimates.check(hf.needs)
     gguf = plan_placement(SPEC_8B, o, source_kind="gguf")
     (load,) = [n for n in gguf.needs if "loading the GGUF source" in n.what]
     assert load.where == "ram" and load.parts["weights, whole in RAM first"] == weight_bytes(SPEC_8B, "bfloat16")
     with pytest.raises(HopscotchError, match=r"^loading the GGUF source \(bfloat16\) before it moves to cuda:0 needs"):
-        resources.check(gguf.needs)
+        estimates.check(gguf.needs)
     limits(monkeypatch, ram=100 * GiB, cuda0=80 * GiB)
-    resources.check(gguf.needs)
+    estimates.check(gguf.needs)
     two = plan_placement(SPEC_8B, o, gpus=[0], processes=2, source_kind="gguf")  # torchrun: each process loads
     assert max(n.bytes for n in two.needs if "loading the GGUF source" in n.what) == 2 * load.bytes
     cpu = plan_placement(SPEC_8B, dataclasses.replace(o, device="cpu"), source_kind="gguf")

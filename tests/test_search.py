@@ -23,7 +23,7 @@ from hopscotch_export.text_sources import read_records
 from hopscotch_export.search.generate import builtin_prompts
 from hopscotch_export.search.greedy import Selector
 from hopscotch_export.search.objective import Teacher, heldout_metrics
-from hopscotch_export.stack import Stack
+from hopscotch_export.decoder_stack import Stack
 from hopscotch_export.search.train import NonFiniteLoss
 from hopscotch_export.sources import open_source
 from hopscotch_export.torch_plan import apply_plan

@@ -22,7 +22,7 @@ from hopscotch_export.search.options import SearchOptions
 from hopscotch_export.search.workspace import prepare
 from hopscotch_export.sources import open_source
 from hopscotch_export.sources.gguf_file import read_gguf
-from hopscotch_export.verify import runner as verify_runner
+from hopscotch_export.verify import llama_model as verify_runner
 
 
 def _log() -> tuple[Console, io.StringIO]:

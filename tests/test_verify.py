@@ -24,15 +24,15 @@ from hopscotch_export.plan import Plan
 from hopscotch_export.sources import open_source
 from hopscotch_export.verify import VerifyOptions, run_verify
 from hopscotch_export.verify import needs as verify_needs_module
-from hopscotch_export.verify import run as verify_run
+from hopscotch_export.verify import measure as verify_run
 from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.divergence import log_softmax, token_kl
 from hopscotch_export.verify.heldout import window_outputs
-from hopscotch_export.resources import human
+from hopscotch_export.estimates import human
 from hopscotch_export.verify.needs import verify_needs
 from hopscotch_export.verify.parity import floor_applies, torch_parity
 from hopscotch_export.verify.perplexity import Perplexity, make_windows, token_nll
-from hopscotch_export.verify.runner import LlamaModel, LlamaSession
+from hopscotch_export.verify.llama_model import LlamaModel, LlamaSession
 from hopscotch_export.verify.speed import measure_speed
 from hopscotch_export.verify.tasks import Question, Task, choice_logliks, score_task
 from models import smollm2_tokenizer

@@ -13,7 +13,7 @@ from hopscotch_export.errors import HopscotchError
 from hopscotch_export.ollama import modelfile
 from hopscotch_export.run_commands import llama_cpp_command
 from hopscotch_export.verify.alternatives import Row, recommend
-from hopscotch_export.verify.runner import KvCacheInfo
+from hopscotch_export.verify.llama_model import KvCacheInfo
 from hopscotch_export.verify.speed import Speed
 from hopscotch_export.verify.data import BUILTIN_NAME, load_text
 from hopscotch_export.verify.divergence import Divergence, log_softmax, token_kl

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hopscotch_export.resources as resources
+import hopscotch_export.estimates as estimates
 from hopscotch_export.cli import app
 from hopscotch_export.converters.convert import choose_outtype, convert
 from hopscotch_export.converters.needs import convert_needs
@@ -174,8 +174,8 @@ def test_run_verify_uses_work_dir(tiny_llama, dirs, monkeypatch):
 
 def shrink(monkeypatch, where_prefix: str, free: int = 1000) -> None:
     """Pretend only ``free`` bytes are available at places starting with ``where_prefix``."""
-    real = resources.available
-    monkeypatch.setattr(resources, "available", lambda where: free if where.startswith(where_prefix) else real(where))
+    real = estimates.available
+    monkeypatch.setattr(estimates, "available", lambda where: free if where.startswith(where_prefix) else real(where))
 
 
 @pytest.mark.parametrize("outtype,where", [("f16", "disk:"), ("q4_k_m", "disk:"), ("f16", "ram")])

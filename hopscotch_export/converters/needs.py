@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..plan import Plan
-from ..resources import (
+from ..estimates import (
     PROCESS_BASE,
     Need,
     gguf_header_bytes,

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from ..errors import HopscotchError
 from ..files import check_work_dir, temp_folder
-from ..resources import Need, check
+from ..estimates import Need, check
 from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .convert import choose_outtype

@@ -2,7 +2,7 @@
 
 lm-eval's own ``gguf`` backend talks to a server and depends on the server echoing the
 prompt's log-probabilities, which llama-server does not do (docs/evaluation.md). Here the
-file is loaded with :class:`~hopscotch_export.verify.runner.LlamaSession` and every score
+file is loaded with :class:`~hopscotch_export.verify.llama_model.LlamaSession` and every score
 comes from its logits, tokenized and truncated as lm-eval's ``hf`` backend does
 (``TemplateLM._encode_pair``, left truncation to ``max_length``), so the two backends
 agree on the same weights.
@@ -29,7 +29,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 
 from ..errors import HopscotchError
 from ..verify.divergence import log_softmax
-from ..verify.runner import LlamaSession
+from ..verify.llama_model import LlamaSession
 
 #: lm-eval's default for generation tasks that do not set ``max_gen_toks``
 MAX_GEN_TOKS = 256

@@ -21,7 +21,7 @@ from ..converters.reference import reference_gguf
 from ..errors import HopscotchError
 from ..progress import progress_bars
 from ..sources.gguf_file import scan_gguf
-from ..verify.runner import gpu_layers_for
+from ..verify.llama_model import gpu_layers_for
 from .report import EvalReport, Runtime
 
 #: the context when the file's own is longer: enough for few-shot prompts, a small KV cache

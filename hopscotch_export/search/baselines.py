@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HopscotchError
-from ..stack import Stack
+from ..decoder_stack import Stack
 from ..torch_plan import BranchScales
 from .calibration import Calibration
 from .linear import Fit, fit_maps

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import HopscotchError
 
-from ..resources import print_report
+from ..estimates import print_report
 from ..sources import ModelSource, open_source
 from .greedy import RESCORE
 from .options import CPU_BUDGET, MAX_SKIPS, SearchOptions

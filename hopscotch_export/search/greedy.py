@@ -54,12 +54,12 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from ..errors import HopscotchError
-from ..stack import Stack, module_device
+from ..decoder_stack import Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
 from .levels import Child, best_by_level
-from .linear import Fit, fit_batches, fit_maps, split_rows
+from .linear import Fit, fit_batches, fit_maps, fit_and_ridge_rows
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
 from .train import check_finite, mean_loss, train_scales
@@ -255,7 +255,7 @@ class Selector:
         #: are compared on: all training sequences, or with ``auto`` three quarters and the rest
         self.calib, self.teacher = calib, teacher
         self.judge = calib, teacher
-        n_fit = len(split_rows(options.samples)[0])
+        n_fit = len(fit_and_ridge_rows(options.samples)[0])
         if options.replace == AUTO:  # options refuse auto with no held-out quarter
             self.calib, self.teacher = _part(calib, teacher, slice(0, n_fit))
             self.judge = _part(calib, teacher, slice(n_fit, None))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import HopscotchError
-from ..stack import Positions, Stack, module_device
+from ..decoder_stack import Positions, Stack, module_device
 from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration
 from .objective import batches
@@ -92,7 +92,7 @@ def fit_maps(
     original block: one pass over the training data per :func:`groups`."""
     plan = (skip, maps, kv_groups or {})
     fits: dict[int, Fit] = {}
-    fit_rows, val_rows = split_rows(calib.train_ids.shape[0])
+    fit_rows, val_rows = fit_and_ridge_rows(calib.train_ids.shape[0])
     for group in groups(layers, stack.config.hidden_size):
         moments = _moments(stack, scales, plan, group, calib, fit_rows, batch_size, on_batch)
         held: dict[int, Moments] = {}
@@ -112,12 +112,12 @@ def fit_maps(
 
 def fit_batches(n_layers: int, hidden: int, n_rows: int, batch_size: int) -> int:
     """Batches :func:`fit_maps` runs for ``n_layers`` layers (what a progress bar counts)."""
-    fit_rows, val_rows = split_rows(n_rows)
+    fit_rows, val_rows = fit_and_ridge_rows(n_rows)
     per_pass = len(batches(len(fit_rows), batch_size)) + len(batches(len(val_rows), batch_size))
     return per_pass * len(groups(list(range(n_layers)), hidden))
 
 
-def split_rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_and_ridge_rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training rows that fit the maps, and the last quarter that chooses the ridge."""
     n_val = n // 4
     return torch.arange(n - n_val), torch.arange(n - n_val, n)

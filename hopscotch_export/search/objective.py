@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import HopscotchError
 from .calibration import Calibration
-from ..stack import Stack
+from ..decoder_stack import Stack
 
 TOPK = 64
 

@@ -24,7 +24,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: attention), or whichever of the two loses less at each step (``auto``)
 REPLACEMENTS = ("skip", "linear", "auto")
 #: ``--replace auto`` compares the kinds on the last quarter of the training sequences
-#: (``linear.split_rows``), which is empty below this many
+#: (``linear.fit_and_ridge_rows``), which is empty below this many
 AUTO_MIN_SAMPLES = 4
 #: what one greedy step removes: a whole attention block, one KV group (a KV head and its
 #: query heads), or both, each state compared with those freeing as much KV (``levels.py``)

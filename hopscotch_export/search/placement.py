@@ -20,7 +20,7 @@ import torch
 
 from ..errors import HopscotchError
 from ..families import ModelSpec
-from ..resources import (
+from ..estimates import (
     PROCESS_BASE,
     Need,
     available,

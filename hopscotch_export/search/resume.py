@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import HopscotchError
 from ..files import check_writable
 from ..plan import ModelRef, Plan, load_plan
-from ..stack import Stack, module_device
+from ..decoder_stack import Stack, module_device
 from ..torch_plan import BranchScales, plan_maps
 from .greedy import SearchState, Step
 from .options import SearchOptions

@@ -17,7 +17,7 @@ from ..errors import HopscotchError
 from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration
 from .objective import Teacher, batches, loss_sum
-from ..stack import Stack
+from ..decoder_stack import Stack
 
 
 class NonFiniteLoss(HopscotchError):

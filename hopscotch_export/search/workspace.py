@@ -11,9 +11,9 @@ import torch
 from rich.console import Console
 
 from ..progress import progress_bars
-from ..resources import check, one_line
+from ..estimates import check, one_line
 from ..sources import ModelSource
-from ..stack import Stack
+from ..decoder_stack import Stack
 from . import distributed
 from .calibration import Calibration, build_calibration, save_records
 from ..text_sources import read_records

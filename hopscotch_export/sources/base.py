@@ -161,7 +161,7 @@ def _name_map(arch: gguf.MODEL_ARCH, n_layers: int) -> gguf.TensorNameMap:
     return gguf.get_tensor_name_map(arch, n_layers)
 
 
-def split_rows(name: str, shape: tuple[int, ...], spec: ModelSpec) -> list[tuple[str, int, int]]:
+def fused_parts(name: str, shape: tuple[int, ...], spec: ModelSpec) -> list[tuple[str, int, int]]:
     """(name, first row, end row) of each tensor that ``deci`` stores from the source tensor
     ``name``: itself whole, or the parts its family splits a fused tensor into."""
     parts = spec.family.split(name, spec)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import Family, ModelSpec, family_for, supported_line
-from .base import ModelSource, SourceTensor, part_shape, sampled_fingerprint, split_rows
+from .base import ModelSource, SourceTensor, part_shape, sampled_fingerprint, fused_parts
 from .layout import read_rows, row_bytes
 
 
@@ -154,7 +154,7 @@ class GgufFileSource(ModelSource):
     def tensors(self) -> Iterator[SourceTensor]:
         for t in self.reader.tensors:
             whole = tuple(int(d) for d in reversed(t.shape.tolist()))
-            for name, first, end in split_rows(t.name, whole, self.spec):  # a fused tensor: its parts
+            for name, first, end in fused_parts(t.name, whole, self.spec):  # a fused tensor: its parts
                 yield self._tensor(t, name, part_shape(whole, first, end), first * row_bytes(t.tensor_type, whole))
 
     def _tensor(self, t: Any, name: str, shape: tuple[int, ...], skip: int) -> SourceTensor:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import ModelSpec
-from .base import ModelSource, SourceTensor, gguf_names, part_shape, sampled_fingerprint, split_rows
+from .base import ModelSource, SourceTensor, gguf_names, part_shape, sampled_fingerprint, fused_parts
 from .layout import read_rows, row_bytes
 
 _DTYPES = {
@@ -55,7 +55,7 @@ class HfFolderSource(ModelSource):
             for fused, entry in header.items():
                 if fused == "__metadata__" or fused.endswith("rotary_emb.inv_freq"):
                     continue
-                for hf_name, first, end in split_rows(fused, tuple(entry["shape"]), self.spec):
+                for hf_name, first, end in fused_parts(fused, tuple(entry["shape"]), self.spec):
                     name = gguf_names(self.spec).get_name(hf_name, try_suffixes=(".weight", ".bias"))
                     if name is None:
                         raise SourceError(f"{f.name}: tensor {hf_name!r} is not part of a {self.spec.architecture}")

@@ -5,7 +5,7 @@
 """
 
 from .options import VerifyOptions
-from .run import run_verify
+from .measure import run_verify
 from .report import VerifyReport
 
 __all__ = ["VerifyOptions", "VerifyReport", "run_verify"]

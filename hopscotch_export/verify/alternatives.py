@@ -19,7 +19,7 @@ from ..errors import HopscotchError
 from ..kv_cache import CACHE_TYPES
 from .divergence import Divergence
 from .perplexity import Perplexity
-from .runner import KvCacheInfo
+from .llama_model import KvCacheInfo
 from .speed import Speed
 
 #: Without ``--max-kl``, a row is as good as the export being verified when its mean KL is

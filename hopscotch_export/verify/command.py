@@ -13,7 +13,7 @@ from ..files import check_writable
 from ..kv_cache import CACHE_TYPES
 from ..run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
 from .options import VerifyOptions
-from .run import run_verify
+from .measure import run_verify
 from .tasks import DEFAULT_TEMPLATE
 
 #: Exit codes: 0 every gate passed (or none ran), 1 a gate failed, 2 a user error.
@@ -116,7 +116,7 @@ def verify_command(
     )
     try:
         if dry_run:
-            from ..resources import print_report
+            from ..estimates import print_report
             from .needs import verify_needs
 
             print_report(Console(), verify_needs(model, reference, options), f"verify {model}")

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import HopscotchError
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
-from ..stack import Positions, Stack
+from ..decoder_stack import Positions, Stack
 from ..torch_plan import BranchScales, LinearAttention, plan_maps, scaled_model
 
 #: Rows of the output head multiplied at once: 8192 x 4096 float32 is 128 MiB for an 8B model.

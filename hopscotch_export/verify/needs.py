@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..converters.reference import outtype_of, reference_needs
 from ..families import ModelSpec
-from ..resources import PROCESS_BASE, Need, fits, kl_bytes, llama_context_bytes
+from ..estimates import PROCESS_BASE, Need, fits, kl_bytes, llama_context_bytes
 from ..sources import ModelSource, open_source
 from .alternatives import alternatives_for, check_cache_type
 from .data import load_text
@@ -24,7 +24,7 @@ from .logits_file import LogitsFile
 from .options import VerifyOptions
 from .parity import PARITY_TOKENS, parity_needs
 from .perplexity import first_scored
-from .runner import gpu_layers_for, tokenize_file
+from .llama_model import gpu_layers_for, tokenize_file
 
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import HopscotchError
 from ..families import ModelSpec
 from ..plan import Plan, load_plan
-from ..resources import (
+from ..estimates import (
     PROCESS_BASE,
     SKELETON_BYTES,
     Need,
@@ -43,7 +43,7 @@ from ..sources.gguf_file import scan_gguf
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
 from .logits_file import LogitsFile
-from .runner import LlamaSession
+from .llama_model import LlamaSession
 
 #: Tokens per window compared: conversion bugs show at any length, and torch's full
 #: logits (tokens x vocabulary) for a long window would take gigabytes.

@@ -15,7 +15,7 @@ from .alternatives import Recommendation, Row
 from .divergence import Divergence
 from .parity import Parity
 from .perplexity import Perplexity
-from .runner import KvCacheInfo
+from .llama_model import KvCacheInfo
 from .speed import Speed
 from .tasks import TaskScore
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..errors import HopscotchError
-from .runner import LlamaSession, Timing
+from .llama_model import LlamaSession, Timing
 
 #: Tokens decoded once per model before timing: pages in the weights, builds graphs.
 _WARMUP = 16

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import HopscotchError
 from .data import load_rows
 from .divergence import log_softmax
-from .runner import LlamaSession
+from .llama_model import LlamaSession
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 

@@ -15,10 +15,10 @@ from rich.progress import Progress
 from ..converters.reference import reference_gguf
 from ..errors import HopscotchError
 from ..files import check_work_dir, temp_folder
-from ..inspect import gguf_summary
+from ..summary import gguf_summary
 from ..llama_lib import default_threads
 from ..progress import progress_bars
-from ..resources import check, one_line
+from ..estimates import check, one_line
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
 from .divergence import Divergence
@@ -29,7 +29,7 @@ from .options import VerifyOptions
 from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, record_logits, torch_parity
 from .perplexity import Perplexity, first_scored, make_windows
 from .report import LimitCheck, Side, TextInfo, VerifyReport
-from .runner import (
+from .llama_model import (
     KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_layers_for, gpu_offload_available, tokenize_file,
 )  # fmt: skip
 from .speed import Speed, measure_speed
