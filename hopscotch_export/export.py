@@ -31,6 +31,7 @@ from .errors import HopscotchError
 from .curve_tasks import files_to_score
 from .evaluation.command import parse_limit, parse_tasks
 from .evaluation.run import EvalOptions
+from .families import gguf_help
 from .files import atomic_output, check_writable, write_text_atomic
 from .gate import NoCountPasses, gated, gated_count
 from .plan import Plan, load_plan
@@ -476,7 +477,7 @@ def _export_signature() -> inspect.Signature:
     P = inspect.Parameter.POSITIONAL_OR_KEYWORD
     own = [
         inspect.Parameter("model", P, annotation=str, default=typer.Argument(
-            ..., help="Hugging Face folder, hub id, GGUF file (llama, qwen2, phi3), hub GGUF (org/repo:Q4_K_M, "
+            ..., help=f"Hugging Face folder, hub id, GGUF file ({gguf_help()}), hub GGUF (org/repo:Q4_K_M, "
             "org/repo/file.gguf), or bundled:smollm2.")),
         inspect.Parameter("output", P, annotation=Path, default=typer.Option(
             ..., "-o", "--output", help="GGUF to write; plan, report, Modelfile and card go beside it.")),
