@@ -32,9 +32,9 @@ from search import print_results, shuffled  # bench/search.py, beside this scrip
 
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.display import Silent
+from hopscotch_export.search.final import final_training, plan_metrics
 from hopscotch_export.search.greedy import SearchState, Selector
 from hopscotch_export.search.objective import heldout_metrics
-from hopscotch_export.search.final import final_training, plan_metrics
 from hopscotch_export.search.units import kv_heads
 from hopscotch_export.search.workspace import Workspace, prepare
 from hopscotch_export.sources import open_source

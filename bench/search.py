@@ -34,13 +34,13 @@ from rich.table import Table
 from hopscotch_export.search import SearchOptions
 from hopscotch_export.search.baselines import linear_fits, nbl, random_choice, similarities
 from hopscotch_export.search.calibration import save_records
-from hopscotch_export.text_sources import read_records
-from hopscotch_export.search.greedy import SearchState, Selector
-from hopscotch_export.search.objective import heldout_metrics
 from hopscotch_export.search.display import Silent
 from hopscotch_export.search.final import final_training, plan_metrics
+from hopscotch_export.search.greedy import SearchState, Selector
+from hopscotch_export.search.objective import heldout_metrics
 from hopscotch_export.search.workspace import Workspace, prepare
 from hopscotch_export.sources import open_source
+from hopscotch_export.text_sources import read_records
 from hopscotch_export.torch_plan import BranchScales
 
 HOPSCOTCH = "Hopscotch (default shortlist)"

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, signals
-from .errors import HopscotchError
 from .converters.outtypes import IMATRIX_ONLY, OUTTYPES
+from .errors import HopscotchError
 from .evaluation.command import eval_command
 from .families import gguf_help
 from .plan import ACCEPT_FOREIGN

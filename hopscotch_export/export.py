@@ -27,8 +27,8 @@ from rich.table import Table
 
 from .card import model_card, upload_commands
 from .converters.reference import check_reference_outtype
-from .errors import HopscotchError
 from .curve_tasks import files_to_score
+from .errors import HopscotchError
 from .evaluation.command import parse_limit, parse_tasks
 from .evaluation.run import EvalOptions
 from .families import gguf_help

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HopscotchError
-from .plan import load_plan
 from .kv_cache import kv_bytes_per_cell
+from .plan import load_plan
 from .sources.gguf_file import scan_gguf
+
 
 def gguf_tensor_types(path: Path | str) -> dict[str, str]:
     """Tensor name -> GGML type name."""

@@ -19,10 +19,10 @@ from gguf import GGUFWriter
 from rich.console import Console
 
 from ..errors import HopscotchError, PlanError
+from ..estimates import check, one_line
 from ..files import atomic_output, check_work_dir, check_writable, disk_errors, temp_file
 from ..plan import Plan
 from ..progress import progress_bars
-from ..estimates import check, one_line
 from ..sources import GgufFileSource, ModelSource
 from .metadata import copy_gguf_metadata, write_general, write_hparams, write_provenance
 from .needs import convert_needs, extra_tensors

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from ..plan import Plan
 from ..estimates import (
     PROCESS_BASE,
     Need,
@@ -23,6 +22,7 @@ from ..estimates import (
     source_overhead,
     tensor_peak,
 )
+from ..plan import Plan
 from ..sources import ModelSource
 from .metadata import rope_freqs
 from .outtypes import OutputChoice

@@ -23,8 +23,8 @@ from gguf import LlamaFileType
 from rich.console import Console
 
 from ..errors import HopscotchError
-from ..files import check_work_dir, temp_folder
 from ..estimates import Need, check
+from ..files import check_work_dir, temp_folder
 from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .convert import choose_outtype

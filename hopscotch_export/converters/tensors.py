@@ -31,9 +31,9 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import SourceError
+from ..estimates import tensor_bytes
 from ..families import ModelSpec
 from ..plan import Plan
-from ..estimates import tensor_bytes
 from ..sources import ModelSource, SourceTensor
 from ..sources.layout import rope_permutation
 from .outtypes import PYTHON_ENCODED, OutputChoice, bits_per_weight, cut_type, map_type, tensor_type

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import HopscotchError
 from ..decoder_stack import Stack
+from ..errors import HopscotchError
 from ..torch_plan import BranchScales
 from .calibration import Calibration
 from .linear import Fit, fit_maps

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from ..errors import HopscotchError
-
 from ..estimates import print_report
 from ..sources import ModelSource, open_source
 from .greedy import RESCORE

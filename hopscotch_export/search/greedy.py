@@ -53,13 +53,13 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from ..errors import HopscotchError
 from ..decoder_stack import Stack, module_device
+from ..errors import HopscotchError
 from ..torch_plan import BranchScales, scaled_model
 from . import distributed
 from .calibration import Calibration
 from .levels import Child, best_by_level
-from .linear import Fit, fit_batches, fit_maps, fit_and_ridge_rows
+from .linear import Fit, fit_and_ridge_rows, fit_batches, fit_maps
 from .objective import Teacher, batches, loss_sum
 from .options import SearchOptions
 from .train import check_finite, mean_loss, train_scales

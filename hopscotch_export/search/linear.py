@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..errors import HopscotchError
 from ..decoder_stack import Positions, Stack, module_device
+from ..errors import HopscotchError
 from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration
 from .objective import batches

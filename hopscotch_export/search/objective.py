@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..decoder_stack import Stack
 from ..errors import HopscotchError
 from .calibration import Calibration
-from ..decoder_stack import Stack
 
 TOPK = 64
 

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from ..errors import HopscotchError
-from ..families import ModelSpec
 from ..estimates import (
     PROCESS_BASE,
     Need,
@@ -32,6 +31,7 @@ from ..estimates import (
     teacher_cache_bytes,
     weight_bytes,
 )
+from ..families import ModelSpec
 from .linear import groups
 from .objective import TOPK
 from .options import SearchOptions, device_name

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..decoder_stack import Stack, module_device
 from ..errors import HopscotchError
 from ..files import check_writable
 from ..plan import ModelRef, Plan, load_plan
-from ..decoder_stack import Stack, module_device
 from ..torch_plan import BranchScales, plan_maps
 from .greedy import SearchState, Step
 from .options import SearchOptions

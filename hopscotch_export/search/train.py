@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from ..decoder_stack import Stack
 from ..errors import HopscotchError
 from ..torch_plan import BranchScales, scaled_model
 from .calibration import Calibration
 from .objective import Teacher, batches, loss_sum
-from ..decoder_stack import Stack
 
 
 class NonFiniteLoss(HopscotchError):

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ..progress import progress_bars
-from ..estimates import check, one_line
-from ..sources import ModelSource
 from ..decoder_stack import Stack
+from ..estimates import check, one_line
+from ..progress import progress_bars
+from ..sources import ModelSource
+from ..text_sources import read_records
 from . import distributed
 from .calibration import Calibration, build_calibration, save_records
-from ..text_sources import read_records
 from .generate import BASE_MODEL_NOTICE, describe_generation, generated_records
 from .objective import Teacher, teacher_heldout, teacher_topk
 from .options import SearchOptions

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import Family, ModelSpec, family_for, supported_line
-from .base import ModelSource, SourceTensor, part_shape, sampled_fingerprint, fused_parts
+from .base import ModelSource, SourceTensor, fused_parts, part_shape, sampled_fingerprint
 from .layout import read_rows, row_bytes
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..families import ModelSpec
-from .base import ModelSource, SourceTensor, gguf_names, part_shape, sampled_fingerprint, fused_parts
+from .base import ModelSource, SourceTensor, fused_parts, gguf_names, part_shape, sampled_fingerprint
 from .layout import read_rows, row_bytes
 
 _DTYPES = {

@@ -4,8 +4,8 @@
 ``verify_command`` is the typer command that prints it and turns limits into exit codes.
 """
 
-from .options import VerifyOptions
 from .measure import run_verify
+from .options import VerifyOptions
 from .report import VerifyReport
 
 __all__ = ["VerifyOptions", "VerifyReport", "run_verify"]

@@ -18,8 +18,8 @@ import gguf
 from ..errors import HopscotchError
 from ..kv_cache import CACHE_TYPES
 from .divergence import Divergence
-from .perplexity import Perplexity
 from .llama_model import KvCacheInfo
+from .perplexity import Perplexity
 from .speed import Speed
 
 #: Without ``--max-kl``, a row is as good as the export being verified when its mean KL is

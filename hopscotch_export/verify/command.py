@@ -12,8 +12,8 @@ from ..errors import HopscotchError
 from ..files import check_writable
 from ..kv_cache import CACHE_TYPES
 from ..run_commands import WHY_FLASH_ATTENTION, llama_cpp_command, ollama_environment
-from .options import VerifyOptions
 from .measure import run_verify
+from .options import VerifyOptions
 from .tasks import DEFAULT_TEMPLATE
 
 #: Exit codes: 0 every gate passed (or none ran), 1 a gate failed, 2 a user error.

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .divergence import Divergence, log_softmax, same_top, token_kl
+from .llama_model import LlamaSession
 from .logits_file import LogitsFile
 from .perplexity import Perplexity, first_scored, token_nll
-from .llama_model import LlamaSession
 
 #: Rows of logits turned into float64 log-probabilities at a time (bounds the temporaries).
 KL_ROWS = 32

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..decoder_stack import Positions, Stack
 from ..errors import HopscotchError
 from ..plan import Plan
 from ..sources import ModelSource, SourceTensor
-from ..decoder_stack import Positions, Stack
 from ..torch_plan import BranchScales, LinearAttention, plan_maps, scaled_model
 
 #: Rows of the output head multiplied at once: 8192 x 4096 float32 is 128 MiB for an 8B model.

@@ -14,24 +14,30 @@ from rich.progress import Progress
 
 from ..converters.reference import reference_gguf
 from ..errors import HopscotchError
+from ..estimates import check, one_line
 from ..files import check_work_dir, temp_folder
-from ..summary import gguf_summary
 from ..llama_lib import default_threads
 from ..progress import progress_bars
-from ..estimates import check, one_line
+from ..summary import gguf_summary
 from .alternatives import Row, alternatives_for, check_cache_type, recommend, row_label
 from .data import load_text
 from .divergence import Divergence
 from .heldout import score_candidate, score_reference
+from .llama_model import (
+    KvCacheInfo,
+    LlamaModel,
+    LlamaSession,
+    Tokenized,
+    gpu_layers_for,
+    gpu_offload_available,
+    tokenize_file,
+)  # fmt: skip
 from .logits_file import LogitsFile
 from .needs import interleaves, logits_disk_need, verify_needs
 from .options import VerifyOptions
 from .parity import FLOOR_MULTIPLE, SLACK, floor_applies, record_logits, torch_parity
 from .perplexity import Perplexity, first_scored, make_windows
 from .report import LimitCheck, Side, TextInfo, VerifyReport
-from .llama_model import (
-    KvCacheInfo, LlamaModel, LlamaSession, Tokenized, gpu_layers_for, gpu_offload_available, tokenize_file,
-)  # fmt: skip
 from .speed import Speed, measure_speed
 from .tasks import Task, TaskScore, load_task, score_task
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..converters.reference import outtype_of, reference_needs
-from ..families import ModelSpec
 from ..estimates import PROCESS_BASE, Need, fits, kl_bytes, llama_context_bytes
+from ..families import ModelSpec
 from ..sources import ModelSource, open_source
 from .alternatives import alternatives_for, check_cache_type
 from .data import load_text
 from .heldout import KL_ROWS
+from .llama_model import gpu_layers_for, tokenize_file
 from .logits_file import LogitsFile
 from .options import VerifyOptions
 from .parity import PARITY_TOKENS, parity_needs
 from .perplexity import first_scored
-from .llama_model import gpu_layers_for, tokenize_file
-
 
 
 def verify_needs(

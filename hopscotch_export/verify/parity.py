@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import HopscotchError
-from ..families import ModelSpec
-from ..plan import Plan, load_plan
 from ..estimates import (
     PROCESS_BASE,
     SKELETON_BYTES,
@@ -38,12 +36,14 @@ from ..estimates import (
     logits_bytes,
     source_overhead,
 )
+from ..families import ModelSpec
+from ..plan import Plan, load_plan
 from ..sources import ModelSource, open_source
 from ..sources.gguf_file import scan_gguf
 from .divergence import log_softmax, same_top, token_kl
 from .layerwise import HEAD_ROWS, planned_logits
-from .logits_file import LogitsFile
 from .llama_model import LlamaSession
+from .logits_file import LogitsFile
 
 #: Tokens per window compared: conversion bugs show at any length, and torch's full
 #: logits (tokens x vocabulary) for a long window would take gigabytes.

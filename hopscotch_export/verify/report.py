@@ -13,9 +13,9 @@ from rich.table import Table
 from ..files import write_text_atomic
 from .alternatives import Recommendation, Row
 from .divergence import Divergence
+from .llama_model import KvCacheInfo
 from .parity import Parity
 from .perplexity import Perplexity
-from .llama_model import KvCacheInfo
 from .speed import Speed
 from .tasks import TaskScore
 
