@@ -86,7 +86,7 @@ def _memory(source: ModelSource, plan: Plan | None, choice: OutputChoice, tensor
 def _tensor_peak(t: OutTensor, stored: GGMLQuantizationType, source: ModelSource, plan: Plan | None,
                  choice: OutputChoice) -> int:
     """Bytes held at once while :func:`.tensors.plan_tensors`' producer makes ``t``
-    (:func:`..resources.tensor_peak`): whether its rows are reordered or scaled, and whether
+    (:func:`..estimates.tensor_peak`): whether its rows are reordered or scaled, and whether
     it keeps a GGUF's type (raw path) or goes through float32."""
     order, factor = row_transform(t.name, source.spec, source.q_k_rope_neox, plan)
     return tensor_peak(

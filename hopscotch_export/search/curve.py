@@ -101,17 +101,17 @@ class Point:
 
 
 def point(steps: list[Step], metrics: dict[str, float], original: dict[str, float], config: Any,
-          o: SearchOptions, removed: int) -> Point:  # fmt: skip
-    """The curve's point for ``steps`` (``removed`` blocks' worth), judged against ``o``'s limits."""
+          options: SearchOptions, removed: int) -> Point:  # fmt: skip
+    """The curve's point for ``steps`` (``removed`` blocks' worth), judged against ``options``' limits."""
     rise = 100.0 * (metrics["ppl"] / original["ppl"] - 1.0)
     n_kv = kv_heads(config)
     done = replay(steps, n_kv)
     flops = sum(block_savings(config, s.kind, f)["flops_per_token"] for s, f in zip(steps, done.freed))
-    within = (o.max_kl is None or metrics["kl"] <= o.max_kl) and (
-        o.max_ppl_increase is None or rise <= o.max_ppl_increase
+    within = (options.max_kl is None or metrics["kl"] <= options.max_kl) and (
+        options.max_ppl_increase is None or rise <= options.max_ppl_increase
     )
     kv = None
-    if o.unit != BLOCK:
+    if options.unit != BLOCK:
         kv = {"kv_saved": done.saved / (config.num_hidden_layers * n_kv),
               "kv_groups": {str(i): list(g) for i, g in done.kv_groups.items()}}  # fmt: skip
     return Point(
@@ -125,15 +125,15 @@ def chosen(points: list[Point]) -> Point | None:
     return max((p for p in points if p.within), key=lambda p: p.removed, default=None)
 
 
-def curve_json(points: list[Point], original: dict[str, float], o: SearchOptions, resumed: int) -> dict[str, Any]:
+def curve_json(points: list[Point], original: dict[str, float], options: SearchOptions, resumed: int) -> dict[str, Any]:
     """What ``<plan>.curve.json`` holds (and the plan's provenance, under ``curve``)."""
     best = chosen(points)
     return {
-        "replace": o.replace,
-        **({"unit": o.unit, "x": "blocks' worth of KV cache saved"} if o.unit != BLOCK else {}),
-        "limits": {"max_kl": o.max_kl, "max_ppl_increase": o.max_ppl_increase},
-        "max_skips": o.skips,
-        "heldout": f"{o.heldout} sequences of {o.seq_len} tokens, not trained on",
+        "replace": options.replace,
+        **({"unit": options.unit, "x": "blocks' worth of KV cache saved"} if options.unit != BLOCK else {}),
+        "limits": {"max_kl": options.max_kl, "max_ppl_increase": options.max_ppl_increase},
+        "max_skips": options.skips,
+        "heldout": f"{options.heldout} sequences of {options.seq_len} tokens, not trained on",
         "original": {k: original[k] for k in ("kl", "ce", "ppl")},
         "points": [p.to_json() for p in points],
         "chosen": None if best is None else best.removed,
@@ -158,9 +158,9 @@ def curve_table(curve: dict[str, Any]) -> Table:
     columns = ("removed", "layers", "KL", *verify, "perplexity", "ppl rise", *headers, "KV saved", "compute saved", "")
     for col in columns:
         t.add_column(col, justify="right")
-    o = curve["original"]
+    original_ppl = curve["original"]["ppl"]
     original = [_score(tasks["original"].get(n)) for n in names] if tasks else []
-    t.add_row("0", "", "0", *[""] * len(verify), f"{o['ppl']:.2f}", "", *original, "", "", "")
+    t.add_row("0", "", "0", *[""] * len(verify), f"{original_ppl:.2f}", "", *original, "", "", "")
     for p in curve["points"]:
         groups = p.get("groups") or [None] * len(p["kinds"])
         layers = [f"{i}{'L' if k == LINEAR else ''}{f'g{g}' if k == GROUP else ''}"

@@ -79,29 +79,29 @@ class Placement:
         return f"cuda:{gpus[0]}-{gpus[-1]}{offload} ({self.dtype})"
 
 
-def search_parts(spec: ModelSpec, o: SearchOptions, dtype: str) -> dict[str, int]:
+def search_parts(spec: ModelSpec, options: SearchOptions, dtype: str) -> dict[str, int]:
     """Bytes by part: ``weights``, ``teacher cache``, ``activations`` (the largest phase),
     and with ``--replace linear|auto`` the ``linear maps`` (the layers of one fitting pass
     are :func:`.linear.groups`' first group)."""
     parts = {
         "weights": weight_bytes(spec, dtype),
-        "teacher cache": teacher_cache_bytes(spec, o.samples, o.heldout, o.seq_len, TOPK, dtype),
-        "activations": search_activation_bytes(spec, o.batch_size, o.seq_len, dtype),
+        "teacher cache": teacher_cache_bytes(spec, options.samples, options.heldout, options.seq_len, TOPK, dtype),
+        "activations": search_activation_bytes(spec, options.batch_size, options.seq_len, dtype),
     }
-    if o.replace != "skip":
+    if options.replace != "skip":
         fitted_together = len(groups(list(range(spec.n_layers)), spec.hidden_size)[0])
-        parts["linear maps"] = linear_map_bytes(spec, o.skips, fitted_together)
+        parts["linear maps"] = linear_map_bytes(spec, options.skips, fitted_together)
     return parts
 
 
 def plan_placement(
-    spec: ModelSpec, o: SearchOptions, gpus: list[int] | None = None, processes: int = 1, source_kind: str = "hf"
+    spec: ModelSpec, options: SearchOptions, gpus: list[int] | None = None, processes: int = 1, source_kind: str = "hf"
 ) -> Placement:
-    """The placement for ``o.device`` / ``o.dtype`` on the GPUs ``gpus`` (default: all),
+    """The placement for ``options.device`` / ``options.dtype`` on the GPUs ``gpus`` (default: all),
     with ``processes`` copies of the search sharing this machine's RAM (torchrun), for a
     source of ``source_kind`` (``hf`` or ``gguf``, whose metadata takes RAM)."""
     host = source_overhead(source_kind, spec.vocab_size)
-    placement = _placement(spec, o, gpus, host)
+    placement = _placement(spec, options, gpus, host)
     if source_kind == "gguf" and placement.device.type != "cpu":
         placement = dataclasses.replace(placement, needs=[*placement.needs, _gguf_load(spec, placement, host)])
     if processes > 1:  # each process holds its own model and cache in RAM
@@ -124,32 +124,34 @@ def _gguf_load(spec: ModelSpec, placement: Placement, host: dict[str, int]) -> N
     )  # fmt: skip
 
 
-def _placement(spec: ModelSpec, o: SearchOptions, gpus: list[int] | None, host: dict[str, int]) -> Placement:
-    name = device_name(o.device)
+def _placement(spec: ModelSpec, options: SearchOptions, gpus: list[int] | None, host: dict[str, int]) -> Placement:
+    name = device_name(options.device)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise HopscotchError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
         ids = list(range(torch.cuda.device_count())) if gpus is None else gpus
-        return _gpus(spec, o, "bfloat16" if o.dtype == "auto" else o.dtype, ids, host)
+        return _gpus(spec, options, "bfloat16" if options.dtype == "auto" else options.dtype, ids, host)
     if name == "mps":
         if not torch.backends.mps.is_available():
             raise HopscotchError("--device mps: Apple GPU not available; use --device cpu")
-        dtype = "bfloat16" if o.dtype == "auto" else o.dtype
-        needs = [Need("ram", f"search on mps ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE, **host}, FIX)]
+        dtype = "bfloat16" if options.dtype == "auto" else options.dtype
+        parts = {**search_parts(spec, options, dtype), "process": PROCESS_BASE, **host}
+        needs = [Need("ram", f"search on mps ({dtype})", parts, FIX)]
         dev = torch.device("mps")
         return Placement(dev, dtype, "mps", None, needs, dev)
-    return _cpu(spec, o, host)
+    return _cpu(spec, options, host)
 
 
-def _cpu(spec: ModelSpec, o: SearchOptions, host: dict[str, int]) -> Placement:
+def _cpu(spec: ModelSpec, options: SearchOptions, host: dict[str, int]) -> Placement:
     """float32 when it fits (and ``--dtype auto``), else bfloat16 with a notice."""
 
     def needs(dtype: str) -> list[Need]:
-        return [Need("ram", f"search on CPU ({dtype})", {**search_parts(spec, o, dtype), "process": PROCESS_BASE, **host}, FIX)]
+        parts = {**search_parts(spec, options, dtype), "process": PROCESS_BASE, **host}
+        return [Need("ram", f"search on CPU ({dtype})", parts, FIX)]
 
     cpu = torch.device("cpu")
     notice = None
-    dtype = o.dtype
+    dtype = options.dtype
     if dtype == "auto":
         dtype = "float32"
         if not fits(needs("float32")):
@@ -161,9 +163,9 @@ def _cpu(spec: ModelSpec, o: SearchOptions, host: dict[str, int]) -> Placement:
     return Placement(cpu, dtype, None, None, needs(dtype), cpu, notice)
 
 
-def _gpus(spec: ModelSpec, o: SearchOptions, dtype: str, gpus: list[int], host: dict[str, int]) -> Placement:
+def _gpus(spec: ModelSpec, options: SearchOptions, dtype: str, gpus: list[int], host: dict[str, int]) -> Placement:
     """All of the first GPU when the model fits there, else the GPUs in order, then CPU offload."""
-    parts = search_parts(spec, o, dtype)
+    parts = search_parts(spec, options, dtype)
     # the linear maps sit beside a batch's activations, on the GPU that runs their layer
     act, weights, teacher = parts["activations"] + parts.get("linear maps", 0), parts["weights"], parts["teacher cache"]
     cache_on_gpu = teacher <= TEACHER_ON_GPU_MAX
