@@ -40,8 +40,7 @@ def planned_logits(
 ) -> Iterator[np.ndarray]:
     """float32 logits (tokens x ``n_vocab``) of each window, one window at a time, as
     ``apply_plan(model, plan)`` would give them; ``advance`` is called after each layer."""
-    stack = Stack(source.skeleton(torch.float32).eval())
-    final = _final_hidden(stack, source, plan, windows, advance)
+    final, head_scale = _final_hidden(source, plan, windows, advance)
     head = source.hf_tensor(_EMBED if source.spec.tie_embeddings else _HEAD)
     if head.shape[0] < n_vocab:
         raise HopscotchError(
@@ -49,14 +48,15 @@ def planned_logits(
             "pass the --source the GGUF was converted from"
         )
     for h in final:
-        yield _logits(h, head, n_vocab) * stack.head_scale  # Granite's logits scaling
+        yield _logits(h, head, n_vocab) * head_scale  # Granite's logits scaling
 
 
 def _final_hidden(
-    stack: Stack, source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
-) -> list[torch.Tensor]:
-    """The normalised last hidden state of every window (what the head reads), ``stack``
-    being the source's skeleton."""
+    source: ModelSource, plan: Plan, windows: Sequence[Sequence[int]], advance: Callable[[], None]
+) -> tuple[list[torch.Tensor], float]:
+    """The normalised last hidden state of every window (what the head reads), and the
+    constant the model's forward applies to the logits (Granite's logits scaling)."""
+    stack = Stack(source.skeleton(torch.float32).eval())
     # one batch per window length (they share positions and masks); usually a single batch
     lengths = sorted({len(w) for w in windows})
     batches = [torch.tensor([list(w) for w in windows if len(w) == n]) for n in lengths]
@@ -71,7 +71,7 @@ def _final_hidden(
         with _weights(stack.body.norm, source, "model.norm."):
             finals = [stack.final_hidden(h) for h, _ in state]
     by_length = {n: iter(f) for n, f in zip(lengths, finals)}
-    return [next(by_length[len(w)]) for w in windows]
+    return [next(by_length[len(w)]) for w in windows], stack.head_scale
 
 
 @contextlib.contextmanager
