@@ -87,7 +87,8 @@ from hopscotch_export.verify.data import load_text
 from hopscotch_export.verify.parity import parity_needs, torch_parity, _all_logits
 from hopscotch_export.verify.perplexity import make_windows
 from hopscotch_export.verify.llama_model import LlamaSession
-from hopscotch_export.estimates import parameter_count, source_overhead
+from hopscotch_export.estimates import (attention_score_bytes, forward_activation_bytes, layer_bytes, logits_bytes,
+                                      source_overhead)
 from hopscotch_export.sources import open_source
 src = open_source({src!r})
 with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
@@ -100,13 +101,12 @@ with LlamaSession(Path({gguf!r}), n_ctx=512, n_threads={threads}) as s:
     peak = status('VmHWM')
 need = parity_needs(src.spec, len(windows), len(windows[0]), src.kind)[0]
 spec, n, t = src.spec, len(windows), len(windows[0])
-q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
 # the windows through one layer (as parity_needs counts them) and three tokens x vocab
 # float32 arrays: torch's and llama.cpp's logits of a window, and the KL's temporaries
-activations = (n * t * (4 * spec.hidden_size + 2 * q + 2 * kv + 3 * spec.intermediate_size) * 4
-               + n * spec.n_heads * t * t * 4 + 3 * t * spec.vocab_size * 4)
+activations = (forward_activation_bytes(spec, n * t, 'float32') + attention_score_bytes(spec, n, t, 'float32')
+               + 3 * logits_bytes(t, spec.vocab_size))
 result = dict(estimate=need.bytes - need.parts['process'], parts=need.parts, base=base, rise=peak - base,
-              layer_f32=parameter_count(spec)['layer'] * 4, activations=activations, mean_kl=parity.mean_kl,
+              layer_f32=layer_bytes(spec, 'float32'), activations=activations, mean_kl=parity.mean_kl,
               metadata=sum(source_overhead(src.kind, spec.vocab_size).values()))
 """
 

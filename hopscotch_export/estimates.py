@@ -216,10 +216,7 @@ def largest_matrix_bytes(spec: ModelSpec, dtype: str) -> int:
 def tensor_bytes(qtype: GGMLQuantizationType, shape: tuple[int, ...]) -> int:
     """A tensor of ``shape`` stored as GGML type ``qtype`` (whole blocks)."""
     block, size = GGML_QUANT_SIZES[qtype]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size
+    return math.prod(shape) // block * size
 
 
 def gguf_header_bytes(n_tensors: int, vocab_size: int) -> int:

@@ -66,9 +66,12 @@ def search_command(
         None, help=f"epochs of the final training {_budget('final_epochs')}"
     ),
     seed: int = typer.Option(DEFAULTS.seed, help="seed for data generation and training order"),
-    device: str = typer.Option(DEFAULTS.device, help="auto, cuda, mps or cpu; cuda spreads a model larger than one GPU over all"),
+    device: str = typer.Option(
+        DEFAULTS.device, help="auto, cuda, mps or cpu; cuda spreads a model larger than one GPU over all"
+    ),
     dtype: str = typer.Option(
-        DEFAULTS.dtype, help="auto, float32, bfloat16 or float16; auto: bfloat16 on a GPU, on CPU float32 if it fits, else bfloat16"
+        DEFAULTS.dtype,
+        help="auto, float32, bfloat16 or float16; auto: bfloat16 on a GPU, on CPU float32 if it fits, else bfloat16",
     ),
     max_new_tokens: Optional[int] = typer.Option(
         None, help=f"answer length when the model writes its calibration data {_budget('max_new_tokens')}"

@@ -1,5 +1,5 @@
 """``VerifyOptions``: everything ``verify`` can be told, in a module of its own so that its
-estimate (:mod:`.needs`) and its run (:mod:`.run`) both take it without importing each other."""
+estimate (:mod:`.needs`) and its run (:mod:`.measure`) both take it without importing each other."""
 
 from __future__ import annotations
 
